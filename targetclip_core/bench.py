@@ -1,0 +1,141 @@
+"""`targetclip bench generator`: time the generator, side by side with a rosinality-style baseline.
+
+Every figure is the minimum over `repeats` interleaved runs (after a warm-up), so a
+background process slowing one run does not decide a ratio, and ratios are only
+ever taken between rows measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .bench_baseline import baseline_synthesis
+from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+
+@dataclass
+class Row:
+    label: str
+    impl: str
+    out_resolution: int
+    backward: bool
+    seconds: float = float("inf")
+
+    def per_image(self, batch: int) -> float:
+        return self.seconds / batch
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_model()
+        name += f", {torch.get_num_threads()} threads"
+    return f"{name}; torch {torch.__version__}; {platform.system()} {platform.machine()}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def random_generator(resolution: int, channel_multiplier: int = 2, seed: int = 0) -> StyleGAN2Generator:
+    """A generator with the rosinality channel plan and non-trivial noise strengths."""
+    torch.manual_seed(seed)
+    cfg = StyleGAN2Config(resolution=resolution, channels=StyleGAN2Config.rosinality_channels(resolution, channel_multiplier))
+    G = StyleGAN2Generator(cfg).eval().requires_grad_(False)
+    for m in G.modules():
+        if hasattr(m, "noise_strength"):
+            m.noise_strength.fill_(0.1)
+    return G
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_once(G, wp, row: Row) -> float:
+    x = wp.detach().clone().requires_grad_(row.backward)
+    _sync(wp.device)
+    start = time.perf_counter()
+    with torch.set_grad_enabled(row.backward):
+        if row.impl == "baseline":
+            img = baseline_synthesis(G, x)
+        else:
+            G.modconv_impl = row.impl
+            img = G.synthesis(x, out_resolution=row.out_resolution)
+        if row.backward:
+            img.square().mean().backward()
+    _sync(wp.device)
+    return time.perf_counter() - start
+
+
+def bench_generator(
+    resolution=256, batch=4, device="cpu", out_resolution=None, repeats=3, with_baseline=True, with_fused=True, G=None, log=print
+):
+    """Measure and print the table; returns (rows, summary dict)."""
+    device = torch.device(device)
+    G = (G or random_generator(resolution)).to(device)
+    resolution = G.resolution
+    out_res = out_resolution or max(4, min(256, resolution // 4))
+    wp = (torch.randn(batch, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(1)) * 0.5).to(device)
+
+    # the baseline must compute the same image, or the comparison means nothing
+    if with_baseline:
+        with torch.no_grad():
+            G.modconv_impl = "unfused"
+            ours, ref = G.synthesis(wp), baseline_synthesis(G, wp)
+        mismatch = float((ours - ref).abs().max() / ref.abs().max())
+        if mismatch > 1e-4:
+            raise RuntimeError(f"baseline and our synthesis disagree (max rel diff {mismatch:.2e})")
+
+    rows = []
+    impls = ["unfused"] + (["fused"] if with_fused else [])
+    for bwd in (False, True):
+        for impl in impls:
+            rows.append(Row(f"ours {impl}", impl, resolution, bwd))
+        if out_res != resolution:
+            rows.append(Row(f"ours unfused, out_resolution={out_res}", "unfused", out_res, bwd))
+        if with_baseline:
+            rows.append(Row("rosinality-style baseline", "baseline", resolution, bwd))
+
+    for row in rows:  # warm-up: first calls allocate and pick kernels
+        _run_once(G, wp, row)
+    for _ in range(repeats):
+        for row in rows:
+            row.seconds = min(row.seconds, _run_once(G, wp, row))
+    G.modconv_impl = "auto"
+
+    log(f"StyleGAN2 {resolution}px, batch {batch}, {device.type}: {machine_description(device)}")
+    log(f"min of {repeats} interleaved runs; seconds per image")
+    log(f"{'configuration':<44}{'forward':>12}{'fwd+bwd':>12}")
+    by_key = {(r.label, r.backward): r for r in rows}
+    for label in dict.fromkeys(r.label for r in rows):
+        f, b = by_key[(label, False)], by_key[(label, True)]
+        log(f"{label:<44}{f.per_image(batch):>12.4f}{b.per_image(batch):>12.4f}")
+    summary = {}
+    ours_fb = by_key[("ours unfused", True)].seconds
+    if with_baseline:
+        summary["speedup_vs_baseline_fwd_bwd"] = by_key[("rosinality-style baseline", True)].seconds / ours_fb
+        summary["speedup_vs_baseline_fwd"] = by_key[("rosinality-style baseline", False)].seconds / by_key[("ours unfused", False)].seconds
+        summary["baseline_max_rel_diff"] = mismatch
+    if with_fused:
+        summary["fused_over_unfused_fwd_bwd"] = by_key[("ours fused", True)].seconds / ours_fb
+        summary["fused_over_unfused_fwd"] = by_key[("ours fused", False)].seconds / by_key[("ours unfused", False)].seconds
+    if out_res != resolution:
+        summary["out_resolution_saving_fwd_bwd"] = 1 - by_key[(f"ours unfused, out_resolution={out_res}", True)].seconds / ours_fb
+    for k, v in summary.items():
+        log(f"{k}: {v:.3g}")
+    return rows, summary
