@@ -273,7 +273,15 @@ def _fill_missing_noise(out, cfg, file):
 def _read_network_pickle(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     from .safe_pickle import PersistentRecord, load_network_pickle
 
-    data = load_network_pickle(file)
+    try:
+        data = load_network_pickle(file)
+    except UnsafePickleError as e:
+        if "dnnlib.tflib" in str(e):
+            raise CheckpointError(
+                f"{file}: a TensorFlow-era StyleGAN2 pickle (dnnlib.tflib). Use the PyTorch release of the "
+                "same model (StyleGAN2-ADA-PyTorch .pkl or rosinality .pt; see weights/manifest.json)."
+            ) from None
+        raise
     net = data.get("G_ema") if isinstance(data, dict) else data
     if not isinstance(net, PersistentRecord):
         what = ", ".join(map(str, list(data)[:6])) if isinstance(data, dict) else type(data).__name__
@@ -283,17 +291,19 @@ def _read_network_pickle(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
 
 def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
     """Translate an NVlabs StyleGAN2-ADA `Generator` record into our config and parameter names."""
-    module = net.module_name or ""
     if net.class_name == "TriPlaneGenerator":
         raise CheckpointError(f"{file}: this is an EG3D generator; EG3D support is a separate loader (not built yet)")
-    if "stylegan3" in module or net.class_name != "Generator":
-        raise CheckpointError(f"{file}: {module or '?'}.{net.class_name} is not a StyleGAN2 generator (StyleGAN3 is not supported)")
+    if net.class_name != "Generator":
+        raise CheckpointError(f"{file}: G_ema is a {net.class_name}, not a StyleGAN2 Generator")
+    sd = net.state_dict()
+    # StyleGAN3 calls its network Generator too; its synthesis starts from Fourier features
+    if "filtered_lrelu" in (net.module_src or "") or any(k.startswith("synthesis.input.") for k in sd):
+        raise CheckpointError(f"{file}: a StyleGAN3 generator; only StyleGAN2 / StyleGAN2-ADA networks are supported")
     kw = net.init_kwargs
     syn_kw = dict(kw.get("synthesis_kwargs") or {})
     map_kw = dict(kw.get("mapping_kwargs") or {})
     if syn_kw.get("architecture", "skip") != "skip":
         raise CheckpointError(f"{file}: synthesis architecture {syn_kw['architecture']!r} is not supported (only 'skip', used by every official model)")
-    sd = net.state_dict()
     _require(sd, ["mapping.fc0.weight", "synthesis.b4.const"], file, "NVlabs StyleGAN2")
     resolution = int(kw.get("img_resolution") or 0)
     res_list = [2**k for k in range(2, int(math.log2(max(resolution, 4))) + 1)]

@@ -1,0 +1,58 @@
+"""Conversions between the engine's image tensors ([B,3,H,W] in [-1,1]) and files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import TargetCLIPError
+from .fileio import atomic_path
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3] (rounded, clamped)."""
+    if img.dim() != 4 or img.shape[1] != 3:
+        raise TargetCLIPError(f"expected images of shape [B, 3, H, W], got {list(img.shape)}")
+    x = ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_png(img: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save a single image ([1,3,H,W] or [3,H,W]) atomically as PNG."""
+    from PIL import Image
+
+    if img.dim() == 3:
+        img = img[None]
+    if img.shape[0] != 1:
+        raise TargetCLIPError(f"save_png writes one image, got a batch of {img.shape[0]}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(img)[0]).save(tmp, format="PNG")
+    return Path(path)
+
+
+def grid(images: torch.Tensor, cols: int) -> torch.Tensor:
+    """Tile [N,3,H,W] into one [1,3,rows*H,cols*W] image (missing cells stay black)."""
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = images.new_full((rows * cols, c, h, w), -1.0)
+    canvas[:n] = images
+    canvas = canvas.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(1, c, rows * h, cols * w)
+    return canvas
+
+
+def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
+    """Read an image file as [1,3,H,W] in [-1,1] (any mode converted to RGB), optionally resized square."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None:
+                im = im.resize((size, size), Image.LANCZOS)
+            arr = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise TargetCLIPError(f"{path}: not a readable image ({e})") from None
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
