@@ -3,14 +3,26 @@
 Public API (see DESIGN.md); names appear here as their capability lands.
 """
 
+from .clip import CLIPEncoder, load_clip
 from .errors import CheckpointError, LatentError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
+from .essence import Essence, apply_essence, edit_latents, load_essence, mix_essences, save_essence
 from .latents import load_latents, save_latents, z_from_seeds
 from .loaders import load_generator, save_generator
+from .optimize import optimize_essence
 from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLIPEncoder",
+    "Essence",
+    "apply_essence",
+    "edit_latents",
+    "load_clip",
+    "load_essence",
+    "mix_essences",
+    "optimize_essence",
+    "save_essence",
     "CheckpointError",
     "LatentError",
     "StyleGAN2Config",

@@ -139,3 +139,45 @@ def bench_generator(
     for k, v in summary.items():
         log(f"{k}: {v:.3g}")
     return rows, summary
+
+
+def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None, log=print):
+    """Seconds per optimisation step: ours vs the official loop (with the rosinality-style
+    generator it runs on, and with ours to separate loop savings from generator savings)."""
+    from .bench_baseline import official_style_state, official_style_step
+    from .clip import load_clip
+    from .optimize import optimize_essence, sample_sources
+
+    device = torch.device(device)
+    G = random_generator(resolution).to(device)
+    C = load_clip(clip_name, clip_pretrained, device=device)
+    target = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3)).to(device) * 2 - 1
+    sources = sample_sources(G, n_sources, 0.7, seed=0)
+
+    stamps = []
+    start = time.perf_counter()
+    optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True,
+                     callback=lambda info: stamps.append(time.perf_counter()))
+    ours_setup = stamps[0] - start  # includes the first step
+    ours = min(b - a for a, b in zip(stamps, stamps[1:]))
+
+    def official(use_baseline_generator):
+        state = official_style_state(G, C, target, sources)
+        times = []
+        for step in range(steps):
+            t0 = time.perf_counter()
+            official_style_step(G, C, state, step, steps, use_baseline_generator)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    official_rosinality = official(True)
+    official_ours_gen = official(False)
+    log(f"essence optimisation step, StyleGAN2 {resolution}px, N={n_sources}, CLIP {clip_name}, {device.type}: {machine_description(device)}")
+    log(f"min over {steps} steps; seconds per step")
+    log(f"{'ours (sources cached, out_resolution auto, one batch)':<60}{ours:>10.3f}   (first step incl. setup {ours_setup:.3f})")
+    log(f"{'official loop, rosinality-style generator (faithful)':<60}{official_rosinality:>10.3f}")
+    log(f"{'official loop, our generator':<60}{official_ours_gen:>10.3f}")
+    summary = {"speedup_vs_official": official_rosinality / ours, "speedup_vs_official_loop_same_generator": official_ours_gen / ours}
+    for k, v in summary.items():
+        log(f"{k}: {v:.3g}")
+    return summary

@@ -85,3 +85,69 @@ def baseline_synthesis(G: StyleGAN2Generator, wp: torch.Tensor, noise_mode: str 
                 x = x + layer.noise_strength * x.new_empty(x.shape[0], 1, *x.shape[2:]).normal_()
             x = _fused_leaky_relu(x, layer.bias)
     return img
+
+
+# --------------------------------------------------------------------------- the official optimiser loop
+
+
+def _official_clip_encode(C, img):
+    """The official CLIP loss input: nearest x7 upsampling, average pooling, no mean/std."""
+    size = img.shape[-1]
+    x = F.interpolate(img, scale_factor=7, mode="nearest")
+    x = F.avg_pool2d(x, kernel_size=size * 7 // C.input_size)
+    return C.model.encode_image(x).float()
+
+
+def official_style_step(G, C, state: dict, step: int, steps: int, use_baseline_generator: bool = True) -> float:
+    """One step of the official TargetCLIP optimisation loop, re-implemented faithfully.
+
+    Per step, as the official script does: sources re-rendered at full resolution and
+    re-encoded, a new Adam for the per-source coefficients, edit latents built source by
+    source in Python, full-resolution renders upsampled x7 for CLIP, the edit codes
+    normalised twice, host syncs for every coefficient and the losses.
+    `state` holds: sources [N,n,w], direction [1,n,w] (requires grad), coefficients (list of
+    [1] tensors), optimizer (Adam over direction), target_code [1,D].
+    """
+    from .optimize import official_lr
+
+    render = (lambda wp: baseline_synthesis(G, wp)) if use_baseline_generator else G.synthesis
+    opt = state["optimizer"]
+    opt.param_groups[0]["lr"] = official_lr(step, steps, 0.2)
+    coef_opt = torch.optim.Adam(state["coefficients"], lr=0.2, weight_decay=0.01)
+    sources, direction, coefficients = state["sources"], state["direction"], state["coefficients"]
+    n = sources.shape[0]
+    with torch.no_grad():
+        src_codes = _official_clip_encode(C, render(sources))
+    latents = torch.stack([sources[i : i + 1] + coefficients[i] * direction for i in range(n)]).squeeze(1)
+    edit_codes = _official_clip_encode(C, render(latents))
+    edit_codes = edit_codes / edit_codes.norm(dim=-1, keepdim=True)
+    src_n = src_codes / src_codes.norm(dim=-1, keepdim=True)
+    deltas = src_n - edit_codes
+    deltas = deltas / deltas.norm(dim=-1, keepdim=True)
+    consistency = (1 - deltas @ deltas.t()).sum() / (n * n - n)
+    edit_codes = edit_codes / edit_codes.norm(dim=-1, keepdim=True)
+    transfer = 1 - (edit_codes @ state["target_code"].t()).mean()
+    loss = 0.5 * consistency + transfer
+    _ = [c.item() for c in coefficients]
+    opt.zero_grad()
+    coef_opt.zero_grad()
+    loss.backward()
+    opt.step()
+    coef_opt.step()
+    return float(loss.item())
+
+
+def official_style_state(G, C, target_image, sources) -> dict:
+    """Initial state for `official_style_step`, as the official script sets it up."""
+    from .optimize import sample_sources
+
+    direction = sample_sources(G, 1, 0.7, seed=0).requires_grad_(True)
+    with torch.no_grad():
+        t = C.encode_image(target_image)
+    return {
+        "sources": sources,
+        "direction": direction,
+        "coefficients": [torch.ones(1, device=sources.device, requires_grad=True) for _ in range(sources.shape[0])],
+        "optimizer": torch.optim.Adam([direction], lr=0.2, weight_decay=3e-3),
+        "target_code": t,
+    }

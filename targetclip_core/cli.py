@@ -59,6 +59,40 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
 
+    o = sub.add_parser("optimize", help="find the essence of target image(s) by optimisation (TargetCLIP Sec. 4)")
+    o.add_argument("--target", "-t", nargs="+", required=True, help="target image file(s); several are optimised in one batch")
+    o.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
+    o.add_argument("--out", "-o", required=True, help="essence .safetensors (a folder when several targets)")
+    o.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
+    o.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
+    o.add_argument("--sources", default=None, help="W+ source latents to train on (default: --n-sources seeds)")
+    o.add_argument("--n-sources", type=int, default=4)
+    o.add_argument("--truncation", type=float, default=0.7, help="truncation of sampled sources and random init")
+    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--lr", type=float, default=0.2)
+    o.add_argument("--lambda-consistency", type=float, default=0.5)
+    o.add_argument("--lambda-l2", type=float, default=0.003)
+    o.add_argument("--init", default="random", help="random, zeros, a W+ latent file, or an essence file")
+    o.add_argument("--learn-coefficients", action="store_true", help="learn a scale per source, as the official code")
+    o.add_argument("--out-resolution", default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
+    o.add_argument("--preprocess", choices=["default", "paper"], default="default", help="paper = the official CLIP input")
+    o.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE", help="stop after this many steps without improvement")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out)")
+    o.add_argument("--device", default=None)
+
+    a = sub.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
+    a.add_argument("--essence", "-e", nargs="+", required=True, help="essence .safetensors or official .npy (several: one row each)")
+    a.add_argument("--generator", "-g", required=True)
+    asrc = a.add_mutually_exclusive_group(required=True)
+    asrc.add_argument("--seeds", type=_seeds_arg)
+    asrc.add_argument("--latent", help="W or W+ latents (.safetensors, .npy, .pt)")
+    a.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's recommended)")
+    a.add_argument("--layers", default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7")
+    a.add_argument("--truncation", type=float, default=0.7)
+    a.add_argument("--out", "-o", default="edits", help="output folder")
+    a.add_argument("--device", default=None)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bg = bsub.add_parser("generator", help="generator forward / forward+backward time, ours vs a rosinality-style baseline")
@@ -70,13 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--checkpoint", default=None, help="time a real checkpoint instead of a random network")
     bg.add_argument("--no-baseline", action="store_true", help="skip the rosinality-style baseline")
     bg.add_argument("--no-fused", action="store_true", help="skip the fused (grouped conv) rows")
+    bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
+    bo.add_argument("--resolution", type=int, default=256)
+    bo.add_argument("--n-sources", type=int, default=4)
+    bo.add_argument("--steps", type=int, default=3, help="timed steps per contender (min is reported)")
+    bo.add_argument("--device", default="cpu")
+    bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
+    bo.add_argument("--pretrained", default=None)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"convert": cmd_convert, "download": cmd_download, "render": cmd_render, "bench": cmd_bench}[args.command](args)
+        commands = {"convert": cmd_convert, "download": cmd_download, "render": cmd_render, "bench": cmd_bench,
+                    "optimize": cmd_optimize, "apply": cmd_apply}
+        return commands[args.command](args)
     except TargetCLIPError as e:
         print(f"targetclip: error: {e}", file=sys.stderr)
         return 2
@@ -144,8 +187,12 @@ def cmd_render(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_generator
+    from .bench import bench_generator, bench_optimize
 
+    if args.what == "optimize":
+        bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,
+                       clip_name=args.clip, clip_pretrained=args.pretrained)
+        return 0
     G = None
     if args.checkpoint:
         from .loaders import load_generator
@@ -155,6 +202,118 @@ def cmd_bench(args) -> int:
         resolution=args.resolution, batch=args.batch, device=args.device, out_resolution=args.out_resolution,
         repeats=args.repeats, with_baseline=not args.no_baseline, with_fused=not args.no_fused, G=G,
     )
+    return 0
+
+
+def _parse_layers(text):
+    if text is None or any(c.isalpha() for c in text):
+        return text
+    return parse_seeds(text)  # same syntax: 0-3,8
+
+
+def cmd_optimize(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .clip import load_clip
+    from .essence import load_essence, save_essence
+    from .images import grid, load_image, save_png
+    from .latents import load_latents
+    from .loaders import load_generator
+    from .optimize import optimize_essence
+
+    G = load_generator(args.generator, device=args.device)
+    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device, preprocess=args.preprocess)
+    targets = [Path(t) for t in args.target]
+    images = [load_image(t) for t in targets]
+    size = max(max(i.shape[-2:]) for i in images)
+    batch = torch.cat([torch.nn.functional.interpolate(i, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+                       if i.shape[-2:] != (size, size) else i for i in images]).clamp(-1, 1)
+    sources = load_latents(args.sources) if args.sources else None
+    init = args.init
+    if init not in ("random", "zeros"):
+        init = load_essence(init, G) if init.endswith((".safetensors", ".npy")) and _is_essence(init) else load_latents(init)
+    res = args.out_resolution if args.out_resolution == "auto" else int(args.out_resolution)
+
+    bar = tqdm(total=args.steps, desc="optimize", unit="step")
+
+    def progress(info):
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v.mean()):.4f}" for k, v in info.losses.items()})
+
+    try:
+        result = optimize_essence(
+            G, C, batch, steps=args.steps, lr=args.lr, n_sources=args.n_sources, sources=sources, truncation=args.truncation,
+            seed=args.seed, lambda_consistency=args.lambda_consistency, lambda_l2=args.lambda_l2, init=init,
+            learn_coefficients=args.learn_coefficients, out_resolution=res, callback=progress,
+            early_stop_patience=args.early_stop, name=targets[0].stem,
+        )
+    finally:
+        bar.close()
+    essences = result if isinstance(result, list) else [result]
+    out = Path(args.out)
+    if len(essences) == 1:
+        paths = [out]
+    else:
+        paths = [out / f"{t.stem}.safetensors" for t in targets]
+    from .optimize import sample_sources
+
+    show = sources.to(G.device) if sources is not None else sample_sources(G, args.n_sources, args.truncation, args.seed)
+    show = G.to_wplus(show)
+    for essence, target_image, target_path, path in zip(essences, batch, targets, paths):
+        essence.name = target_path.stem
+        save_essence(path, essence)
+        with torch.no_grad():
+            srcs = G.synthesis(show)
+            edits = G.synthesis(show + essence.vector.to(G.device))
+        tgt = torch.nn.functional.interpolate(target_image[None].to(G.device), size=srcs.shape[-2:], mode="bilinear",
+                                              antialias=True, align_corners=False)
+        cells = torch.cat([tgt, srcs, torch.full_like(tgt, -1), edits])
+        grid_path = Path(args.grid) if (args.grid and len(essences) == 1) else path.with_suffix(".png")
+        save_png(grid(cells, cols=len(show) + 1), grid_path)
+        final = {k: v[-1] for k, v in essence.losses.items()}
+        print(f"wrote {path} and {grid_path} (steps {essence.steps}; last losses " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ")")
+    return 0
+
+
+def _is_essence(path) -> bool:
+    if path.endswith(".npy"):
+        return True  # official directions
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "targetclip.essence"
+    except Exception:
+        return False
+
+
+def cmd_apply(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .essence import apply_essence, load_essence
+    from .images import save_png
+    from .latents import load_latents, z_from_seeds
+    from .loaders import load_generator
+
+    G = load_generator(args.generator, device=args.device)
+    essences = [load_essence(e, G) for e in args.essence]
+    with torch.no_grad():
+        if args.seeds is not None:
+            wp = G.to_wplus(G.mapping(z_from_seeds(args.seeds, G.z_dim).to(G.device), truncation=args.truncation))
+            names = [f"seed{s:04d}" for s in args.seeds]
+        else:
+            wp = G.to_wplus(load_latents(args.latent).to(G.device))
+            names = [f"{Path(args.latent).stem}_{i:04d}" for i in range(len(wp))]
+        layers = _parse_layers(args.layers)
+        out = Path(args.out)
+        jobs = [(e, s) for e in essences for s in (args.strength or [e.strength])]
+        for essence, strength in tqdm(jobs, desc="apply", unit="edit"):
+            imgs = apply_essence(G, wp, essence.to(G.device), strength=strength, layers=layers)
+            for name, img in zip(names, imgs):
+                save_png(img, out / f"{name}_{essence.name}_x{strength:g}.png")
+    print(f"wrote {len(jobs) * len(wp)} images to {out}")
     return 0
 
 
