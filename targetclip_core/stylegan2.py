@@ -178,13 +178,13 @@ class ModulatedConv(nn.Module):
             wmod = wmod.transpose(1, 2).reshape(b * self.in_ch, self.out_ch, *weight.shape[2:])
         else:
             wmod = wmod.reshape(b * self.out_ch, self.in_ch, *weight.shape[2:])
-        x = self._conv(x, wmod, groups=b)
+        x = self._conv(x, wmod, groups=b, weight_in_out=self.up)
         return x.reshape(b, self.out_ch, *x.shape[2:])
 
-    def _conv(self, x, weight, groups):
+    def _conv(self, x, weight, groups, weight_in_out=False):
         if not self.up:
             return F.conv2d(x, weight, padding=self.kernel_size // 2, groups=groups)
-        if groups == 1:
+        if not weight_in_out:  # [out, in, k, k] -> the [in, out, k, k] a transposed conv wants
             weight = weight.transpose(0, 1)
         x = F.conv_transpose2d(x, weight, stride=2, groups=groups)
         return depthwise_fir(x, self.blur, self.blur_pad)
