@@ -183,28 +183,39 @@ def _from_torch_checkpoint(ckpt, file) -> tuple[StyleGAN2Config, dict, bool]:
 
 def rosinality_to_internal(sd: dict, latent_avg, file) -> tuple[StyleGAN2Config, dict, bool]:
     """Translate rosinality/stylegan2-pytorch parameter names into ours (shapes squeezed to ours)."""
+    not_tensors = [str(k) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if not_tensors:
+        raise CheckpointError(f"{file}: the generator state dict holds non-tensor entries: {_few(not_tensors)}")
     _require(sd, ["style.1.weight", "input.input", "conv1.conv.weight", "to_rgb1.conv.weight"], file, "rosinality StyleGAN2")
     n_mlp = len([k for k in sd if re.fullmatch(r"style\.\d+\.weight", k)])
     n_rgbs = len([k for k in sd if re.fullmatch(r"to_rgbs\.\d+\.conv\.weight", k)])
     resolution = 2 ** (n_rgbs + 2)
+    for key, dims in [("style.1.weight", 2), ("input.input", 4)] + [(f"convs.{2 * j}.conv.weight", 5) for j in range(n_rgbs)]:
+        _require(sd, [key], file, "rosinality StyleGAN2")
+        if sd[key].dim() != dims:
+            raise CheckpointError(f"{file}: {key} has shape {list(sd[key].shape)}; a rosinality StyleGAN2 has {dims} dimensions there")
     w_dim = sd["style.1.weight"].shape[0]
     channels = {4: sd["input.input"].shape[1]}
     for j in range(n_rgbs):
-        _require(sd, [f"convs.{2 * j}.conv.weight"], file, "rosinality StyleGAN2")
         channels[2 ** (j + 3)] = sd[f"convs.{2 * j}.conv.weight"].shape[1]
     cfg = StyleGAN2Config(
         resolution=resolution, channels=channels, z_dim=sd["style.1.weight"].shape[1], w_dim=w_dim,
         n_mlp=n_mlp, source_format="rosinality",
     )
     kernel = _fir_2d(cfg.blur_kernel)
-    out: dict = OrderedDict()
+    out = _TranslatedState()
     used = set()
 
     def take(src, dst, reshape=None):
+        out.origin[dst] = src  # errors about `dst` name the key the user's file has
         if src not in sd:
             return
         t = sd[src]
-        out[dst] = t.reshape(reshape) if reshape is not None else t
+        try:
+            out[dst] = t.reshape(reshape) if reshape is not None else t
+        except RuntimeError:
+            raise CheckpointError(f"{file}: shape mismatch for {src}: file has {list(t.shape)}, "
+                                  f"which does not fit {list(reshape)}") from None
         used.add(src)
 
     for i in range(n_mlp):
@@ -367,11 +378,24 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
 # --------------------------------------------------------------------------- checked state loading
 
 
+class _TranslatedState(OrderedDict):
+    """A state dict in our names that remembers each entry's key in the checkpoint file."""
+
+    def __init__(self):
+        super().__init__()
+        self.origin: dict[str, str] = {}
+
+
 def load_state_checked(model: torch.nn.Module, state: dict, source) -> None:
-    """Load `state` into `model`, naming every mismatch clearly."""
+    """Load `state` into `model`, naming every mismatch clearly (by the file's own key names)."""
+    origin = getattr(state, "origin", {})
+
+    def name(k):
+        return f"{origin[k]} (our {k})" if k in origin and origin[k] != k else k
+
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [name(k) for k in expected if k not in state]
+    unexpected = [name(k) for k in state if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
@@ -382,11 +406,11 @@ def load_state_checked(model: torch.nn.Module, state: dict, source) -> None:
     for k, ref in expected.items():
         t = state[k]
         if not torch.is_tensor(t):
-            raise CheckpointError(f"{source}: {k} is a {type(t).__name__}, expected a tensor")
+            raise CheckpointError(f"{source}: {name(k)} is a {type(t).__name__}, expected a tensor")
         if tuple(t.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{source}: shape mismatch for {k}: file has {list(t.shape)}, model expects {list(ref.shape)}")
+            raise CheckpointError(f"{source}: shape mismatch for {name(k)}: file has {list(t.shape)}, model expects {list(ref.shape)}")
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{source}: {k} contains NaN or infinite values")
+            raise CheckpointError(f"{source}: {name(k)} contains NaN or infinite values")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
