@@ -101,7 +101,8 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
 
     name: an open_clip architecture ("ViT-B-32"), "local-dir:/path" or "hf-hub:org/repo".
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k"), a checkpoint file
-      (open_clip .bin/.pt state dict or .safetensors), or None for random weights.
+      (open_clip .bin/.pt state dict or .safetensors; OpenAI's original TorchScript .pt is read
+      as data, see torchscript_archive), or None for random weights.
     Downloads go through open_clip's own cache when online; offline, a missing tag gives an
     error saying which file to provide.
     """
@@ -115,6 +116,12 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
     schema = name.startswith(("local-dir:", "hf-hub:"))
     if not schema and name not in open_clip.list_models():
         raise TargetCLIPError(f"unknown CLIP architecture {name!r}; known: {', '.join(open_clip.list_models()[:8])}, ...")
+    if pretrained and not schema and Path(pretrained).is_file():
+        from .torchscript_archive import is_torchscript_archive, openai_clip_from_torchscript
+
+        if is_torchscript_archive(pretrained):  # OpenAI's original .pt: read as data, never torch.jit.load
+            model = openai_clip_from_torchscript(pretrained, name)
+            return CLIPEncoder(model, open_clip.get_tokenizer(name), name, pretrained, preprocess=preprocess).to(device)
     try:
         model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True)
     except RuntimeError as e:
