@@ -9,6 +9,7 @@ and gradients only flow through `encode_image` into the images.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -122,18 +123,24 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
         if is_torchscript_archive(pretrained):  # OpenAI's original .pt: read as data, never torch.jit.load
             model = openai_clip_from_torchscript(pretrained, name)
             return CLIPEncoder(model, open_clip.get_tokenizer(name), name, pretrained, preprocess=preprocess).to(device)
+    from safetensors import SafetensorError
+
     try:
         model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True)
     except RuntimeError as e:
-        msg = str(e).splitlines()[0]
         raise CheckpointError(
-            f"cannot load CLIP {name} ({pretrained}): {msg}. Offline? Put the checkpoint file on disk and pass its "
+            f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}. Offline? Put the checkpoint file on disk and pass its "
             "path as `pretrained`, or use 'local-dir:/folder' with open_clip_config.json + open_clip_model.safetensors."
         ) from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load CLIP {name} ({pretrained}): {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # corrupt/truncated files
+        raise CheckpointError(f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}") from None
     tokenizer = open_clip.get_tokenizer(name)
     return CLIPEncoder(model, tokenizer, name, pretrained, preprocess=preprocess).to(device)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _paper_pool_matrix(n: int, out: int, device) -> torch.Tensor:

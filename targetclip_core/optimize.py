@@ -48,7 +48,7 @@ class StepInfo:
     lr: float
     losses: dict  # term -> [T] tensor (per target) of this step's values
     images: torch.Tensor  # [T, N, 3, r, r] the edits rendered this step (detached)
-    essence_vectors: torch.Tensor  # [T, n_latent, w_dim] current b (detached)
+    essence_vectors: torch.Tensor  # [T, n_latent, w_dim] b after this step (a copy: safe to keep)
 
 
 @dataclass
@@ -66,13 +66,22 @@ def sample_sources(G, n: int, truncation: float = 0.7, seed: int = 0) -> torch.T
         return G.to_wplus(G.mapping(z, truncation=truncation)).clone()
 
 
-def consistency_loss(d: torch.Tensor) -> torch.Tensor:
-    """Mean over ordered pairs i != j of 1 - cos(d_i, d_j); d: [..., N, D] -> [...]."""
+def consistency_loss(d: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mean over ordered pairs i != j of 1 - cos(d_i, d_j); d: [..., N, D] -> [...].
+
+    A delta below `eps` (e.g. b = 0 at the start, where it is pure float noise between two
+    renders of the same image) has no direction: pairs with it count as agreeing, so
+    noise cannot steer the first steps.
+    """
     n = d.shape[-2]
     if n < 2:
         return d.new_zeros(d.shape[:-2])
-    dn = F.normalize(d, dim=-1)
-    cos = dn @ dn.transpose(-1, -2)  # [..., N, N], diagonal = 1 contributes 0
+    norm = d.norm(dim=-1, keepdim=True)
+    valid = (norm > eps).to(d.dtype)  # [..., N, 1]
+    dn = d / norm.clamp(min=eps) * valid
+    cos = dn @ dn.transpose(-1, -2)  # [..., N, N], diagonal contributes 0
+    pair_valid = valid @ valid.transpose(-1, -2)
+    cos = cos * pair_valid + (1 - pair_valid)  # pairs with a directionless delta: no loss
     return (1 - cos).sum(dim=(-1, -2)) / (n * n - n)
 
 
@@ -222,7 +231,7 @@ def optimize_essence(
 
         if callback is not None:
             info = StepInfo(step, steps, opt.param_groups[0]["lr"], {k: v.detach() for k, v in losses.items()},
-                            images.detach().view(n_targets, n, *images.shape[1:]), vectors.detach())
+                            images.detach().view(n_targets, n, *images.shape[1:]), vectors.detach().clone())
             if callback(info):
                 break
         if early_stop_patience is not None and since_improved >= early_stop_patience:
