@@ -123,6 +123,8 @@ def layer_mask(n_latent: int, layers=None) -> torch.Tensor:
                 raise TargetCLIPError(f"unknown layer range {name!r}: use {', '.join(LAYER_RANGES)} or indices")
             lo, hi = spans[name]
             mask[lo:min(hi, n_latent)] = 1
+        if not mask.any():
+            raise TargetCLIPError(f"layer range {layers!r} selects no W+ entry of a generator with {n_latent} entries")
     else:
         idx = list(layers)
         bad = [i for i in idx if not 0 <= int(i) < n_latent]
@@ -211,13 +213,21 @@ def _load_official_npy(p: Path) -> Essence:
         raise LatentError(f"{p}: an official direction is a float array of shape (1, n_latent, w_dim), got {arr.shape} {arr.dtype}")
     n_latent = arr.shape[1]
     resolution = 2 ** ((n_latent + 2) // 2) if n_latent % 2 == 0 else None
-    return Essence(
+    return _named(p, lambda: Essence(
         vector=torch.from_numpy(arr.astype(np.float32)),
         generator={"arch": "stylegan2", "resolution": resolution, "n_latent": n_latent, "w_dim": arr.shape[2]},
         name=p.stem,
         source="official-npy",
         strength=1.0,  # the official README: 0.5-1 (Joker 0.9-1.3); its evaluation used 1.2
-    )
+    ))
+
+
+def _named(path: Path, build):
+    """Build an Essence, prefixing the file name to any error about its contents."""
+    try:
+        return build()
+    except LatentError as e:
+        raise LatentError(f"{path}: {e}") from None
 
 
 def _load_safetensors(p: Path) -> Essence:
@@ -229,7 +239,7 @@ def _load_safetensors(p: Path) -> Essence:
             if meta.get("format") != ESSENCE_FORMAT:
                 raise TargetCLIPError(f"{p}: a safetensors file, but not a TargetCLIP essence (format={meta.get('format')!r})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        essence = Essence(
+        essence = _named(p, lambda: Essence(
             vector=tensors["essence"].float(),
             generator=json.loads(meta.get("generator", "{}")),
             clip=json.loads(meta.get("clip", "null")),
@@ -240,7 +250,7 @@ def _load_safetensors(p: Path) -> Essence:
             strength=float(meta.get("strength", "1.0")),
             name=meta.get("name", p.stem),
             source=meta.get("source", "optimized"),
-        )
+        ))
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
         if isinstance(e, TargetCLIPError):
             raise
