@@ -1,0 +1,179 @@
+"""The frozen CLIP encoder (targetclip_core.clip) on the tiny open_clip config, random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from essence_helpers import TINY_CLIP, TINY_CLIP_DIM, TINY_CLIP_INPUT, register_tiny_clip, tiny_clip
+from targetclip_core.clip import load_clip
+from targetclip_core.errors import CheckpointError, TargetCLIPError
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def C():
+    return tiny_clip()
+
+
+def images(b, h, w, seed=0):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_encode_image_is_l2_normalised_b_by_d(C):
+    for h, w in [(32, 32), (40, 60), (64, 64)]:
+        out = C.encode_image(images(3, h, w))
+        assert out.shape == (3, TINY_CLIP_DIM)
+        assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # different images give different codes (the encoder is not collapsing everything)
+    out = C.encode_image(images(2, 32, 32, seed=5))
+    assert (out[0] - out[1]).abs().max() > 1e-4
+
+
+def test_encode_image_differentiable_wrt_image_not_clip(C):
+    img = images(2, 48, 48).requires_grad_(True)
+    C.encode_image(img)[:, 0].sum().backward()
+    assert img.grad is not None and torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    params = list(C.parameters())
+    assert params, "the encoder should expose its CLIP parameters"
+    assert all(not p.requires_grad for p in params)
+    assert all(p.grad is None for p in params)
+
+
+def test_clip_stays_in_eval_mode(C):
+    C.train()
+    assert not C.training
+    assert not any(m.training for m in C.modules())
+    C.train(True)
+    assert not any(m.training for m in C.modules())
+    # and eval outputs are deterministic (no dropout sneaking in)
+    x = images(2, 32, 32)
+    assert torch.equal(C.encode_image(x), C.encode_image(x))
+
+
+def hand_default_preprocess(x, size):
+    """Resize the short side to `size` (bicubic, antialias), centre crop, [-1,1] -> [0,1], mean/std."""
+    x = (x + 1) / 2
+    h, w = x.shape[-2:]
+    if h <= w:
+        nh, nw = size, w * size // h
+    else:
+        nh, nw = h * size // w, size
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[:, :, top:top + size, left:left + size]
+    return (x - CLIP_MEAN) / CLIP_STD
+
+
+@pytest.mark.parametrize("hw", [(40, 60), (60, 40), (16, 24)])  # wide, tall, upsampled: exact resize ratios
+def test_default_preprocessing_matches_hand_pipeline(C, hw):
+    x = images(2, *hw, seed=3)
+    ref = hand_default_preprocess(x, TINY_CLIP_INPUT)
+    ours = C.preprocess_images(x, "default")
+    assert ours.shape == (2, 3, TINY_CLIP_INPUT, TINY_CLIP_INPUT)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    with torch.no_grad():
+        expected = F.normalize(C.model.encode_image(ref), dim=-1)
+    assert torch.allclose(C.encode_image(x, preprocess="default"), expected, atol=1e-5)
+
+
+def test_default_preprocessing_matches_torchvision(C):
+    TF = pytest.importorskip("torchvision.transforms.functional")
+    x = images(1, 40, 60, seed=4)
+    ref = TF.resize((x + 1) / 2, TINY_CLIP_INPUT, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    ref = TF.center_crop(ref, [TINY_CLIP_INPUT, TINY_CLIP_INPUT])
+    ref = TF.normalize(ref, CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist())
+    assert torch.allclose(C.preprocess_images(x, "default"), ref, atol=1e-5)
+
+
+def test_default_preprocessing_at_input_size_is_only_normalisation(C):
+    x = images(1, 32, 32, seed=6)
+    assert torch.allclose(C.preprocess_images(x, "default"), ((x + 1) / 2 - CLIP_MEAN) / CLIP_STD, atol=1e-6)
+
+
+@pytest.mark.parametrize("h", [32, 64, 96, 128])
+def test_paper_preprocessing_matches_official_upsample_then_pool(C, h):
+    x = images(2, h, h, seed=h)
+    ref = F.avg_pool2d(F.interpolate(x, scale_factor=7, mode="nearest"), kernel_size=7 * h // TINY_CLIP_INPUT)
+    ours = C.preprocess_images(x, "paper")
+    assert ours.shape == ref.shape == (2, 3, TINY_CLIP_INPUT, TINY_CLIP_INPUT)
+    assert (ours - ref).abs().max() <= 1e-5  # no mean/std normalisation: values stay in [-1, 1] units
+    with torch.no_grad():
+        expected = F.normalize(C.model.encode_image(ref), dim=-1)
+    assert torch.allclose(C.encode_image(x, preprocess="paper"), expected, atol=1e-5)
+
+
+def test_paper_preprocessing_is_the_default_mode_when_chosen_at_load():
+    register_tiny_clip()
+    torch.manual_seed(1)
+    Cp = load_clip(TINY_CLIP, None, device="cpu", preprocess="paper")
+    x = images(1, 64, 64)
+    ref = F.avg_pool2d(F.interpolate(x, scale_factor=7, mode="nearest"), kernel_size=14)
+    assert torch.allclose(Cp.preprocess_images(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 1, 32, 32), (1, 4, 32, 32), (2, 3, 32)])
+def test_bad_image_shape_is_a_targetclip_error(C, shape):
+    with pytest.raises(TargetCLIPError, match="B, 3, H, W"):
+        C.encode_image(torch.zeros(shape))
+
+
+def test_unknown_preprocess_mode_is_refused(C):
+    with pytest.raises(ValueError, match="preprocess"):
+        C.encode_image(images(1, 32, 32), preprocess="fancy")
+
+
+def test_load_clip_unknown_architecture():
+    register_tiny_clip()
+    with pytest.raises(TargetCLIPError, match="unknown CLIP architecture 'No-Such-CLIP'"):
+        load_clip("No-Such-CLIP", None, device="cpu")
+
+
+def test_load_clip_missing_checkpoint_file(tmp_path):
+    register_tiny_clip()
+    missing = tmp_path / "nowhere" / "clip.safetensors"
+    with pytest.raises(CheckpointError, match="no such CLIP checkpoint file") as info:
+        load_clip(TINY_CLIP, str(missing), device="cpu")
+    assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("filename,data", [
+    ("zeros.safetensors", b"\x00" * 64),  # header length 0
+    ("header.safetensors", b"\x10" + b"\x00" * 7 + b'{"a":1}'),  # header longer than the file
+    ("random.pt", bytes(range(256)) * 2),  # neither a zip nor a legacy pickle
+    ("empty.pt", b""),
+    ("notzip.bin", b"PK\x03\x04 not really a zip"),
+], ids=["zero-header", "short-file", "random-bytes", "empty", "bad-zip"])
+def test_load_clip_corrupt_checkpoint_file_is_a_checkpoint_error(tmp_path, filename, data):
+    register_tiny_clip()
+    bad = tmp_path / filename
+    bad.write_bytes(data)
+    with pytest.raises(CheckpointError, match="cannot load CLIP TargetCLIP-Tiny") as info:
+        load_clip(TINY_CLIP, str(bad), device="cpu")
+    assert str(bad) in str(info.value)
+
+
+def test_load_clip_state_dict_of_another_model_is_a_checkpoint_error(tmp_path):
+    register_tiny_clip()
+    other = tmp_path / "other.pt"
+    torch.save({"foo": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="cannot load CLIP"):
+        load_clip(TINY_CLIP, str(other), device="cpu")
+
+
+def test_identity_names_the_model(C):
+    assert C.identity == {"name": TINY_CLIP, "pretrained": ""}
+    assert C.input_size == TINY_CLIP_INPUT
+
+
+def test_encode_text_is_normalised_t_by_d(C):
+    out = C.encode_text(["a face with a beard", "a photo of a cat", "glasses"])
+    assert out.shape == (3, TINY_CLIP_DIM)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert not out.requires_grad
+    single = C.encode_text("a face with a beard")
+    assert single.shape == (1, TINY_CLIP_DIM)
+    assert torch.allclose(single[0], out[0], atol=1e-5)
