@@ -17,7 +17,8 @@ calling or running anything the file chooses:
   stand-ins (or records/stubs defined here); INST and OBJ are refused, and
   APPEND/SETITEM/ADDITEMS only touch plain lists, dicts and sets.  The
   pure-Python unpickler is used because the C one cannot be restricted per
-  opcode (its BUILD would call any object's ``__setstate__``).
+  opcode (its BUILD would call any object's ``__setstate__``); those opcodes
+  live in ``restricted_unpickler``, shared with ``torchscript_archive``.
 * A persistent NVlabs object becomes a ``PersistentRecord``: its class name,
   version, ``state`` (the object's ``__dict__``) and ``module_src`` as text,
   which is kept for diagnostics only and never run.  Allow-listed plain
@@ -43,15 +44,17 @@ import math
 import os
 import pickle
 import re
-import struct
 import warnings
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError, TargetCLIPError, UnsafePickleError
+from .restricted_unpickler import (_NOTHING_RAN, RestrictedUnpickler, _call_stand_ins, _int_tuple, _is_int,
+                                   _rebuild_parameter, _StandIn, _unlisted_global, _view_geometry, _view_last_index)
+from .restricted_unpickler import _describe as _describe_any
 
 __all__ = [
     "load_network_pickle",
@@ -59,8 +62,6 @@ __all__ = [
     "ModuleRecord",
     "PickledEasyDict",
 ]
-
-_NOTHING_RAN = "nothing from the file was imported or executed"
 
 
 # --------------------------------------------------------------------------
@@ -233,34 +234,11 @@ def _plain(value: Any) -> Any:
 # Stand-ins: the only things a pickle can reach.
 
 
-class _StandIn:
-    """A global as the pickle sees it: `call` serves REDUCE, `new` serves NEWOBJ."""
-
-    def __init__(self, qualname: str, call: Callable[..., Any] | None = None,
-                 new: Callable[[], Any] | None = None) -> None:
-        self.qualname = qualname
-        self.call = call
-        self.new = new
-
-    def __repr__(self) -> str:
-        return f"<stand-in for {self.qualname}>"
-
-
 class _Stub:
     """A value that is only complete after BUILD; the unpickler swaps in the result."""
 
     def _pickle_build(self, state: Any) -> Any:
         raise NotImplementedError
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in value):
-        raise CheckpointError(f"{what} must be a tuple of non-negative ints, got {value!r}")
-    return tuple(value)
 
 
 # ---- NVlabs persistence and dnnlib
@@ -353,30 +331,17 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
     """torch._utils._rebuild_tensor_v2: a view of a storage; always a plain CPU tensor."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not a storage")
-    if not _is_int(offset) or offset < 0:
-        raise CheckpointError(f"bad tensor storage offset {offset!r}")
-    size_t, stride_t = _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride")
-    if len(size_t) != len(stride_t):
-        raise CheckpointError("tensor size and stride differ in length")
+    size_t, stride_t = _view_geometry(offset, size, stride)
     if backward_hooks or metadata:
         # Hooks would be callables and metadata sets conj/neg bits: real network files have neither.
         raise CheckpointError("tensor carries backward hooks or metadata")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         numel, dtype, untyped = storage.size(), storage.dtype, storage._untyped_storage
-    if math.prod(size_t) > 0 and offset + sum((n - 1) * s for n, s in zip(size_t, stride_t)) >= numel:
+    last = _view_last_index(offset, size_t, stride_t)
+    if last is not None and last >= numel:
         raise CheckpointError("tensor extends past the end of its storage")
     return torch.empty((0,), dtype=dtype).set_(untyped, offset, size_t, stride_t)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
-                       state: Any = None) -> torch.Tensor:
-    """torch._utils._rebuild_parameter(_with_state): the parameter's data as a plain tensor."""
-    if not isinstance(data, torch.Tensor):
-        raise CheckpointError(f"parameter data is a {type(data).__name__}, not a tensor")
-    if backward_hooks:
-        raise CheckpointError("parameter carries backward hooks")
-    return data  # Python attributes in `state` are dropped: records hold data only
 
 
 def _device(kind: Any, index: Any = None) -> torch.device:
@@ -524,10 +489,7 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
         entries[f"{core}.multiarray._reconstruct"] = _np_reconstruct
         entries[f"{core}.multiarray.scalar"] = _np_scalar
         entries[f"{core}.numeric._frombuffer"] = _np_frombuffer
-    allowed: dict[tuple[str, str], Any] = {}
-    for qualname, fn in entries.items():
-        module, _, name = qualname.rpartition(".")
-        allowed[(module, name)] = _StandIn(qualname, call=fn)
+    allowed: dict[tuple[str, str], Any] = dict(_call_stand_ins(entries))
     allowed[("numpy", "ndarray")] = _NDARRAY
     easydict = _StandIn("dnnlib.util.EasyDict", new=PickledEasyDict)
     allowed[("dnnlib.util", "EasyDict")] = allowed[("dnnlib", "EasyDict")] = easydict
@@ -547,11 +509,9 @@ _PY2_MODULES = {"__builtin__": "builtins"}
 
 
 def _describe(obj: Any) -> str:
-    if isinstance(obj, _StandIn):
-        return obj.qualname
     if isinstance(obj, torch.dtype):
         return str(obj)
-    return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
+    return _describe_any(obj)
 
 
 # --------------------------------------------------------------------------
@@ -571,15 +531,21 @@ class _Memo(dict):
             self.stub_keys.setdefault(id(value), []).append(key)
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """Pure-Python unpickler whose object-building opcodes reach stand-ins only."""
+class _RestrictedUnpickler(RestrictedUnpickler):
+    """The shared restricted unpickler with NVlabs' allow-list, records and numpy stubs."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    source_kind = "network pickles"
+    buildable_types = (ModuleRecord, PickledEasyDict, _Stub)
+    container_types = {
+        list: (list,),
+        dict: (dict, OrderedDict, PickledEasyDict),
+        set: (set,),
+    }
+    describe = staticmethod(_describe)
 
     def __init__(self, file: "_BoundedReader") -> None:
-        super().__init__(file)
+        super().__init__(file, file.total, "the file")
         self.memo = _Memo()
-        self._reader = file
         self._pending: dict[int, _Stub] = {}  # stubs made by REDUCE, not yet BUILT
 
     def find_class(self, module: str, name: str) -> Any:
@@ -588,9 +554,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if found is None and re.fullmatch(_REBUILT_MODULE, module) and name in _EG3D_HELPER_NAMES:
             found = _module_class(f"{module}.{name}")
         if found is None:
-            raise UnsafePickleError(
-                f"the pickle asks for the global '{module}.{name}', which is not on the allow-list; "
-                f"it was refused and {_NOTHING_RAN}")
+            raise _unlisted_global(module, name)
         return found
 
     def persistent_load(self, pid: Any) -> Any:
@@ -600,125 +564,18 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if self._pending:
             raise CheckpointError("a numpy value was left without its data")
 
-    # --- object building
-
-    def _load_reduce(self) -> None:
-        args = self.stack.pop()
-        func = self.stack[-1]
-        if not isinstance(func, _StandIn) or func.call is None:
-            raise UnsafePickleError(f"the pickle tries to call {_describe(func)}; it was refused and {_NOTHING_RAN}")
-        if not isinstance(args, tuple):
-            raise CheckpointError("REDUCE arguments are not a tuple")
-        result = func.call(*args)
-        self.stack[-1] = result
+    def _reduced(self, result: Any) -> None:
         if isinstance(result, _Stub):
             self._pending[id(result)] = result
 
-    def _new(self, cls: Any, args: Any, kwargs: Any) -> Any:
-        if not isinstance(cls, _StandIn) or cls.new is None:
-            raise UnsafePickleError(
-                f"the pickle tries to instantiate {_describe(cls)}; it was refused and {_NOTHING_RAN}")
-        if not (type(args) is tuple and not args) or not (kwargs is None or (type(kwargs) is dict and not kwargs)):
-            raise CheckpointError(f"{cls.qualname} is never created with arguments in network pickles")
-        return cls.new()
-
-    def _load_newobj(self) -> None:
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        self.append(self._new(cls, args, None))
-
-    def _load_newobj_ex(self) -> None:
-        kwargs = self.stack.pop()
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        self.append(self._new(cls, args, kwargs))
-
-    def _load_build(self) -> None:
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        if not isinstance(inst, (ModuleRecord, PickledEasyDict, _Stub)):
-            raise UnsafePickleError(
-                f"the pickle tries to set the state of {_describe(inst)}; it was refused and {_NOTHING_RAN}")
-        result = inst._pickle_build(state)
+    def _built(self, inst: Any, result: Any) -> None:
+        # A stub's BUILD makes the real value: it replaces the stub on the stack and in the memo.
         if result is not inst:
             self.stack[-1] = result
             for key in self.memo.stub_keys.pop(id(inst), ()):
                 if self.memo.get(key) is inst:
                     self.memo[key] = result
             self._pending.pop(id(inst), None)
-
-    def _load_inst(self) -> None:
-        module = self.readline()[:-1].decode("ascii", "replace")
-        name = self.readline()[:-1].decode("ascii", "replace")
-        raise UnsafePickleError(
-            f"the pickle tries to instantiate '{module}.{name}' (INST opcode); it was refused and {_NOTHING_RAN}")
-
-    def _load_obj(self) -> None:
-        args = self.pop_mark()
-        cls = args[0] if args else None
-        raise UnsafePickleError(
-            f"the pickle tries to instantiate {_describe(cls)} (OBJ opcode); it was refused and {_NOTHING_RAN}")
-
-    # --- container filling: plain containers only, so no foreign __setitem__/append runs
-
-    def _load_append(self) -> None:
-        value = self.stack.pop()
-        _require_container(self.stack[-1], list).append(value)
-
-    def _load_appends(self) -> None:
-        items = self.pop_mark()
-        _require_container(self.stack[-1], list).extend(items)
-
-    def _load_setitem(self) -> None:
-        value = self.stack.pop()
-        key = self.stack.pop()
-        _require_container(self.stack[-1], dict)[key] = value
-
-    def _load_setitems(self) -> None:
-        items = self.pop_mark()
-        target = _require_container(self.stack[-1], dict)
-        for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
-
-    def _load_additems(self) -> None:
-        items = self.pop_mark()
-        _require_container(self.stack[-1], set).update(items)
-
-    def _load_bytearray8(self) -> None:
-        # The base version allocates the claimed length before reading; the data
-        # may already sit in a frame, so bound it by the whole file, not what is left.
-        (length,) = struct.unpack("<Q", self.read(8))
-        self._reader.check_size(length)
-        buf = bytearray(length)
-        self.readinto(buf)
-        self.append(buf)
-
-    dispatch[pickle.REDUCE[0]] = _load_reduce
-    dispatch[pickle.NEWOBJ[0]] = _load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
-    dispatch[pickle.BUILD[0]] = _load_build
-    dispatch[pickle.INST[0]] = _load_inst
-    dispatch[pickle.OBJ[0]] = _load_obj
-    dispatch[pickle.APPEND[0]] = _load_append
-    dispatch[pickle.APPENDS[0]] = _load_appends
-    dispatch[pickle.SETITEM[0]] = _load_setitem
-    dispatch[pickle.SETITEMS[0]] = _load_setitems
-    dispatch[pickle.ADDITEMS[0]] = _load_additems
-    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
-
-
-_CONTAINER_TYPES: dict[type, tuple[type, ...]] = {
-    list: (list,),
-    dict: (dict, OrderedDict, PickledEasyDict),
-    set: (set,),
-}
-
-
-def _require_container(obj: Any, kind: type) -> Any:
-    if type(obj) not in _CONTAINER_TYPES[kind]:
-        raise UnsafePickleError(
-            f"the pickle tries to add items to {_describe(obj)}; it was refused and {_NOTHING_RAN}")
-    return obj
 
 
 class _BoundedReader:
@@ -734,11 +591,7 @@ class _BoundedReader:
             self._left = end - here
         except (AttributeError, OSError, ValueError):
             self._left = None  # not seekable: rely on the stream's own end
-        self._total = self._left
-
-    def check_size(self, n: int) -> None:
-        if self._total is not None and n > self._total:
-            raise EOFError(f"pickle data was truncated: {n} bytes wanted, the file has {self._total}")
+        self.total = self._left  # the whole file's size (None: unknown), which bounds BYTEARRAY8
 
     def check_available(self, n: int) -> None:
         if self._left is not None and n > self._left:

@@ -18,7 +18,8 @@ stranger must not get that far, so this module reads the archive as data:
   globals TorchScript writes to functions written here, and every other global
   raises ``UnsafePickleError`` naming it.  REDUCE, NEWOBJ and BUILD only ever
   reach those stand-ins; INST and OBJ are refused; APPEND/SETITEM/ADDITEMS only
-  touch plain lists, dicts and sets.
+  touch plain lists, dicts and sets (the opcode handling is
+  ``restricted_unpickler``, shared with ``safe_pickle``).
 * Tensors: ``persistent_load`` resolves ``('storage', <dtype>, key, location,
   numel)`` to the bytes of ``<root>/data/<key>``, which must be exactly
   ``numel * itemsize`` long, as a CPU tensor; ``_rebuild_tensor_v2`` becomes a
@@ -47,11 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
-import pickle
 import re
-import struct
 import sys
 import zipfile
 from collections import OrderedDict
@@ -59,7 +57,10 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import CheckpointError, TargetCLIPError, UnsafePickleError
+from .errors import CheckpointError, TargetCLIPError
+from .restricted_unpickler import (RestrictedUnpickler, _call_stand_ins, _is_int, _rebuild_parameter, _StandIn,
+                                   _unlisted_global, _view_geometry, _view_last_index)
+from .restricted_unpickler import _describe as _describe_any
 
 __all__ = [
     "is_torchscript_archive",
@@ -69,7 +70,6 @@ __all__ = [
     "OPENAI_EXTRA_KEYS",
 ]
 
-_NOTHING_RAN = "nothing from the file was imported or executed"
 _MAX_PICKLE_BYTES = 512 * 1024 * 1024  # data.pkl holds structure only (a few MB for big models)
 _MAX_CODE_BYTES = 64 * 1024 * 1024
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -111,19 +111,6 @@ class ScriptObjectRecord:
         return f"ScriptObjectRecord({self.qualified_name!r})"
 
 
-class _StandIn:
-    """A global as the pickle sees it: ``call`` serves REDUCE, ``new`` serves NEWOBJ."""
-
-    def __init__(self, qualname: str, call: Callable[..., Any] | None = None,
-                 new: Callable[[], Any] | None = None) -> None:
-        self.qualname = qualname
-        self.call = call
-        self.new = new
-
-    def __repr__(self) -> str:
-        return f"<stand-in for {self.qualname}>"
-
-
 class _StorageType:
     """``torch.FloatStorage`` and friends: only meaningful inside a persistent id."""
 
@@ -142,48 +129,24 @@ class _Storage:
         self.key, self.dtype, self.numel, self.flat = key, dtype, numel, flat
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in value):
-        raise CheckpointError(f"{what} must be a tuple of non-negative ints, got {value!r}")
-    return tuple(value)
-
-
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
                     backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
     """torch._utils._rebuild_tensor_v2: a bounds-checked view of a storage, on the CPU."""
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not an archive storage")
-    if not _is_int(offset) or offset < 0:
-        raise CheckpointError(f"bad tensor storage offset {offset!r}")
-    size_t, stride_t = _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride")
-    if len(size_t) != len(stride_t):
-        raise CheckpointError("tensor size and stride differ in length")
+    size_t, stride_t = _view_geometry(offset, size, stride)
     if not isinstance(requires_grad, bool):
         raise CheckpointError(f"bad requires_grad flag {requires_grad!r}")
     if backward_hooks or metadata:
         # hooks would be callables, metadata sets conj/neg bits: archives of weights have neither
         raise CheckpointError("tensor carries backward hooks or metadata")
-    if math.prod(size_t) > 0:
-        last = offset + sum((n - 1) * s for n, s in zip(size_t, stride_t))
-        if last >= storage.numel:
-            raise CheckpointError(f"tensor extends past the end of storage {storage.key}")
-    elif offset > storage.numel:
-        raise CheckpointError(f"tensor offset lies past the end of storage {storage.key}")
+    last = _view_last_index(offset, size_t, stride_t)
+    if last is None:
+        if offset > storage.numel:
+            raise CheckpointError(f"tensor offset lies past the end of storage {storage.key}")
+    elif last >= storage.numel:
+        raise CheckpointError(f"tensor extends past the end of storage {storage.key}")
     return storage.flat.as_strided(size_t, stride_t, offset)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
-                       state: Any = None) -> torch.Tensor:
-    """torch._utils._rebuild_parameter(_with_state): the parameter's data as a plain tensor."""
-    if not isinstance(data, torch.Tensor):
-        raise CheckpointError(f"parameter data is a {type(data).__name__}, not a tensor")
-    if backward_hooks:
-        raise CheckpointError("parameter carries backward hooks")
-    return data
 
 
 def _ordered_dict(items: Any = ()) -> OrderedDict:
@@ -240,10 +203,7 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
         "torch.jit._pickle.build_tensorlist": _typed_list("tensor", lambda v: isinstance(v, torch.Tensor)),
         "torch.jit._pickle.restore_type_tag": _restore_type_tag,
     }
-    allowed: dict[tuple[str, str], Any] = {}
-    for qualname, fn in calls.items():
-        module, _, name = qualname.rpartition(".")
-        allowed[(module, name)] = _StandIn(qualname, call=fn)
+    allowed: dict[tuple[str, str], Any] = dict(_call_stand_ins(calls))
     for name, dtype in _STORAGE_DTYPES.items():
         allowed[("torch", name)] = _StorageType(f"torch.{name}", dtype)
     return allowed
@@ -253,25 +213,27 @@ _ALLOWED = _build_allow_list()
 
 
 def _describe(obj: Any) -> str:
-    if isinstance(obj, (_StandIn, _StorageType)):
+    if isinstance(obj, _StorageType):
         return obj.qualname
     if isinstance(obj, ScriptObjectRecord):
         return f"a {obj.qualified_name} object"
-    return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
+    return _describe_any(obj)
 
 
 # --------------------------------------------------------------------------
 # The unpickler.
 
 
-class _ArchiveUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """Pure-Python unpickler whose object-building opcodes reach stand-ins only."""
+class _ArchiveUnpickler(RestrictedUnpickler):
+    """The shared restricted unpickler with TorchScript's allow-list, records and storages."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    source_kind = "TorchScript archives"
+    buildable_types = (ScriptObjectRecord,)  # filled in place: _pickle_build returns None
+    # container_types: the shared plain list/dict(+OrderedDict)/set
+    describe = staticmethod(_describe)
 
     def __init__(self, data: bytes, archive: "_Archive") -> None:
-        super().__init__(io.BytesIO(data))
-        self._size = len(data)
+        super().__init__(io.BytesIO(data), len(data), "data.pkl")
         self._archive = archive
         self._storages: dict[str, _Storage] = {}
         self._classes: dict[str, _StandIn] = {}
@@ -286,9 +248,7 @@ class _ArchiveUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             return self._classes[qualname]
         found = _ALLOWED.get((module, name))
         if found is None:
-            raise UnsafePickleError(
-                f"the pickle asks for the global '{module}.{name}', which is not on the allow-list; "
-                f"it was refused and {_NOTHING_RAN}")
+            raise _unlisted_global(module, name)
         return found
 
     def persistent_load(self, pid: Any) -> _Storage:
@@ -311,112 +271,6 @@ class _ArchiveUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         storage = _Storage(key, kind.dtype, numel, self._archive.read_storage(key, kind.dtype, numel))
         self._storages[key] = storage
         return storage
-
-    # --- object building
-
-    def _load_reduce(self) -> None:
-        args = self.stack.pop()
-        func = self.stack[-1]
-        if not isinstance(func, _StandIn) or func.call is None:
-            raise UnsafePickleError(f"the pickle tries to call {_describe(func)}; it was refused and {_NOTHING_RAN}")
-        if not isinstance(args, tuple):
-            raise CheckpointError("REDUCE arguments are not a tuple")
-        self.stack[-1] = func.call(*args)
-
-    def _new(self, cls: Any, args: Any, kwargs: Any) -> Any:
-        if not isinstance(cls, _StandIn) or cls.new is None:
-            raise UnsafePickleError(
-                f"the pickle tries to instantiate {_describe(cls)}; it was refused and {_NOTHING_RAN}")
-        if not (type(args) is tuple and not args) or not (kwargs is None or (type(kwargs) is dict and not kwargs)):
-            raise CheckpointError(f"{cls.qualname} is never created with arguments in TorchScript archives")
-        return cls.new()
-
-    def _load_newobj(self) -> None:
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        self.append(self._new(cls, args, None))
-
-    def _load_newobj_ex(self) -> None:
-        kwargs = self.stack.pop()
-        args = self.stack.pop()
-        cls = self.stack.pop()
-        self.append(self._new(cls, args, kwargs))
-
-    def _load_build(self) -> None:
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        if not isinstance(inst, ScriptObjectRecord):
-            raise UnsafePickleError(
-                f"the pickle tries to set the state of {_describe(inst)}; it was refused and {_NOTHING_RAN}")
-        inst._pickle_build(state)
-
-    def _load_inst(self) -> None:
-        module = self.readline()[:-1].decode("ascii", "replace")
-        name = self.readline()[:-1].decode("ascii", "replace")
-        raise UnsafePickleError(
-            f"the pickle tries to instantiate '{module}.{name}' (INST opcode); it was refused and {_NOTHING_RAN}")
-
-    def _load_obj(self) -> None:
-        args = self.pop_mark()
-        cls = args[0] if args else None
-        raise UnsafePickleError(
-            f"the pickle tries to instantiate {_describe(cls)} (OBJ opcode); it was refused and {_NOTHING_RAN}")
-
-    # --- container filling: plain containers only, so no foreign __setitem__/append runs
-
-    def _load_append(self) -> None:
-        value = self.stack.pop()
-        _require_container(self.stack[-1], list).append(value)
-
-    def _load_appends(self) -> None:
-        items = self.pop_mark()
-        _require_container(self.stack[-1], list).extend(items)
-
-    def _load_setitem(self) -> None:
-        value = self.stack.pop()
-        key = self.stack.pop()
-        _require_container(self.stack[-1], dict)[key] = value
-
-    def _load_setitems(self) -> None:
-        items = self.pop_mark()
-        target = _require_container(self.stack[-1], dict)
-        for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
-
-    def _load_additems(self) -> None:
-        items = self.pop_mark()
-        _require_container(self.stack[-1], set).update(items)
-
-    def _load_bytearray8(self) -> None:
-        # the base version allocates the claimed length before reading
-        (length,) = struct.unpack("<Q", self.read(8))
-        if length > self._size:
-            raise EOFError(f"pickle data was truncated: {length} bytes wanted, data.pkl has {self._size}")
-        buf = bytearray(length)
-        self.readinto(buf)
-        self.append(buf)
-
-    dispatch[pickle.REDUCE[0]] = _load_reduce
-    dispatch[pickle.NEWOBJ[0]] = _load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
-    dispatch[pickle.BUILD[0]] = _load_build
-    dispatch[pickle.INST[0]] = _load_inst
-    dispatch[pickle.OBJ[0]] = _load_obj
-    dispatch[pickle.APPEND[0]] = _load_append
-    dispatch[pickle.APPENDS[0]] = _load_appends
-    dispatch[pickle.SETITEM[0]] = _load_setitem
-    dispatch[pickle.SETITEMS[0]] = _load_setitems
-    dispatch[pickle.ADDITEMS[0]] = _load_additems
-    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
-
-
-_CONTAINER_TYPES: dict[type, tuple[type, ...]] = {list: (list,), dict: (dict, OrderedDict), set: (set,)}
-
-
-def _require_container(obj: Any, kind: type) -> Any:
-    if type(obj) not in _CONTAINER_TYPES[kind]:
-        raise UnsafePickleError(f"the pickle tries to add items to {_describe(obj)}; it was refused and {_NOTHING_RAN}")
-    return obj
 
 
 # --------------------------------------------------------------------------
