@@ -177,3 +177,44 @@ def test_encode_text_is_normalised_t_by_d(C):
     single = C.encode_text("a face with a beard")
     assert single.shape == (1, TINY_CLIP_DIM)
     assert torch.allclose(single[0], out[0], atol=1e-5)
+
+
+def _trained_looking_state(seed=11):
+    """A tiny CLIP state dict with weights no random init would give (seeded normal draws)."""
+    import open_clip
+
+    register_tiny_clip()
+    model = open_clip.create_model(TINY_CLIP, pretrained=None)
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(v.shape, generator=gen) * 0.02).to(v.dtype) if v.is_floating_point() else v.clone()
+            for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin", "local-dir"])
+def test_load_clip_reads_local_checkpoints(tmp_path, kind):
+    import json
+
+    from safetensors.torch import save_file
+
+    state = _trained_looking_state()
+    if kind == "safetensors":
+        path = tmp_path / "tiny.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        C = load_clip(TINY_CLIP, str(path), device="cpu")
+    elif kind == "bin":
+        path = tmp_path / "tiny.bin"
+        torch.save(state, path)
+        C = load_clip(TINY_CLIP, str(path), device="cpu")
+    else:  # open_clip's own folder layout: config + safetensors weights
+        from essence_helpers import CLIP_CONFIG_DIR
+
+        folder = tmp_path / "tiny_dir"
+        folder.mkdir()
+        cfg = json.loads((CLIP_CONFIG_DIR / f"{TINY_CLIP}.json").read_text())
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "open_clip_model.safetensors"))
+        C = load_clip(f"local-dir:{folder}", None, device="cpu")
+    loaded = C.model.state_dict()
+    for k, v in state.items():  # the file's weights, not a random init, are what encodes
+        assert torch.equal(loaded[k].float(), v.float()), k
+    assert all(not p.requires_grad for p in C.model.parameters())
