@@ -45,6 +45,7 @@ import os
 import pickle
 import re
 import warnings
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, BinaryIO
 
@@ -68,7 +69,7 @@ __all__ = [
 # Records: what networks become.
 
 
-class _Record:
+class _Record(ABC):
     """Common part of persistent and plain module records: a module's __dict__."""
 
     state: dict
@@ -104,8 +105,9 @@ class _Record:
             raise CheckpointError(f"{self._label()}: init_args is a {type(raw).__name__}, not a tuple")
         return tuple(_plain(list(raw)))
 
+    @abstractmethod
     def _label(self) -> str:
-        raise NotImplementedError
+        """How error messages name this record."""
 
 
 class PersistentRecord(_Record):
@@ -234,11 +236,12 @@ def _plain(value: Any) -> Any:
 # Stand-ins: the only things a pickle can reach.
 
 
-class _Stub:
+class _Stub(ABC):
     """A value that is only complete after BUILD; the unpickler swaps in the result."""
 
+    @abstractmethod
     def _pickle_build(self, state: Any) -> Any:
-        raise NotImplementedError
+        """Turn the BUILD state into the finished value."""
 
 
 # ---- NVlabs persistence and dnnlib
