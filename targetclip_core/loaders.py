@@ -13,7 +13,6 @@ Every path reads through `torch.load(weights_only=True)`, the restricted unpickl
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os

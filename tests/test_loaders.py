@@ -37,7 +37,7 @@ from conftest import (
 )
 from targetclip_core.errors import CheckpointError, LatentError, UnsafePickleError, WeightsUnavailableError
 from targetclip_core.latents import load_latents
-from targetclip_core.loaders import SAFETENSORS_FORMAT, load_generator, save_generator, sniff_format
+from targetclip_core.loaders import load_generator, save_generator, sniff_format
 from targetclip_core.stylegan2 import SynthesisLayer, ToRGBLayer
 
 TOL = 1e-4
