@@ -175,6 +175,35 @@ def optimize_essence(
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
+    # callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
+    with torch.inference_mode(False), torch.enable_grad():
+        _make_autograd_ready(G)
+        _make_autograd_ready(C)
+        if torch.is_tensor(target_image):
+            target_image = target_image.clone()
+        if sources is not None:
+            sources = sources.clone()
+        if torch.is_tensor(init):
+            init = init.clone()
+        return _optimize(G, C, target_image, steps, lr, n_sources, sources, truncation, seed, lambda_similarity,
+                         lambda_consistency, lambda_l2, init, learn_coefficients, out_resolution, preprocess, callback,
+                         early_stop_patience, early_stop_tolerance, name)
+
+
+def _make_autograd_ready(module) -> None:
+    """Weights created under inference_mode cannot take part in autograd: copy them out once."""
+    for sub in module.modules():
+        for key, p in sub._parameters.items():
+            if p is not None and p.is_inference():
+                sub._parameters[key] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+        for key, b in sub._buffers.items():
+            if b is not None and b.is_inference():
+                sub._buffers[key] = b.clone()
+
+
+def _optimize(G, C, target_image, steps, lr, n_sources, sources, truncation, seed, lambda_similarity, lambda_consistency,
+              lambda_l2, init, learn_coefficients, out_resolution, preprocess, callback, early_stop_patience,
+              early_stop_tolerance, name):
     device = G.device
     targets = _target_batch(target_image, device)
     n_targets = targets.shape[0]

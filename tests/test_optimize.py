@@ -436,3 +436,15 @@ def test_zero_init_gives_the_same_first_losses_alone_and_batched(G, C):
     batched = optimize_essence(G, C, targets, steps=1, init="zeros", seed=1)
     assert alone.losses["consistency"][0] == 0.0
     assert batched[0].losses["consistency"][0] == 0.0
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_optimisation_works_inside_no_grad_contexts(context):
+    # ComfyUI runs every node under inference_mode; models loaded there hold inference tensors
+    ctx = torch.no_grad if context == "no_grad" else torch.inference_mode
+    with ctx():
+        G, C = tiny_generator(), tiny_clip()
+        target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        E = optimize_essence(G, C, target, steps=4, n_sources=2, lr=0.1)
+    hist = E.losses["total"]
+    assert len(hist) == 4 and hist[-1] < hist[0]
