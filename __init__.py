@@ -1,5 +1,13 @@
 """ComfyUI entry point of the TargetCLIP node pack (clone this folder into ComfyUI/custom_nodes)."""
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+import os
+import sys
+
+try:  # installed with `pip install -e .`
+    import targetclip_core  # noqa: F401
+except ImportError:  # a plain clone in custom_nodes: the engine sits beside this file
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,9 +1,15 @@
 """ComfyUI adapters: one module per node family; the only code that imports comfy.*.
 
-Nodes are registered as their capability lands in the engine (none yet: the node
-pack is its own issue). Each module exports NODE_CLASS_MAPPINGS and
-NODE_DISPLAY_NAME_MAPPINGS, merged here.
+Nodes are registered as their capability lands in the engine. Each module exports
+NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS, merged here.
 """
+
+from . import common, essence, generator
+
+common.register_model_folders()
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in (generator, essence):
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

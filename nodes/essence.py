@@ -1,0 +1,227 @@
+"""Essence nodes: CLIP, optimisation with live preview, application, files, mixing."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+import folder_paths
+from targetclip_core.clip import load_clip
+from targetclip_core.essence import load_essence, mix_essences, save_essence
+from targetclip_core.images import grid
+from targetclip_core.optimize import optimize_essence
+
+from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
+                     image_from_core, image_to_core, list_files)
+from .generator import render_batches
+
+LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
+
+
+class LoadCLIP:
+    DESCRIPTION = "Load a frozen CLIP model through open_clip (name + pretrained tag), or a checkpoint file from models/clip."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("TARGETCLIP_CLIP",)
+    RETURN_NAMES = ("clip",)
+    OUTPUT_TOOLTIPS = ("The semantic encoder used by essence nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": ("STRING", {"default": "ViT-B-32", "tooltip": "open_clip architecture, 'local-dir:/folder' or 'hf-hub:org/repo'."}),
+            "pretrained": ("STRING", {"default": "openai", "tooltip": "open_clip tag (downloads once), a file name in models/clip, a path, or 'none'."}),
+            "preprocess": (["default", "paper"], {"tooltip": "default: CLIP's own preprocessing; paper: the official TargetCLIP input (for reproduction)."}),
+        }}
+
+    def load(self, model_name, pretrained, preprocess):
+        pretrained = pretrained.strip()
+        if pretrained.lower() in ("", "none"):
+            pretrained = None
+        elif folder_paths.get_full_path("clip", pretrained):
+            pretrained = folder_paths.get_full_path("clip", pretrained)
+        device = compute_device()
+        C = cached(("clip", model_name, pretrained, str(device)), lambda: load_clip(model_name, pretrained, device=device))
+        C.preprocess = preprocess
+        return (C,)
+
+
+class OptimizeEssence:
+    DESCRIPTION = ("Find the essence of a target image (TargetCLIP): a W+ offset that gives any face the target's look. "
+                   "Shows a live preview of the edits and can be cancelled at any step.")
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("ESSENCE", "IMAGE")
+    RETURN_NAMES = ("essence", "preview")
+    OUTPUT_TOOLTIPS = ("The essence (best step).", "Target, sources and their edits with the essence, as a grid.")
+    FUNCTION = "optimize"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generator": ("STYLEGAN", {"tooltip": "The generator the essence is for."}),
+                "clip": ("TARGETCLIP_CLIP", {"tooltip": "CLIP model that judges the look (paper: ViT-B-32, openai)."}),
+                "target": ("IMAGE", {"tooltip": "Target image(s); each image of a batch gets its own essence (the first is returned)."}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 10000, "tooltip": "Optimisation steps (paper: 1000)."}),
+                "lr": ("FLOAT", {"default": 0.2, "min": 0.0001, "max": 2.0, "step": 0.01, "tooltip": "Adam learning rate (paper: 0.2)."}),
+                "n_sources": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Faces the essence must work on at once (paper: 4)."}),
+                "lambda_consistency": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "Weight of the consistency loss (paper: 0.5)."}),
+                "lambda_l2": ("FLOAT", {"default": 0.003, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Weight of ||b|| (paper: 0.003)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "Seed for sources and initialisation."}),
+                "preview_every": ("INT", {"default": 10, "min": 1, "max": 1000, "tooltip": "Send a preview image every N steps."}),
+            },
+            "optional": {
+                "sources": ("WPLUS", {"tooltip": "Train on these W+ latents instead of sampled faces."}),
+                "init": ("ESSENCE", {"tooltip": "Start from this essence instead of a random sample."}),
+            },
+        }
+
+    def optimize(self, generator, clip, target, steps, lr, n_sources, lambda_consistency, lambda_l2, seed, preview_every,
+                 sources=None, init=None):
+        G = generator
+        progress = Progress(steps)
+
+        def on_step(info):
+            check_interrupted()
+            image = info.images[0, 0] if (info.step + 1) % preview_every == 0 or info.step + 1 == info.steps else None
+            progress.update(info.step + 1, None if image is None else image[None])
+
+        src = sources.check_for(G) if sources is not None else None
+        result = optimize_essence(
+            G, clip, image_to_core(target, G.device), steps=steps, lr=lr, n_sources=n_sources, sources=src, seed=seed,
+            lambda_consistency=lambda_consistency, lambda_l2=lambda_l2, init=init if init is not None else "random",
+            callback=on_step, name="essence",
+        )
+        essence = result[0] if isinstance(result, list) else result
+        from targetclip_core.optimize import sample_sources
+
+        show = src if src is not None else sample_sources(G, n_sources, 0.7, seed)
+        with torch.no_grad():
+            srcs, edits = G.synthesis(show), G.synthesis(show + essence.vector.to(G.device))
+            tgt = torch.nn.functional.interpolate(image_to_core(target[:1], G.device), size=srcs.shape[-2:], mode="bilinear",
+                                                  antialias=True, align_corners=False)
+            sheet = grid(torch.cat([tgt, srcs, torch.full_like(tgt, -1), edits]), cols=len(show) + 1)
+        return (essence, image_from_core(sheet))
+
+
+class ApplyEssence:
+    DESCRIPTION = "Apply an essence to latents: G(w + strength * b), optionally on a layer range only."
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("IMAGE", "WPLUS")
+    RETURN_NAMES = ("images", "latents")
+    OUTPUT_TOOLTIPS = ("The edited images.", "The edited latents, to chain further edits.")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("STYLEGAN", {"tooltip": "The generator the latents and essence belong to."}),
+            "latents": ("WPLUS", {"tooltip": "Source latents (sampled or inverted)."}),
+            "essence": ("ESSENCE", {"tooltip": "An optimised, loaded or mixed essence."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -3.0, "max": 3.0, "step": 0.05,
+                                   "tooltip": "How much of the essence: official advice 0.5-1 (Joker 0.9-1.3); the paper's evaluation used 1.2."}),
+            "layers": (LAYER_CHOICES, {"tooltip": "W+ entries to edit: coarse 0-3 (pose, shape), middle 4-7 (features, hair), fine 8+ (colour, texture)."}),
+        }}
+
+    def apply(self, generator, latents, essence, strength, layers):
+        from targetclip_core.essence import edit_latents
+
+        G = generator
+        wp = latents.check_for(G)
+        essence.check_compatible(G)
+        edited = edit_latents(wp, essence.to(G.device), strength, layers)
+        return (render_batches(G, edited), WPlus(edited, G.identity))
+
+
+class LoadEssence:
+    DESCRIPTION = "Load an essence from models/targetclip: our .safetensors or an official TargetCLIP .npy direction."
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("ESSENCE",)
+    RETURN_NAMES = ("essence",)
+    OUTPUT_TOOLTIPS = ("The essence.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"essence_name": (list_files("targetclip"), {"tooltip": "A file in models/targetclip."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, essence_name):
+        return file_signature("targetclip", essence_name)
+
+    def load(self, essence_name):
+        return (load_essence(full_path("targetclip", essence_name)),)
+
+
+class SaveEssence:
+    DESCRIPTION = "Save an essence as .safetensors into models/targetclip (so Load Essence lists it)."
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "essence": ("ESSENCE", {"tooltip": "The essence to save."}),
+            "filename_prefix": ("STRING", {"default": "essence", "tooltip": "File name prefix; a counter is appended."}),
+        }}
+
+    def save(self, essence, filename_prefix):
+        folder = folder_paths.get_folder_paths("targetclip")[0]
+        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", filename_prefix).strip(".") or "essence"
+        os.makedirs(folder, exist_ok=True)
+        n = 1
+        while os.path.exists(os.path.join(folder, f"{prefix}_{n:05d}.safetensors")):
+            n += 1
+        path = os.path.join(folder, f"{prefix}_{n:05d}.safetensors")
+        essence.name = essence.name if essence.name not in ("", "essence") else prefix
+        save_essence(path, essence)
+        return {"ui": {"text": [os.path.basename(path)]}}
+
+
+class MixEssences:
+    DESCRIPTION = "Weighted sum of two essences (a negative weight subtracts one)."
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("ESSENCE",)
+    RETURN_NAMES = ("essence",)
+    OUTPUT_TOOLTIPS = ("weight_a * a + weight_b * b.",)
+    FUNCTION = "mix"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "essence_a": ("ESSENCE", {"tooltip": "First essence."}),
+                "weight_a": ("FLOAT", {"default": 1.0, "min": -3.0, "max": 3.0, "step": 0.05, "tooltip": "Its weight (-1 negates it)."}),
+            },
+            "optional": {
+                "essence_b": ("ESSENCE", {"tooltip": "Second essence (same generator)."}),
+                "weight_b": ("FLOAT", {"default": 1.0, "min": -3.0, "max": 3.0, "step": 0.05, "tooltip": "Its weight."}),
+            },
+        }
+
+    def mix(self, essence_a, weight_a, essence_b=None, weight_b=1.0):
+        if essence_b is None:
+            return (mix_essences([essence_a], [weight_a]),)
+        return (mix_essences([essence_a, essence_b], [weight_a, weight_b]),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TargetCLIP_LoadCLIP": LoadCLIP,
+    "TargetCLIP_OptimizeEssence": OptimizeEssence,
+    "TargetCLIP_ApplyEssence": ApplyEssence,
+    "TargetCLIP_LoadEssence": LoadEssence,
+    "TargetCLIP_SaveEssence": SaveEssence,
+    "TargetCLIP_MixEssences": MixEssences,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TargetCLIP_LoadCLIP": "Load CLIP (TargetCLIP)",
+    "TargetCLIP_OptimizeEssence": "Optimize Essence (TargetCLIP)",
+    "TargetCLIP_ApplyEssence": "Apply Essence (TargetCLIP)",
+    "TargetCLIP_LoadEssence": "Load Essence (TargetCLIP)",
+    "TargetCLIP_SaveEssence": "Save Essence (TargetCLIP)",
+    "TargetCLIP_MixEssences": "Mix Essences (TargetCLIP)",
+}

