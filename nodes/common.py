@@ -64,6 +64,12 @@ def compute_device() -> torch.device:
     return mm.get_torch_device()
 
 
+def make_room(device: torch.device, nbytes: int) -> None:
+    """Let ComfyUI unload its own models before one of ours lands on the GPU (x2: weights + work)."""
+    if device.type != "cpu":
+        mm.free_memory(2 * nbytes, device)
+
+
 def check_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 

@@ -7,6 +7,7 @@ import re
 
 import torch
 
+import comfy.model_management as mm
 import folder_paths
 from targetclip_core.clip import load_clip
 from targetclip_core.essence import load_essence, mix_essences, save_essence
@@ -14,7 +15,7 @@ from targetclip_core.images import grid
 from targetclip_core.optimize import optimize_essence
 
 from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
-                     image_from_core, image_to_core, list_files)
+                     image_from_core, image_to_core, list_files, make_room)
 from .generator import render_batches
 
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
@@ -43,7 +44,12 @@ class LoadCLIP:
         elif folder_paths.get_full_path("clip", pretrained):
             pretrained = folder_paths.get_full_path("clip", pretrained)
         device = compute_device()
-        C = cached(("clip", model_name, pretrained, str(device)), lambda: load_clip(model_name, pretrained, device=device))
+
+        def load():
+            make_room(device, 600 * 2**20)  # the size of ViT-B-32 in fp32, the usual choice
+            return load_clip(model_name, pretrained, device=device)
+
+        C = cached(("clip", model_name, pretrained, str(device)), load)
         C.preprocess = preprocess
         return (C,)
 
@@ -95,6 +101,7 @@ class OptimizeEssence:
             callback=on_step, name="essence",
         )
         essence = result[0] if isinstance(result, list) else result
+        mm.soft_empty_cache()  # the optimisation's activations are gone: give the memory back
         from targetclip_core.optimize import sample_sources
 
         show = src if src is not None else sample_sources(G, n_sources, 0.7, seed)

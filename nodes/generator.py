@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from targetclip_core.latents import z_from_seeds
 from targetclip_core.loaders import load_generator
 
-from .common import CATEGORY, Progress, WPlus, cached, compute_device, file_signature, full_path, image_from_core, list_files
+from .common import CATEGORY, make_room, Progress, WPlus, cached, compute_device, file_signature, full_path, image_from_core, list_files
 
 
 class LoadStyleGAN:
@@ -30,7 +32,12 @@ class LoadStyleGAN:
         path = full_path("stylegan", ckpt_name)
         device = compute_device()
         key = ("stylegan", file_signature("stylegan", ckpt_name), str(device))
-        return (cached(key, lambda: load_generator(path, device=device)),)
+
+        def load():
+            make_room(device, os.path.getsize(path))
+            return load_generator(path, device=device)
+
+        return (cached(key, load),)
 
 
 class SampleLatents:
