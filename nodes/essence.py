@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import re
 
-import torch
 
 import comfy.model_management as mm
 import folder_paths
 from targetclip_core.clip import load_clip
-from targetclip_core.essence import load_essence, mix_essences, save_essence
-from targetclip_core.images import grid
-from targetclip_core.optimize import optimize_essence
+from targetclip_core.essence import edit_latents, essence_sheet, load_essence, mix_essences, save_essence
+from targetclip_core.optimize import optimize_essence, sample_sources
 
 from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
                      image_from_core, image_to_core, list_files, make_room)
@@ -102,14 +100,8 @@ class OptimizeEssence:
         )
         essence = result[0] if isinstance(result, list) else result
         mm.soft_empty_cache()  # the optimisation's activations are gone: give the memory back
-        from targetclip_core.optimize import sample_sources
-
         show = src if src is not None else sample_sources(G, n_sources, 0.7, seed)
-        with torch.no_grad():
-            srcs, edits = G.synthesis(show), G.synthesis(show + essence.vector.to(G.device))
-            tgt = torch.nn.functional.interpolate(image_to_core(target[:1], G.device), size=srcs.shape[-2:], mode="bilinear",
-                                                  antialias=True, align_corners=False)
-            sheet = grid(torch.cat([tgt, srcs, torch.full_like(tgt, -1), edits]), cols=len(show) + 1)
+        sheet = essence_sheet(G, essence, show, image_to_core(target[:1], G.device))
         return (essence, image_from_core(sheet))
 
 
@@ -133,8 +125,6 @@ class ApplyEssence:
         }}
 
     def apply(self, generator, latents, essence, strength, layers):
-        from targetclip_core.essence import edit_latents
-
         G = generator
         wp = latents.check_for(G)
         essence.check_compatible(G)

@@ -217,7 +217,7 @@ def cmd_optimize(args) -> int:
 
     from .clip import load_clip
     from .essence import load_essence, save_essence
-    from .images import grid, load_image, save_png
+    from .images import load_image, save_png
     from .latents import load_latents
     from .loaders import load_generator
     from .optimize import optimize_essence
@@ -256,21 +256,18 @@ def cmd_optimize(args) -> int:
         paths = [out]
     else:
         paths = [out / f"{t.stem}.safetensors" for t in targets]
+    from .essence import essence_sheet
     from .optimize import sample_sources
 
     show = sources.to(G.device) if sources is not None else sample_sources(G, args.n_sources, args.truncation, args.seed)
     show = G.to_wplus(show)
+    with torch.no_grad():
+        source_images = G.synthesis(show)  # shared by every target's sheet
     for essence, target_image, target_path, path in zip(essences, batch, targets, paths):
         essence.name = target_path.stem
         save_essence(path, essence)
-        with torch.no_grad():
-            srcs = G.synthesis(show)
-            edits = G.synthesis(show + essence.vector.to(G.device))
-        tgt = torch.nn.functional.interpolate(target_image[None].to(G.device), size=srcs.shape[-2:], mode="bilinear",
-                                              antialias=True, align_corners=False)
-        cells = torch.cat([tgt, srcs, torch.full_like(tgt, -1), edits])
         grid_path = Path(args.grid) if (args.grid and len(essences) == 1) else path.with_suffix(".png")
-        save_png(grid(cells, cols=len(show) + 1), grid_path)
+        save_png(essence_sheet(G, essence, show, target_image[None], source_images), grid_path)
         final = {k: v[-1] for k, v in essence.losses.items()}
         print(f"wrote {path} and {grid_path} (steps {essence.steps}; last losses " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ")")
     return 0

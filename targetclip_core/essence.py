@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import LatentError, TargetCLIPError
 from .fileio import atomic_path
@@ -152,6 +153,24 @@ def apply_essence(G, wp: torch.Tensor, essence: Essence, strength: float = 1.0, 
     essence.check_compatible(G)
     G.check_wplus(wp)
     return G.synthesis(edit_latents(wp, essence, strength, layers), noise_mode=noise_mode, out_resolution=out_resolution)
+
+
+def essence_sheet(G, essence: Essence, sources: torch.Tensor, target: torch.Tensor, source_images=None) -> torch.Tensor:
+    """The result grid: [target | sources] over [blank | edits], as one [1, 3, 2H, (N+1)W] image.
+
+    sources: W+ latents [N, n_latent, w_dim]; target: [1, 3, h, w] in [-1, 1]; pass the
+    renders of the sources as `source_images` when several essences share them.
+    """
+    from .images import grid
+
+    with torch.no_grad():
+        if source_images is None:
+            source_images = G.synthesis(sources)
+        edits = G.synthesis(edit_latents(sources, essence))
+        tgt = F.interpolate(target.to(source_images.device).float(), size=source_images.shape[-2:], mode="bilinear",
+                            antialias=True, align_corners=False)
+        cells = torch.cat([tgt, source_images, torch.full_like(tgt, -1), edits])
+    return grid(cells, cols=len(sources) + 1)
 
 
 # --------------------------------------------------------------------------- files
