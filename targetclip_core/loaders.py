@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, UnsafePickleError
-from .stylegan2 import StyleGAN2Config, StyleGAN2Generator, _fir_2d
+from .stylegan2 import StyleGAN2Config, StyleGAN2Generator, fir_kernel_2d
 
 SAFETENSORS_FORMAT = "targetclip.stylegan2"
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -201,7 +201,7 @@ def rosinality_to_internal(sd: dict, latent_avg, file) -> tuple[StyleGAN2Config,
         resolution=resolution, channels=channels, z_dim=sd["style.1.weight"].shape[1], w_dim=w_dim,
         n_mlp=n_mlp, source_format="rosinality",
     )
-    kernel = _fir_2d(cfg.blur_kernel)
+    kernel = fir_kernel_2d(cfg.blur_kernel)
     out = _TranslatedState()
     used = set()
 
@@ -255,11 +255,14 @@ def rosinality_to_internal(sd: dict, latent_avg, file) -> tuple[StyleGAN2Config,
 
 
 def _check_fir(sd, key, expected, used, file):
-    if key not in sd:
-        return
-    used.add(key)
-    k = sd[key].float()
-    if k.shape != expected.shape or not torch.allclose(k, expected, atol=1e-6):
+    if key in sd:
+        used.add(key)
+        _require_fir(sd[key], expected, key, file)
+
+
+def _require_fir(kernel, expected, key, file):
+    """The resampling filter stored in a checkpoint must be the one the network is built with."""
+    if kernel.shape != expected.shape or not torch.allclose(kernel.float(), expected, atol=1e-6):
         raise CheckpointError(f"{file}: {key} is not the [1,3,3,1] FIR kernel this implementation supports")
 
 
@@ -328,12 +331,11 @@ def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
         c_dim=int(kw.get("c_dim", 0)), n_mlp=n_mlp, mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)),
         conv_clamp=syn_kw.get("conv_clamp"), img_channels=int(kw.get("img_channels", 3)), source_format="nvlabs-pkl",
     )
-    expected_filter = _fir_2d(cfg.blur_kernel)
+    expected_filter = fir_kernel_2d(cfg.blur_kernel)
     out: dict = OrderedDict()
     for k, v in sd.items():
         if k.endswith("resample_filter"):
-            if v.shape != expected_filter.shape or not torch.allclose(v.float(), expected_filter, atol=1e-6):
-                raise CheckpointError(f"{file}: {k} is not the [1,3,3,1] FIR this implementation supports")
+            _require_fir(v, expected_filter, k, file)
             continue
         if k.startswith("mapping."):
             out[k] = v

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,6 @@ class StyleGAN2Config:
     blur_kernel: tuple[int, ...] = (1, 3, 3, 1)
     img_channels: int = 3
     source_format: str = "unknown"  # where the weights came from, for diagnostics
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         res = self.resolution
@@ -112,7 +111,7 @@ class ScaledLinear(nn.Module):
         return x
 
 
-def _fir_2d(kernel_1d: tuple[int, ...]) -> torch.Tensor:
+def fir_kernel_2d(kernel_1d: tuple[int, ...]) -> torch.Tensor:
     k = torch.tensor(kernel_1d, dtype=torch.float32)
     k = k[:, None] * k[None, :]
     return k / k.sum()
@@ -138,7 +137,7 @@ class ModulatedConv(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_ch * kernel_size * kernel_size)
         if up:
             # after the stride-2 transposed conv the FIR restores the 2x grid: gain 4 keeps the DC level
-            self.register_buffer("blur", _fir_2d(blur_kernel) * 4, persistent=False)
+            self.register_buffer("blur", fir_kernel_2d(blur_kernel) * 4, persistent=False)
             taps = len(blur_kernel)
             extra = taps - 2 - (kernel_size - 1)
             self.blur_pad = ((extra + 1) // 2 + 1, extra // 2 + 1)
@@ -278,7 +277,7 @@ class SynthesisBlock(nn.Module):
             self.const = nn.Parameter(torch.randn(out_ch, 4, 4))
         else:
             self.conv0 = SynthesisLayer(in_ch, out_ch, cfg.w_dim, resolution, up=True, **kw)
-            self.register_buffer("skip_filter", _fir_2d(cfg.blur_kernel), persistent=False)
+            self.register_buffer("skip_filter", fir_kernel_2d(cfg.blur_kernel), persistent=False)
         self.conv1 = SynthesisLayer(out_ch, out_ch, cfg.w_dim, resolution, up=False, **kw)
         self.torgb = ToRGBLayer(out_ch, cfg.img_channels, cfg.w_dim, conv_clamp=cfg.conv_clamp)
 

@@ -848,3 +848,19 @@ def test_real_latents_saved_from_cuda_load_on_cpu():
     assert torch.isfinite(wp).all() and wp.abs().max() > 0.1
     # four different sources
     assert all((wp[i] - wp[j]).abs().max() > 1e-3 for i in range(4) for j in range(i + 1, 4))
+
+
+def test_a_different_resampling_filter_is_refused_in_both_layouts(tmp_path):
+    # the network is built with the [1,3,3,1] FIR; a checkpoint storing another one must not load silently
+    box = torch.full((4, 4), 1 / 16)
+    sd = random_rosinality_state(16, n_mlp=2)
+    sd["convs.0.conv.blur.kernel"] = box * 4
+    torch.save({"g_ema": sd}, tmp_path / "box.pt")
+    with pytest.raises(CheckpointError, match=r"convs\.0\.conv\.blur\.kernel is not the \[1,3,3,1\] FIR"):
+        load_generator(tmp_path / "box.pt", device="cpu")
+
+    nv = rosinality_to_nvlabs(random_rosinality_state(16, n_mlp=2), 16, 2)
+    nv["synthesis.b8.resample_filter"] = box
+    write_nvlabs_pickle(tmp_path / "box.pkl", nv, resolution=16, z_dim=32, w_dim=32, n_mlp=2)
+    with pytest.raises(CheckpointError, match=r"synthesis\.b8\.resample_filter is not the \[1,3,3,1\] FIR"):
+        load_generator(tmp_path / "box.pkl", device="cpu")
