@@ -109,9 +109,9 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
     """
     import open_clip
 
-    from .loaders import _default_device
+    from .loaders import default_device
 
-    device = _default_device(device)
+    device = default_device(device)
     if pretrained and Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") and not Path(pretrained).is_file():
         raise CheckpointError(f"{pretrained}: no such CLIP checkpoint file")
     schema = name.startswith(("local-dir:", "hf-hub:"))

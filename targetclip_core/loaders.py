@@ -45,7 +45,7 @@ def load_generator(path, device=None) -> StyleGAN2Generator:
     file = _resolve_path(path)
     cfg, state, has_w_avg = read_generator_checkpoint(file)
     G = build_generator(cfg, state, has_w_avg, source=file)
-    return G.to(_default_device(device))
+    return G.to(default_device(device))
 
 
 def read_generator_checkpoint(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
@@ -124,7 +124,7 @@ def _resolve_path(path) -> Path:
     return weights.resolve(str(path))
 
 
-def _default_device(device):
+def default_device(device):
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():

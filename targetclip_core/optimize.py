@@ -135,6 +135,9 @@ def _initial_vectors(G, init, n_targets, truncation, seed) -> torch.Tensor:
     raise TargetCLIPError(f"init must be 'random', 'zeros', a W+ tensor or an Essence, got {init!r}")
 
 
+# callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
+@torch.inference_mode(False)
+@torch.enable_grad()
 def optimize_essence(
     G,
     C,
@@ -175,42 +178,19 @@ def optimize_essence(
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
-    # callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
-    with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(G)
-        _make_autograd_ready(C)
-        if torch.is_tensor(target_image):
-            target_image = target_image.clone()
-        if sources is not None:
-            sources = sources.clone()
-        if torch.is_tensor(init):
-            init = init.clone()
-        return _optimize(G, C, target_image, steps, lr, n_sources, sources, truncation, seed, lambda_similarity,
-                         lambda_consistency, lambda_l2, init, learn_coefficients, out_resolution, preprocess, callback,
-                         early_stop_patience, early_stop_tolerance, name)
-
-
-def _make_autograd_ready(module) -> None:
-    """Weights created under inference_mode cannot take part in autograd: copy them out once."""
-    for sub in module.modules():
-        for key, p in sub._parameters.items():
-            if p is not None and p.is_inference():
-                sub._parameters[key] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
-        for key, b in sub._buffers.items():
-            if b is not None and b.is_inference():
-                sub._buffers[key] = b.clone()
-
-
-def _optimize(G, C, target_image, steps, lr, n_sources, sources, truncation, seed, lambda_similarity, lambda_consistency,
-              lambda_l2, init, learn_coefficients, out_resolution, preprocess, callback, early_stop_patience,
-              early_stop_tolerance, name):
+    _make_autograd_ready(G)
+    _make_autograd_ready(C)
+    if torch.is_tensor(target_image):
+        target_image = target_image.clone()  # inference-mode tensors cannot enter autograd
+    if torch.is_tensor(init):
+        init = init.clone()
     device = G.device
     targets = _target_batch(target_image, device)
     n_targets = targets.shape[0]
     if sources is None:
         sources = sample_sources(G, n_sources, truncation, seed)
     else:
-        sources = G.to_wplus(sources.to(device).float())
+        sources = G.to_wplus(sources.to(device).float().clone())
     n = sources.shape[0]
     res = _loss_resolution(G, C, out_resolution)
     lambdas = (lambda_similarity, lambda_consistency, lambda_l2)
@@ -283,6 +263,16 @@ def _optimize(G, C, target_image, steps, lr, n_sources, sources, truncation, see
             coefficients=None if best.coefficients is None else best.coefficients[t].clone(),
         ))
     return result[0] if n_targets == 1 else result
+
+def _make_autograd_ready(module) -> None:
+    """Weights created under inference_mode cannot take part in autograd: copy them out once."""
+    for sub in module.modules():
+        for key, p in sub._parameters.items():
+            if p is not None and p.is_inference():
+                sub._parameters[key] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+        for key, b in sub._buffers.items():
+            if b is not None and b.is_inference():
+                sub._buffers[key] = b.clone()
 
 
 def _loss_resolution(G, C, out_resolution) -> int:
