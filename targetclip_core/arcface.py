@@ -26,7 +26,7 @@ class ArcFace(nn.Module):
     def __init__(self, stages=irse.STAGES_50, input_size: int = 112, affine: bool = True, dropout: float = 0.4):
         super().__init__()
         self.input_size = input_size
-        self.input_layer = irse.input_layer()
+        self.input_layer = irse.input_layer(stages[0][0])
         self.body = irse.body(stages)
         c = stages[-1][1]
         side = input_size // 16

@@ -83,7 +83,7 @@ class StyleEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.input_layer = irse.input_layer()
+        self.input_layer = irse.input_layer(cfg.stages[0][0])
         self.body = irse.body(cfg.stages)
         ends = irse.stage_ends(cfg.stages)
         self.taps = (ends[1], ends[2], ends[3])  # fine (1/4), middle (1/8), coarse (1/16) features
@@ -186,7 +186,9 @@ def _infer_stages(state: dict, file) -> tuple:
         else:
             stages[-1][2] += 1
     if len(stages) != 4:
-        raise CheckpointError(f"{file}: expected a 4-stage IR-SE body, found {len(stages)} stages {stages}")
+        raise CheckpointError(
+            f"{file}: expected a 4-stage IR-SE body (stages of distinct widths), found {len(stages)}: {stages}"
+        )
     return tuple(tuple(s) for s in stages)
 
 
