@@ -181,3 +181,57 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     for k, v in summary.items():
         log(f"{k}: {v:.3g}")
     return summary
+
+
+def bench_inversion(batches=(1, 8), repeats=3, device="cpu", resolution=256, opt_steps=1000,
+                    clip_name="ViT-B-32", with_optimisation=True, log=print):
+    """Seconds per image for e4e inversion and essence encoding (full-size IR-SE50 networks,
+    random weights), and the per-target optimisation they replace, measured in the same run."""
+    from .encoders import EncoderConfig, StyleEncoder
+    from .essence_encoder import EssenceEncoder
+    from .inversion import Inverter
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    inverter = Inverter(StyleEncoder(EncoderConfig()).eval(), torch.zeros(512), add_latent_avg=True).to(device)
+    encoder = EssenceEncoder(Inverter(StyleEncoder(EncoderConfig()).eval(), None, add_latent_avg=False)).to(device)
+    log(f"e4e inversion / essence encoding (IR-SE50, 18 x 512, 256 px input), {device.type}: {machine_description(device)}")
+    log(f"min of {repeats} runs after a warm-up; seconds per image")
+    summary = {}
+    for batch in batches:
+        photos = torch.rand(batch, 3, 1024, 1024, generator=torch.Generator().manual_seed(batch)).to(device) * 2 - 1
+        invert = _min_time(lambda: inverter.invert(photos, batch_size=batch), repeats, device) / batch
+        encode = _min_time(lambda: encoder.encode(photos), repeats, device) / batch
+        summary[f"invert_s_per_image_batch{batch}"] = invert
+        summary[f"encode_s_per_image_batch{batch}"] = encode
+        log(f"batch {batch:<4} invert {invert:8.4f}   encode essence {encode:8.4f}")
+    if with_optimisation:
+        from .clip import load_clip
+        from .optimize import optimize_essence, sample_sources
+
+        G = random_generator(resolution).to(device)
+        C = load_clip(clip_name, None, device=device)
+        target = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3)).to(device) * 2 - 1
+        stamps = []
+        optimize_essence(G, C, target, steps=3, sources=sample_sources(G, 4, 0.7, seed=0),
+                         callback=lambda info: stamps.append(time.perf_counter()))
+        per_step = min(b - a for a, b in zip(stamps, stamps[1:]))
+        per_target = per_step * opt_steps
+        one_pass = summary[f"encode_s_per_image_batch{batches[0]}"]
+        summary["optimise_s_per_target"] = per_target
+        summary["encoder_speedup_vs_optimisation"] = per_target / one_pass
+        log(f"per-target optimisation ({opt_steps} steps x {per_step:.3f} s/step measured, StyleGAN2 {resolution}px, "
+            f"CLIP {clip_name}): {per_target:.1f} s; one encoder pass is {per_target / one_pass:.0f}x faster")
+    return summary
+
+
+def _min_time(fn, repeats, device) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -217,3 +217,55 @@ def test_bad_images_are_refused_clearly(pack):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         common.image_to_core(bad)
+
+
+# --------------------------------------------------------------------------- photo nodes (e4e, essence encoder)
+
+
+@pytest.fixture(scope="module")
+def e4e_files(models_dir, pack):
+    """Two files in models/e4e: an e4e inverter with its decoder, and an essence encoder without one."""
+    from conftest import random_rosinality_state
+    from encoder_helpers import official_checkpoint, tiny_encoder
+
+    folder = Path(folder_paths.get_folder_paths("e4e")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    decoder = random_rosinality_state(resolution=16)  # 6 W+ entries of 32
+    enc = tiny_encoder(n_styles=6, w_dim=32)
+    official_checkpoint(folder / "e4e_tiny.pt", enc.state_dict(), torch.randn(6, 32), decoder_state=decoder)
+    official_checkpoint(folder / "essence_tiny.pt", enc.state_dict(), None, start_from_latent_avg=False)
+    return enc, "e4e_tiny.pt", "essence_tiny.pt"
+
+
+def test_load_e4e_invert_and_render_through_its_decoder(pack, e4e_files):
+    enc, inverter_file, _ = e4e_files
+    assert inverter_file in node(pack, "TargetCLIP_LoadE4E").INPUT_TYPES()["required"]["ckpt_name"][0]
+    inverter, G = node(pack, "TargetCLIP_LoadE4E").load(inverter_file, "inverter")
+    assert (G.resolution, G.n_latent) == (16, 6)
+    photos = torch.rand(2, 64, 64, 3)
+    (lat,) = node(pack, "TargetCLIP_InvertPhoto").invert(inverter, photos)
+    assert lat.latents.shape == (2, 6, 32) and lat.generator == G.identity
+    with torch.no_grad():  # the node = encoder on [-1,1] images + latent_avg
+        expected = enc(photos.permute(0, 3, 1, 2) * 2 - 1) + inverter.latent_avg
+    assert torch.allclose(lat.latents, expected, atol=1e-5)
+    (images,) = node(pack, "TargetCLIP_RenderLatents").render(G, lat, "const", 2)
+    assert images.shape == (2, 16, 16, 3)
+
+
+def test_encode_essence_node_and_role_mixups(pack, e4e_files):
+    enc, inverter_file, essence_file = e4e_files
+    essence_encoder, G = node(pack, "TargetCLIP_LoadE4E").load(essence_file, "essence encoder")
+    assert G is None  # this checkpoint carries no generator
+    target = torch.rand(1, 64, 64, 3)
+    (essence,) = node(pack, "TargetCLIP_EncodeEssence").encode(essence_encoder, target, "joker")
+    with torch.no_grad():
+        assert torch.allclose(essence.vector, enc(target.permute(0, 3, 1, 2) * 2 - 1), atol=1e-5)
+    assert essence.name == "joker" and essence.source == "encoder"
+    inverter, G = node(pack, "TargetCLIP_LoadE4E").load(inverter_file, "inverter")
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=2, truncation=0.7)
+    images, _ = node(pack, "TargetCLIP_ApplyEssence").apply(G, lat, essence, 1.0, "all")
+    assert images.shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="role 'inverter'"):
+        node(pack, "TargetCLIP_InvertPhoto").invert(essence_encoder, target)
+    with pytest.raises(ValueError, match="role 'essence encoder'"):
+        node(pack, "TargetCLIP_EncodeEssence").encode(inverter, target, "x")

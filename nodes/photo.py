@@ -1,0 +1,127 @@
+"""Photo nodes: e4e/pSp inversion of real faces, the one-pass essence encoder, FFHQ alignment and paste-back."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from targetclip_core.essence_encoder import EssenceEncoder
+from targetclip_core.inversion import load_inverter
+from targetclip_core.loaders import load_generator
+
+from .common import (CATEGORY, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
+                     image_to_core, list_files, make_room)
+
+ROLES = ["inverter", "essence encoder"]
+
+
+class LoadE4E:
+    DESCRIPTION = ("Load an e4e / pSp checkpoint (e4e_ffhq_encode.pt, psp_ffhq_encode.pt) or a TargetCLIP essence encoder "
+                   "from models/e4e. Read as data: no code from the file runs.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("E4E", "STYLEGAN")
+    RETURN_NAMES = ("encoder", "generator")
+    OUTPUT_TOOLTIPS = ("The encoder, for Invert Photo (inverter) or Encode Essence (essence encoder).",
+                       "The StyleGAN2 generator stored in the same checkpoint (None if the file has none).")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (list_files("e4e"), {"tooltip": "A checkpoint in models/e4e."}),
+            "role": (ROLES, {"tooltip": "inverter: image -> W+ latents (adds latent_avg as e4e does); "
+                                        "essence encoder: target -> essence b (TargetCLIP Sec. 4)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name, role):
+        return file_signature("e4e", ckpt_name) + role
+
+    def load(self, ckpt_name, role):
+        path = full_path("e4e", ckpt_name)
+        device = compute_device()
+
+        def load():
+            make_room(device, os.path.getsize(path))
+            if role == "inverter":
+                return load_inverter(path, device=device)
+            from targetclip_core.essence_encoder import load_essence_encoder
+
+            return load_essence_encoder(path, device=device)
+
+        encoder = cached(("e4e", file_signature("e4e", ckpt_name), role, str(device)), load)
+        G = cached(("e4e-decoder", file_signature("e4e", ckpt_name), str(device)), lambda: _decoder(path, device))
+        return (encoder, G)
+
+
+def _decoder(path, device):
+    from targetclip_core.encoders import read_encoder_checkpoint
+
+    has_decoder = any(isinstance(k, str) and k.startswith("decoder.") for k in read_encoder_checkpoint(path).raw["state_dict"])
+    return load_generator(path, device=device) if has_decoder else None
+
+
+def _identity(encoder) -> dict:
+    n, w = encoder.cfg.n_styles, encoder.cfg.w_dim
+    return {"arch": "stylegan2", "resolution": 2 ** ((n + 2) // 2), "n_latent": n, "w_dim": w}
+
+
+class InvertPhoto:
+    DESCRIPTION = "Invert aligned face photos to W+ latents with e4e / pSp (one forward pass per image)."
+    CATEGORY = f"{CATEGORY}/photo"
+    RETURN_TYPES = ("WPLUS",)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("W+ latents [B, n_latent, w_dim], ready for Apply Essence or Render Latents.",)
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder": ("E4E", {"tooltip": "An e4e / pSp encoder loaded with role 'inverter'."}),
+            "images": ("IMAGE", {"tooltip": "FFHQ-aligned faces (use Align Face on photos); any size, resized to 256."}),
+        }}
+
+    def invert(self, encoder, images):
+        if isinstance(encoder, EssenceEncoder):
+            raise ValueError("this encoder was loaded as an essence encoder; load it with role 'inverter' to invert photos")
+        x = image_to_core(images, encoder.device)
+        latents = []
+        for i in range(x.shape[0]):  # one image at a time keeps memory flat and Cancel responsive
+            check_interrupted()
+            latents.append(encoder.invert(x[i : i + 1]))
+        return (WPlus(torch.cat(latents), _identity(encoder)),)
+
+
+class EncodeEssence:
+    DESCRIPTION = "The essence of a target image in one forward pass (TargetCLIP's essence encoder), instead of optimising it."
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("ESSENCE",)
+    RETURN_NAMES = ("essence",)
+    OUTPUT_TOOLTIPS = ("The essence b of the first target image.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder": ("E4E", {"tooltip": "A TargetCLIP essence encoder (Load E4E with role 'essence encoder')."}),
+            "target": ("IMAGE", {"tooltip": "The target image (aligned like FFHQ for faces); the first of a batch is used."}),
+            "name": ("STRING", {"default": "target", "tooltip": "Name stored with the essence."}),
+        }}
+
+    def encode(self, encoder, target, name):
+        if not isinstance(encoder, EssenceEncoder):
+            raise ValueError("this encoder was loaded as an inverter; load the essence encoder with role 'essence encoder'")
+        return (encoder.encode(image_to_core(target[:1], encoder.net.device), name=name),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TargetCLIP_LoadE4E": LoadE4E,
+    "TargetCLIP_InvertPhoto": InvertPhoto,
+    "TargetCLIP_EncodeEssence": EncodeEssence,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TargetCLIP_LoadE4E": "Load e4e Encoder (TargetCLIP)",
+    "TargetCLIP_InvertPhoto": "Invert Photo, e4e (TargetCLIP)",
+    "TargetCLIP_EncodeEssence": "Encode Essence, one pass (TargetCLIP)",
+}
