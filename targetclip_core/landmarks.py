@@ -540,7 +540,7 @@ def face_landmarks(
 
 
 def five_points(landmarks, name: str | None = None) -> np.ndarray:
-    """[5, 2] or [68, 2] landmarks (pixels, x, y) -> the five points, float32 [5, 2].
+    """[5, 2] or [68, 2] landmarks (pixels, x, y) -> the five points, float64 [5, 2] (geometry, not a model).
 
     From the 68-point (iBUG / dlib) layout the eyes are the centres of the eye
     contours and the mouth corners points 48 and 54, exactly what FFHQ used; the
@@ -561,4 +561,4 @@ def five_points(landmarks, name: str | None = None) -> np.ndarray:
     mouth_height = np.hypot(*((lm[3] + lm[4]) / 2 - (lm[0] + lm[1]) / 2))
     if max(eye_distance, mouth_height) < 1.0:
         raise TargetCLIPError(f"{what}: eyes and mouth coincide; the points do not describe a face")
-    return lm.astype(np.float32)
+    return lm
