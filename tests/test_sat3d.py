@@ -1,0 +1,345 @@
+"""SAT3D (issue 6, StyleGAN2): StyleSpace flattening, losses by hand, the mask matrix, transfer
+algebra, training / resume on tiny models, a planted-attribute recovery, matrix files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from essence_helpers import tiny_clip, tiny_generator
+from targetclip_core import sat3d
+from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.stylespace import StyleLayout, edit_styles, flatten_styles, is_torgb, unflatten
+
+torch.set_num_threads(1)  # tiny tensors: threads only add contention
+
+
+# --------------------------------------------------------------------------- a planted generator
+# Its "image" is the StyleSpace itself laid out as pixels, so a score that reads a few pixels
+# depends on known channels only.  Layers: b4.conv1, b4.torgb, b8.conv0, b8.conv1, b8.torgb
+# (8 channels each) -> 40 values + 8 zeros = a [3, 4, 4] image.
+
+
+class PlantedGenerator(nn.Module):
+    LAYERS = ("b4.conv1", "b4.torgb", "b8.conv0", "b8.conv1", "b8.torgb")
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w_dim = self.z_dim = 8
+        self.n_latent = len(self.LAYERS)
+        self.map = nn.Parameter(torch.randn(8, 8, generator=g), requires_grad=False)
+        self.affines = nn.Parameter(torch.randn(self.n_latent, 8, 8, generator=g), requires_grad=False)
+        self.identity = {"arch": "planted", "resolution": 4, "n_latent": self.n_latent, "w_dim": 8}
+
+    @property
+    def device(self):
+        return self.map.device
+
+    def mapping(self, z, truncation=1.0):
+        return z @ self.map
+
+    def to_wplus(self, w):
+        return w if w.dim() == 3 else w[:, None].expand(-1, self.n_latent, -1)
+
+    def styles(self, wp):
+        return OrderedDict((name, wp[:, i] @ self.affines[i]) for i, name in enumerate(self.LAYERS))
+
+    def synthesis_from_styles(self, styles, out_resolution=None, noise_mode="const"):
+        flat = torch.cat(list(styles.values()), dim=1)
+        return torch.cat([flat, flat.new_zeros(flat.shape[0], 8)], dim=1).view(-1, 3, 4, 4)
+
+
+def pixel(img, index):
+    return img.flatten(1)[:, index]
+
+
+class PlantedMeasure:
+    """Attribute A reads pixels 24, 25 (b8.conv1 channels 0, 1 = flat 16, 17); B reads pixels
+    4, 5 (b4.conv1 channels 4, 5 = flat 4, 5)."""
+
+    attributes = ["A", "B"]
+    input_size = 4
+    A_CHANNELS, B_CHANNELS = [16, 17], [4, 5]
+
+    def __call__(self, img):
+        def dists(i, j):
+            x, y = pixel(img, i), pixel(img, j)
+            zero = torch.zeros_like(x)
+            return [torch.stack([2 * (x + y), zero], -1).softmax(-1), torch.stack([2 * x, 2 * y, zero], -1).softmax(-1)]
+
+        return {"A": dists(24, 25), "B": dists(4, 5)}
+
+
+def row0_parser(images, region):
+    """Region "top": the first image row (pixels 0-3 of each colour plane)."""
+    mask = torch.zeros(images.shape[0], 4, 4)
+    mask[:, 0] = 1
+    return mask
+
+
+# --------------------------------------------------------------------------- StyleSpace
+
+
+def test_layout_maps_channels_both_ways_and_leaves_torgb_out():
+    G = tiny_generator(32)
+    styles = G.styles(torch.randn(2, G.n_latent, G.w_dim))
+    flat, layout = flatten_styles(G, styles)
+    assert all(not is_torgb(n) for n, _ in layout.layers)
+    assert flat.shape == (2, sum(s.shape[1] for n, s in styles.items() if not is_torgb(n)))
+    for i in (0, 63, 64, layout.n_channels - 1):
+        name, ch = layout.channel_of(i)
+        assert layout.index_of(name, ch) == i
+        assert torch.equal(flat[:, i], styles[name][:, ch])
+    back = unflatten(flat, layout, styles)
+    assert list(back) == list(styles) and all(torch.equal(back[k], styles[k]) for k in styles)
+    with pytest.raises(LatentError, match="toRGB"):
+        layout.index_of("b4.torgb", 0)
+
+
+def test_edit_styles_is_eq1():
+    s, r, m = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, -1.0]]), torch.tensor([1.0, 0.5, 0.0])
+    assert torch.allclose(edit_styles(s, r, m, 2.0), torch.tensor([[5.0, 2.0, 3.0]]))
+
+
+# --------------------------------------------------------------------------- losses by hand
+
+
+def _np(d):
+    return {k: [g.numpy() for g in v] for k, v in d.items()}
+
+
+def _dists(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {a: [torch.rand(2, n, generator=g).softmax(-1) for n in (3, 2)] for a in ("A", "B", "C")}
+
+
+def test_loss_ref_and_src_by_hand():
+    e, r, s = _dists(0), _dists(1), _dists(2)
+    en, rn, sn = _np(e), _np(r), _np(s)
+
+    def dist(x, y, a):  # per sample: mean over groups of L1
+        return np.mean([np.abs(p - q).sum(-1) for p, q in zip(x[a], y[a])], axis=0)
+
+    want_ref = np.mean([dist(en, rn, "A"), dist(en, rn, "C")], axis=0).mean()
+    want_src = dist(en, sn, "B").mean()
+    assert sat3d.loss_ref(e, r, ["A", "C"]).item() == pytest.approx(want_ref, rel=1e-6)
+    assert sat3d.loss_src(e, s, ["A", "C"]).item() == pytest.approx(want_src, rel=1e-6)
+    assert sat3d.loss_src(e, s, ["A", "B", "C"]).item() == 0.0
+
+
+def test_loss_bg_prob_and_total_by_hand():
+    g = torch.Generator().manual_seed(3)
+    e, s, b = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, 4, 4, generator=g)
+    bn = np.repeat(b.numpy()[:, None], 3, axis=1)
+    want = (bn * (e.numpy() - s.numpy()) ** 2).sum() / bn.sum()
+    assert sat3d.loss_bg(e, s, b).item() == pytest.approx(want, rel=1e-5)
+    m = torch.tensor([0.2, 0.4, 0.9])
+    assert sat3d.loss_prob(m).item() == pytest.approx(0.5)
+    terms = {"ref": torch.tensor(1.0), "src": torch.tensor(2.0), "bg": torch.tensor(0.5), "prob": torch.tensor(4.0)}
+    assert sat3d.total_loss(terms, sat3d.DEFAULT_LAMBDAS).item() == pytest.approx(1 + 3.5 * 2 + 40 * 0.5 + 0.1 * 4)
+
+
+def test_mask_is_softmax_over_attributes_summed_over_the_set():
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(0, keepdims=True)
+    got = sat3d.attribute_mask(logits, ["A", "B", "C"], ["A", "C"])
+    assert np.allclose(got.numpy(), p[0] + p[2], atol=1e-6)
+    init = sat3d.initial_logits(["A", "B"], 5, {"B": [1, 3]})
+    assert init.tolist() == [[0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [1, 0, 1, 0, 1]]
+    with pytest.raises(TargetCLIPError, match="unknown attribute"):
+        sat3d.attribute_mask(logits, ["A", "B", "C"], ["Z"])
+
+
+def test_qmm_is_clip_zero_shot_softmax_per_group():
+    C = tiny_clip()
+    desc = sat3d.descriptors_from_dict({"template": "a face with {}", "attributes": {
+        "X": {"groups": [["red hair", "blue hair", "no hair"], ["a hat", "no hat"]]}, "Y": [["a beard", "no beard"]]}})
+    q = sat3d.QMM(C, desc)
+    assert q.logit_scale == pytest.approx(float(C.model.logit_scale.exp()))
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    got = q(img)
+    with torch.no_grad():
+        im = C.encode_image(img).numpy()
+        for attr, groups in (("X", desc["X"].groups), ("Y", desc["Y"].groups)):
+            assert groups[0][0].startswith("a face with ")
+            for k, phrases in enumerate(groups):
+                logits = q.logit_scale * im @ C.encode_text(list(phrases)).numpy().T
+                want = np.exp(logits - logits.max(1, keepdims=True))
+                want /= want.sum(1, keepdims=True)
+                assert np.allclose(got[attr][k].detach().numpy(), want, atol=1e-5)
+
+
+def test_builtin_and_user_descriptors(tmp_path):
+    faces = sat3d.load_descriptors("faces")
+    assert faces.names == ["Hairstyle", "Hair color", "Eye region", "Expression", "Beard", "Eyeglasses", "Smiling"]
+    assert sat3d.load_descriptors("cats").names and sat3d.load_descriptors("cars").names
+    user = tmp_path / "mine.json"
+    user.write_text(json.dumps({"extends": "faces", "attributes": {"Hat": {"groups": [["a hat", "no hat"]]}}}))
+    mine = sat3d.load_descriptors(user)
+    assert mine.names[-1] == "Hat" and mine["Hat"].groups == (("a face with a hat", "a face with no hat"),)
+    user.write_text(json.dumps({"attributes": {"Hat": [["a hat"]]}}))
+    with pytest.raises(TargetCLIPError, match="at least two phrases"):
+        sat3d.load_descriptors(user)
+
+
+# --------------------------------------------------------------------------- transfer algebra
+
+
+def hard_matrix(G, owners: dict) -> sat3d.SAT3DMatrix:
+    """A matrix whose probabilities are exactly 0/1: owners maps attribute -> flat channels."""
+    layout = StyleLayout.from_generator(G)
+    attrs = list(owners)
+    logits = torch.full((len(attrs) + 1, layout.n_channels), -1e4)
+    logits[-1] = 0
+    for i, chans in enumerate(owners.values()):
+        logits[i, chans] = 0
+        logits[-1, chans] = -1e4
+    return sat3d.SAT3DMatrix(logits, attrs, layout, dict(G.identity), sat3d.generator_fingerprint(G))
+
+
+@pytest.fixture(scope="module")
+def G32():
+    return tiny_generator(32)
+
+
+def _pair(G):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(2, G.w_dim, generator=g), torch.randn(1, G.w_dim, generator=g)
+
+
+def test_delta_zero_returns_the_source_exactly(G32):
+    src, ref = _pair(G32)
+    m = hard_matrix(G32, {"A": [0, 5, 100]})
+    m.logits = torch.randn_like(m.logits)  # any soft mask
+    styles = sat3d.transfer_styles(G32, src, ref, m, ["A"], delta=0.0)
+    want = G32.styles(G32.to_wplus(src))
+    assert all(torch.equal(styles[k], want[k]) for k in want)
+    assert torch.equal(sat3d.transfer(G32, src, ref, m, "A", delta=0.0), G32.synthesis(G32.to_wplus(src)))
+    with pytest.raises(TargetCLIPError, match="delta"):
+        sat3d.transfer_styles(G32, src, ref, m, ["A"], delta=3.5)
+
+
+def test_only_masked_channels_change_and_torgb_never(G32):
+    src, ref = _pair(G32)
+    chans = [0, 7, 70, 200]
+    m = hard_matrix(G32, {"A": chans, "B": [1, 2]})
+    out = sat3d.transfer_styles(G32, src, ref, m, ["A"], delta=1.0)
+    s_src, s_ref = G32.styles(G32.to_wplus(src)), G32.styles(G32.to_wplus(ref))
+    layout = m.layout
+    f_out, f_src, f_ref = layout.flatten(out), layout.flatten(s_src), layout.flatten(s_ref).expand(2, -1)
+    others = torch.ones(layout.n_channels, dtype=torch.bool)
+    others[chans] = False
+    assert torch.equal(f_out[:, others], f_src[:, others])
+    assert torch.allclose(f_out[:, chans], f_ref[:, chans], atol=1e-6)
+    for name in out:
+        if is_torgb(name):
+            assert torch.equal(out[name], s_src[name])
+
+
+def test_sequential_transfer_composes_for_disjoint_masks(G32):
+    src, ref = _pair(G32)
+    m = hard_matrix(G32, {"A": [0, 3, 90], "B": [4, 91, 300]})
+    m.logits[:, [10, 11]] = torch.tensor([[0.3, -0.2], [-1e4, -1e4], [0.0, 0.1]])  # soft A-only channels
+    seq = m.layout.flatten(sat3d.transfer_styles(G32, src, ref, m, ["A", "B"], delta=[0.7, 0.7]))
+    both = m.layout.flatten(sat3d.transfer_styles(G32, src, ref, m, ["A", "B"], delta=0.7, combine=True))
+    assert torch.allclose(seq, both, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_tiny(G, q, steps, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sat3d.train_sat3d(G, q, steps=steps, batch_size=1, n_codes=4, lr=0.1, out_resolution=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_qmm():
+    return sat3d.QMM(tiny_clip(), sat3d.load_descriptors("faces"))
+
+
+def _mean_losses(G, q, logits, bank):
+    """Loss terms averaged over every ordered pair of the bank and every attribute."""
+    src, ref = bank.repeat_interleave(len(bank), 0), bank.repeat(len(bank), 1)
+    runs = [sat3d.sat3d_losses(G, q, logits, src, ref, [a], out_resolution=16, lambdas={"bg": 0.0}) for a in q.attributes]
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+
+def test_training_on_tiny_models_lowers_losses_and_concentrates_the_mask(G32, tiny_qmm):
+    m = _train_tiny(G32, tiny_qmm, 60)
+    assert len(m.losses["total"]) == 60 and m.steps == 60
+    bank = sat3d.sample_latent_bank(G32, 4)  # the training bank (same seed and size)
+    start = sat3d.initial_logits(tiny_qmm.attributes, m.layout.n_channels)
+    before, after = _mean_losses(G32, tiny_qmm, start, bank), _mean_losses(G32, tiny_qmm, m.logits, bank)
+    assert after["total"] < before["total"]
+    assert after["prob"] < before["prob"]
+    assert np.mean(m.losses["prob"][-10:]) < np.mean(m.losses["prob"][:10])
+    assert m.preselection == "skipped (no region parser)"  # faces marks complex attributes
+
+
+def test_checkpoint_resume_equals_an_uninterrupted_run(G32, tiny_qmm, tmp_path):
+    full = _train_tiny(G32, tiny_qmm, 12)
+    ckpt = tmp_path / "run.ckpt"
+    _train_tiny(G32, tiny_qmm, 12, checkpoint=ckpt, checkpoint_every=5, callback=lambda s: s.step == 7)
+    resumed = _train_tiny(G32, tiny_qmm, 12, checkpoint=ckpt, checkpoint_every=5)
+    assert torch.equal(resumed.logits, full.logits)
+    assert resumed.losses == full.losses
+
+
+def test_training_finds_planted_attribute_channels():
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    m = sat3d.train_sat3d(G, meas, steps=1000, batch_size=4, n_codes=64, lr=0.05, lambdas={"bg": 0.0})
+    for attr, chans in (("A", meas.A_CHANNELS), ("B", meas.B_CHANNELS)):
+        p = m.mask([attr])
+        rest = torch.ones_like(p, dtype=torch.bool)
+        rest[chans] = False
+        assert p[chans].min() > 0.5, (attr, p[chans])
+        assert p[rest].max() < 0.2, (attr, p[rest].max())
+    assert {c for _, c, _ in m.top_channels("A", 2)} == {0, 1}  # b8.conv1 channels 0 and 1
+
+
+def test_instant_transfer_learns_the_pair_mask():
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    src, ref = torch.randn(1, 8, generator=torch.Generator().manual_seed(1)), torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
+    m = sat3d.instant_transfer(G, meas, src, ref, ["A"], steps=200, lr=0.05)
+    p = m.mask(["A"])
+    assert p[meas.A_CHANNELS].min() > 0.5 and m.losses["ref"][-1] < m.losses["ref"][0]
+
+
+def test_preselection_picks_channels_drawn_inside_the_region():
+    G = PlantedGenerator()
+    layout = StyleLayout.from_generator(G)
+    bank = sat3d.sample_latent_bank(G, 16)
+    got = sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, top_k=64)
+    # pixels of row 0: b4.conv1 ch 0-3 (flat 0-3), b8.conv0 ch 0-3 (flat 8-11), b8.torgb (never edited)
+    assert got["Top"].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_matrix_round_trip_and_refusal_of_another_generator(G32, tmp_path):
+    m = hard_matrix(G32, {"A": [1, 2], "B": [3]})
+    m.logits = torch.randn_like(m.logits)
+    m.losses = {"total": [1.0, 0.5]}
+    path = sat3d.save_sat3d_matrix(tmp_path / "faces.safetensors", m)
+    back = sat3d.load_sat3d_matrix(path, generator=G32)
+    assert torch.equal(back.logits, m.logits) and back.attributes == ["A", "B"] and back.layout == m.layout
+    assert back.losses == m.losses and back.generator == G32.identity
+    with pytest.raises(LatentError, match="another generator of the same layout"):
+        sat3d.load_sat3d_matrix(path, generator=tiny_generator(32, seed=3))
+    sat3d.load_sat3d_matrix(path, generator=tiny_generator(32, seed=3), strict_weights=False)
+    with pytest.raises(LatentError, match="only fits the generator"):
+        sat3d.load_sat3d_matrix(path, generator=tiny_generator(16))
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"junk")
+    with pytest.raises(TargetCLIPError):
+        sat3d.load_sat3d_matrix(bad)
