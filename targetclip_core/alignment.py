@@ -155,7 +155,7 @@ def align_face(
     from PIL import Image
 
     img = Image.fromarray(rgb)
-    img, work_quad, qsize, scale = _shrink(img, quad.copy(), qsize, output_size)
+    img, work_quad, qsize, effective_quad = _shrink(img, quad, qsize, output_size)
     img, work_quad = _crop(img, work_quad, qsize)
     if enable_padding:
         img, work_quad = _pad(img, work_quad, qsize)
@@ -166,8 +166,7 @@ def align_face(
         img = img.resize((output_size, output_size), Image.LANCZOS)
 
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)[None]
-    effective = (quad / scale[2] + 0.5) * scale[:2] - 0.5 if scale[2] > 1 else quad
-    return AlignedFace(pixels / 127.5 - 1, effective, lm, (width, height), name)
+    return AlignedFace(pixels / 127.5 - 1, effective_quad, lm, (width, height), name)
 
 
 def _positive_int(value, what: str) -> int:
@@ -197,18 +196,21 @@ def _check_overlap(quad: np.ndarray, width: int, height: int, name: str) -> None
 def _shrink(img, quad: np.ndarray, qsize: float, output_size: int):
     """Downscale photos whose face is more than twice the output size (Lanczos, integer factor).
 
-    Returns the image, the quad in its pixels, the new qsize and (sx, sy, factor):
-    the per-axis scale back to the photo, which differs from factor by the rounding
-    of the new size.
+    Returns the image, the quad in its pixels, the new qsize, and the quad the
+    result will really show in the photo's pixels.  The script divides pixel-centre
+    coordinates by the factor, which reads the square (factor - 1) / 2 pixels off
+    (and the rounded new size scales each axis a little differently); the crop is
+    what users get, so the reported geometry follows the pixels, not the formula.
     """
     from PIL import Image
 
     factor = int(np.floor(qsize / output_size * 0.5))
     if factor <= 1:
-        return img, quad, qsize, np.array([1.0, 1.0, 1.0])
+        return img, quad.copy(), qsize, quad.copy()
     size = (int(np.rint(img.size[0] / factor)), int(np.rint(img.size[1] / factor)))
-    scale = np.array([img.size[0] / size[0], img.size[1] / size[1], float(factor)])
-    return img.resize(size, Image.LANCZOS), quad / factor, qsize / factor, scale
+    axis_scale = np.array([img.size[0] / size[0], img.size[1] / size[1]])
+    shrunk = quad / factor
+    return img.resize(size, Image.LANCZOS), shrunk, qsize / factor, (shrunk + 0.5) * axis_scale - 0.5
 
 
 def _crop(img, quad: np.ndarray, qsize: float):

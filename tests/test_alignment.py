@@ -25,6 +25,7 @@ from targetclip_core.alignment import (
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.images import load_image
 from targetclip_core.landmarks import (
+    Face,
     clear_detector_cache,
     detect_faces,
     detect_landmarks,
@@ -45,15 +46,15 @@ def target(name: str):
 
 
 @pytest.fixture(scope="module")
-def detections() -> dict[str, np.ndarray | TargetCLIPError]:
-    """Our MTCNN on every target image, once: [K, 5, 2] landmarks or the error raised."""
-    out = {}
-    for name in PHOTOS + DRAWN:
-        try:
-            out[name] = detect_landmarks(target(name))
-        except TargetCLIPError as e:
-            out[name] = e
-    return out
+def faces() -> dict[str, list[Face]]:
+    """Our MTCNN on every target image, once."""
+    return {name: detect_faces(target(name)) for name in PHOTOS + DRAWN}
+
+
+@pytest.fixture(scope="module")
+def detections(faces) -> dict[str, np.ndarray]:
+    """Landmarks [K, 5, 2] of the images where a face was found."""
+    return {name: np.stack([f.landmarks for f in found]) for name, found in faces.items() if found}
 
 
 def hand_quad_params(lm5: np.ndarray) -> tuple[np.ndarray, float]:
@@ -69,7 +70,7 @@ def hand_quad_params(lm5: np.ndarray) -> tuple[np.ndarray, float]:
 # --------------------------------------------------------------------------- detection
 
 
-def test_mtcnn_matches_facenet_pytorch():
+def test_mtcnn_matches_facenet_pytorch(faces):
     """Boxes, scores and the five points equal facenet-pytorch's own MTCNN on the real photos."""
     try:
         from facenet_pytorch import MTCNN as ReferenceMTCNN
@@ -80,7 +81,7 @@ def test_mtcnn_matches_facenet_pytorch():
     for name in PHOTOS + DRAWN:
         image = Image.open(target(name)).convert("RGB")
         boxes, probs, points = reference.detect(image, landmarks=True)
-        ours = detect_faces(image)
+        ours = faces[name]
         if boxes is None:
             assert ours == [], name
             continue
@@ -96,8 +97,8 @@ def test_mtcnn_matches_facenet_pytorch():
 
 def test_faces_found_on_photos_and_drawn_faces_found_or_refused_clearly(detections):
     for name in PHOTOS:
+        assert name in detections, f"no face found in the photograph {name}"
         lm = detections[name]
-        assert isinstance(lm, np.ndarray), f"{name}: {lm}"
         assert lm.ndim == 3 and lm.shape[1:] == (5, 2) and lm.dtype == np.float32
         width, height = Image.open(target(name)).size
         assert (lm[0, :, 0] >= 0).all() and (lm[0, :, 0] < width).all() and (lm[0, :, 1] < height).all()
@@ -105,12 +106,13 @@ def test_faces_found_on_photos_and_drawn_faces_found_or_refused_clearly(detectio
         assert eye_left[0] < nose[0] < eye_right[0] and mouth_left[0] < mouth_right[0]
         assert max(eye_left[1], eye_right[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
     for name in DRAWN:
-        found = detections[name]
-        if isinstance(found, TargetCLIPError):
-            assert str(found).startswith(f"no face found in {target(name)}")
+        if name in detections:
+            assert detections[name].shape[1:] == (5, 2)
         else:
-            assert found.shape[1:] == (5, 2)
-    assert isinstance(detections["avatar"], TargetCLIPError)  # a Na'vi: MTCNN does not see a face
+            with pytest.raises(TargetCLIPError) as refused:
+                align_face(target(name), output_size=64)
+            assert str(refused.value).startswith(f"no face found in {target(name)}")
+    assert "avatar" not in detections  # a Na'vi: MTCNN does not see a face
 
 
 def test_blank_image_has_no_face():
@@ -302,6 +304,24 @@ def test_known_pattern_lands_at_the_hand_computed_positions(angle, scale):
     )
     np.testing.assert_allclose(aligned.to_aligned(points[[0, 1, 3, 4]]), expected, atol=1e-9)
     np.testing.assert_allclose(blob_centres(aligned.image), expected, atol=0.25)
+
+
+def test_inner_face_crop_is_one_quad_warp_of_the_whole_photo():
+    """No shrink, no padding: cropping first must not move a pixel against one PIL warp of the photo."""
+    points = similarity(CANONICAL, 0.0, 1.0, (250, 200))
+    photo = draw_pattern((500, 400), points, 12)
+    # by hand: eye gap 80 > 0.9 x eye-to-mouth 80, so x = (160, 0), y = (0, 160), c = eyes + (0, 8)
+    c = points[:2].mean(0) + [0, 8]
+    quad = np.stack([c + [-160, -160], c + [-160, 160], c + [160, 160], c + [160, -160]])
+    expected = photo.transform((512, 512), Image.QUAD, tuple((quad + 0.5).flatten()), Image.BILINEAR)
+    expected = expected.resize((128, 128), Image.LANCZOS)
+    aligned = align_face(photo, landmarks=points, output_size=128, transform_size=512)
+    np.testing.assert_allclose(aligned.quad, quad, atol=1e-9)
+    assert torch.equal(aligned.image, load_image_from_pil(expected))
+
+
+def load_image_from_pil(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)[None] / 127.5 - 1
 
 
 def test_rotated_and_scaled_photos_give_the_same_crop():
