@@ -343,3 +343,32 @@ def test_matrix_round_trip_and_refusal_of_another_generator(G32, tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(TargetCLIPError):
         sat3d.load_sat3d_matrix(bad)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_train_then_transfer(tmp_path, capsys):
+    from essence_helpers import TINY_CLIP, register_tiny_clip
+    from targetclip_core.cli_sat3d import main
+    from targetclip_core.loaders import save_generator
+
+    register_tiny_clip()
+    gen = tmp_path / "g.safetensors"
+    save_generator(tiny_generator(32), gen)
+    matrix = tmp_path / "m.safetensors"
+    ckpt = tmp_path / "run.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["sat3d-train", "-g", str(gen), "-o", str(matrix), "--clip", TINY_CLIP, "--pretrained", "none",
+                   "--steps", "3", "--n-codes", "4", "--batch-size", "1", "--out-resolution", "16", "--device", "cpu",
+                   "--checkpoint", str(ckpt)])
+    assert rc == 0 and matrix.is_file() and ckpt.is_file()
+    assert "7 attributes" in capsys.readouterr().out
+    out = tmp_path / "edits"
+    rc = main(["sat3d-transfer", "-g", str(gen), "-m", str(matrix), "--source-seeds", "0-1", "--reference-seed", "5",
+               "-a", "Hairstyle", "Beard", "--delta", "1.5", "-o", str(out), "--device", "cpu"])
+    assert rc == 0 and sorted(p.name for p in out.iterdir()) == [
+        "reference.png", "source_0000.png", "source_0001.png", "transfer.json", "transfer_0000.png", "transfer_0001.png"]
+    assert main(["sat3d-transfer", "-g", str(gen), "-m", str(matrix), "--source-seeds", "0", "--reference-seed", "5",
+                 "-a", "Wings", "-o", str(out), "--device", "cpu"]) == 2

@@ -1,0 +1,159 @@
+"""`targetclip sat3d-train` and `targetclip sat3d-transfer` (SAT3D on StyleGAN2).
+
+cli.py wires these in with `add_parsers(sub)` and dispatches "sat3d-train" / "sat3d-transfer"
+to `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import TargetCLIPError
+
+COMMANDS = ("sat3d-train", "sat3d-transfer")
+
+
+def add_parsers(subparsers) -> None:
+    t = subparsers.add_parser("sat3d-train", help="learn a SAT3D attribute x channel mask matrix (CLIP descriptor groups)")
+    t.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
+    t.add_argument("--out", "-o", required=True, help="matrix .safetensors to write")
+    t.add_argument("--descriptors", default="faces", help="faces, cats, cars, or a descriptor JSON file (default faces)")
+    t.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
+    t.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
+    t.add_argument("--steps", type=int, default=10000)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate (default 0.01, as the paper)")
+    t.add_argument("--n-codes", type=int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
+    t.add_argument("--truncation", type=float, default=1.0)
+    t.add_argument("--lambda-src", type=float, default=3.5)
+    t.add_argument("--lambda-bg", type=float, default=40.0, help="needs a region parser; off (with a warning) without one")
+    t.add_argument("--lambda-prob", type=float, default=0.1)
+    t.add_argument("--checkpoint", default=None, help="training checkpoint file: resumed from when it exists")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--out-resolution", default="auto", help="render resolution for the losses (default: CLIP's size)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+
+    x = subparsers.add_parser("sat3d-transfer", help="move attributes of a reference onto sources with a SAT3D matrix")
+    x.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
+    x.add_argument("--matrix", "-m", required=True, help="matrix .safetensors from sat3d-train")
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source-seeds", help="source seeds, e.g. 0-3,10")
+    src.add_argument("--source", help="source W/W+ latent file")
+    ref = x.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--reference-seed", type=int, help="reference seed")
+    ref.add_argument("--reference", help="reference W/W+ latent file (its first latent is used)")
+    x.add_argument("--attributes", "-a", nargs="+", required=True, help="attribute names, applied in this order")
+    x.add_argument("--delta", type=float, nargs="+", default=[1.0], help="editing intensity in [0, 3], one or one per attribute")
+    x.add_argument("--combine", action="store_true", help="one summed mask instead of edits in sequence")
+    x.add_argument("--truncation", type=float, default=0.7, help="truncation for seeds (default 0.7)")
+    x.add_argument("--allow-other-weights", action="store_true",
+                   help="accept a matrix trained on another network of the same layout (a fine-tuned relative)")
+    x.add_argument("--out", "-o", default="sat3d", help="output folder (default: sat3d)")
+    x.add_argument("--device", default=None)
+
+
+def run(args) -> int:
+    if args.command == "sat3d-train":
+        return cmd_sat3d_train(args)
+    if args.command == "sat3d-transfer":
+        return cmd_sat3d_transfer(args)
+    raise TargetCLIPError(f"not a SAT3D command: {args.command}")
+
+
+def cmd_sat3d_train(args) -> int:
+    from tqdm import tqdm
+
+    from .clip import load_clip
+    from .loaders import load_generator
+    from .sat3d import QMM, load_descriptors, save_sat3d_matrix, train_sat3d
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise TargetCLIPError(f"{out}: the matrix must be written as .safetensors")
+    descriptors = load_descriptors(args.descriptors)
+    G = load_generator(args.generator, device=args.device)
+    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device)
+    measure = QMM(C, descriptors)
+    bar = tqdm(total=args.steps, desc="sat3d-train", unit="step")
+
+    def progress(info) -> None:
+        bar.n = info.step
+        bar.set_postfix(attr=info.attributes[0], loss=f"{info.losses['total']:.4f}", refresh=False)
+        bar.refresh()
+
+    lambdas = {"src": args.lambda_src, "bg": args.lambda_bg, "prob": args.lambda_prob}
+    matrix = train_sat3d(G, measure, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_codes=args.n_codes,
+                         truncation=args.truncation, seed=args.seed, lambdas=lambdas, checkpoint=args.checkpoint,
+                         checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution)
+    bar.close()
+    save_sat3d_matrix(out, matrix)
+    print(f"wrote {out}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} channels, {matrix.steps} steps "
+          f"(pre-selection: {matrix.preselection})")
+    for name in matrix.attributes:
+        top = ", ".join(f"{layer}[{ch}]" for layer, ch, _ in matrix.top_channels(name, 3))
+        print(f"  {name:<12} strongest channels: {top}")
+    return 0
+
+
+def _latents(G, seeds_text, path, truncation, first_only=False):
+    import torch
+
+    from .cli import parse_seeds
+    from .latents import load_latents, z_from_seeds
+
+    if path:
+        wp = G.to_wplus(load_latents(path).to(G.device).float())
+        return wp[:1] if first_only else wp
+    seeds = parse_seeds(str(seeds_text))
+    with torch.no_grad():
+        return G.to_wplus(G.mapping(z_from_seeds(seeds, G.z_dim).to(G.device), truncation=truncation))
+
+
+def cmd_sat3d_transfer(args) -> int:
+    import torch
+
+    from .images import save_png
+    from .loaders import load_generator
+    from .sat3d import load_sat3d_matrix, transfer
+
+    G = load_generator(args.generator, device=args.device)
+    matrix = load_sat3d_matrix(args.matrix, generator=G, strict_weights=not args.allow_other_weights)
+    source = _latents(G, args.source_seeds, args.source, args.truncation)
+    reference = _latents(G, args.reference_seed, args.reference, args.truncation, first_only=True)
+    delta = args.delta[0] if len(args.delta) == 1 else list(args.delta)
+    out = Path(args.out)
+    with torch.no_grad():
+        edited = transfer(G, source, reference, matrix, args.attributes, delta=delta, combine=args.combine)
+        save_png(G.synthesis(reference)[0], out / "reference.png")
+        for i, (src_img, img) in enumerate(zip(G.synthesis(source), edited)):
+            save_png(src_img, out / f"source_{i:04d}.png")
+            save_png(img, out / f"transfer_{i:04d}.png")
+    (out / "transfer.json").write_text(json.dumps({"matrix": str(args.matrix), "attributes": args.attributes,
+                                                   "delta": args.delta, "combine": args.combine}, indent=1), "utf-8")
+    print(f"wrote {len(edited)} transfers of {', '.join(args.attributes)} to {out}")
+    return 0
+
+
+def build_standalone_parser() -> argparse.ArgumentParser:
+    """A parser holding only the SAT3D commands (for tests and `python -m targetclip_core.cli_sat3d`)."""
+    p = argparse.ArgumentParser(prog="targetclip")
+    add_parsers(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def main(argv=None) -> int:
+    import sys
+
+    args = build_standalone_parser().parse_args(argv)
+    try:
+        return run(args)
+    except TargetCLIPError as e:
+        print(f"targetclip: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
