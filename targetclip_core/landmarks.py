@@ -378,7 +378,10 @@ class MTCNN(nn.Module):
 
 def facenet_pytorch_data_dir() -> Path:
     """The `data/` folder of the installed facenet-pytorch package, found without importing it."""
-    spec = importlib.util.find_spec("facenet_pytorch")
+    try:
+        spec = importlib.util.find_spec("facenet_pytorch")
+    except (ImportError, ValueError):  # a broken or shadowed install counts as missing
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
             "the MTCNN face detector reads its weights from the facenet-pytorch package, which is not "
