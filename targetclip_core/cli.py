@@ -93,6 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", "-o", default="edits", help="output folder")
     a.add_argument("--device", default=None)
 
+    i = sub.add_parser("invert", help="photo(s) -> W+ with e4e/pSp (aligned like FFHQ first); saves the crop and reconstruction")
+    i.add_argument("photo", nargs="+")
+    i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name")
+    i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
+    i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
+    _add_alignment_args(i)
+    i.add_argument("--device", default=None)
+    e = sub.add_parser("encode", help="target image(s) -> essence in one pass with a TargetCLIP essence encoder")
+    e.add_argument("target", nargs="+")
+    e.add_argument("--encoder", required=True, help="essence-encoder checkpoint (e4e layout), e.g. from train-encoder")
+    e.add_argument("--out", required=True, help="essence .safetensors (one target) or a folder")
+    e.add_argument("--align", action="store_true", help="align the target like FFHQ first (photos of faces)")
+    _add_alignment_args(e, with_toggle=False)
+    e.add_argument("--device", default=None)
+    ed = sub.add_parser("edit", help="photo -> align, invert, apply an essence, paste back into the photo")
+    ed.add_argument("photo")
+    ed.add_argument("--essence", required=True, help="essence .safetensors or official .npy")
+    ed.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
+    ed.add_argument("--layers", default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
+    ed.add_argument("--encoder", default="e4e-ffhq-encode")
+    ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
+    ed.add_argument("--out", required=True, help="output folder")
+    ed.add_argument("--feather", type=float, default=None, help="mask feathering, fraction of the crop size (default: alignment.DEFAULT_FEATHER)")
+    _add_alignment_args(ed, with_toggle=False)
+    ed.add_argument("--device", default=None)
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bg = bsub.add_parser("generator", help="generator forward / forward+backward time, ours vs a rosinality-style baseline")
@@ -104,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--checkpoint", default=None, help="time a real checkpoint instead of a random network")
     bg.add_argument("--no-baseline", action="store_true", help="skip the rosinality-style baseline")
     bg.add_argument("--no-fused", action="store_true", help="skip the fused (grouped conv) rows")
+    bi = bsub.add_parser("invert", help="seconds per e4e inversion and per essence encoding, and the optimisation they replace")
+    bi.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    bi.add_argument("--repeats", type=int, default=3)
+    bi.add_argument("--device", default="cpu")
+    bi.add_argument("--resolution", type=int, default=256, help="generator size for the optimisation comparison")
+    bi.add_argument("--no-optimisation", action="store_true", help="skip the per-target optimisation comparison")
     bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
     bo.add_argument("--resolution", type=int, default=256)
     bo.add_argument("--n-sources", type=int, default=4)
@@ -118,7 +149,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"convert": cmd_convert, "download": cmd_download, "render": cmd_render, "bench": cmd_bench,
-                    "optimize": cmd_optimize, "apply": cmd_apply}
+                    "optimize": cmd_optimize, "apply": cmd_apply, "invert": cmd_invert, "encode": cmd_encode,
+                    "edit": cmd_edit}
         return commands[args.command](args)
     except TargetCLIPError as e:
         print(f"targetclip: error: {e}", file=sys.stderr)
@@ -187,8 +219,12 @@ def cmd_render(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_generator, bench_optimize
+    from .bench import bench_generator, bench_inversion, bench_optimize
 
+    if args.what == "invert":
+        bench_inversion(batches=tuple(args.batch), repeats=args.repeats, device=args.device,
+                        resolution=args.resolution, with_optimisation=not args.no_optimisation)
+        return 0
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,
                        clip_name=args.clip, clip_pretrained=args.pretrained)
@@ -311,6 +347,116 @@ def cmd_apply(args) -> int:
             for name, img in zip(names, imgs):
                 save_png(img, out / f"{name}_{essence.name}_x{strength:g}.png")
     print(f"wrote {len(jobs) * len(wp)} images to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- photos: invert, encode, edit
+
+
+def _add_alignment_args(p, with_toggle: bool = True) -> None:
+    if with_toggle:
+        p.add_argument("--no-align", action="store_true", help="the photo is already an FFHQ-aligned crop")
+    p.add_argument("--detector", default="mtcnn", help="mtcnn (built in) or dlib:/path/to/shape_predictor_68_face_landmarks.dat")
+    p.add_argument("--landmarks", default=None, help="landmarks by hand: .npy or .json array [5,2] or [68,2] (x, y pixels)")
+
+
+def _read_landmarks(path):
+    import json
+
+    import numpy as np
+
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        return np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.asarray(json.loads(p.read_text()), dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise TargetCLIPError(f"{p}: cannot read landmarks ({e})") from None
+
+
+def _aligned(photo_path, args, size=None):
+    """(original image, AlignedFace or None, image to encode) for one photo."""
+    from .images import load_image
+
+    original = load_image(photo_path)
+    if getattr(args, "no_align", False):
+        return original, None, original
+    from .alignment import align_face
+
+    face = align_face(original, landmarks=_read_landmarks(args.landmarks), detector=args.detector,
+                      output_size=size or 1024, name=str(photo_path))
+    return original, face, face.image
+
+
+def _outputs(out, inputs, suffix):
+    out = Path(out)
+    if len(inputs) == 1 and out.suffix:
+        return [out]
+    return [out / f"{Path(i).stem}{suffix}" for i in inputs]
+
+
+def cmd_invert(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .images import save_png
+    from .inversion import load_inverter
+    from .latents import save_latents
+    from .loaders import load_generator
+
+    inverter = load_inverter(args.encoder, device=args.device)
+    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    for photo, path in tqdm(list(zip(args.photo, _outputs(args.out, args.photo, ".safetensors"))), desc="invert", unit="photo"):
+        _, face, image = _aligned(photo, args, size=G.resolution)
+        wp = inverter.invert(image)
+        G.check_wplus(wp)
+        save_latents(path, wp, G.identity)
+        with torch.no_grad():
+            save_png(G.synthesis(wp), path.with_name(path.stem + "_reconstruction.png"))
+        if face is not None:
+            save_png(face.image, path.with_name(path.stem + "_aligned.png"))
+        print(f"wrote {path} (+ _aligned.png, _reconstruction.png)")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .essence import save_essence
+    from .essence_encoder import load_essence_encoder
+
+    encoder = load_essence_encoder(args.encoder, device=args.device)
+    for target, path in zip(args.target, _outputs(args.out, args.target, ".safetensors")):
+        args.no_align = not args.align
+        _, _, image = _aligned(target, args, size=256)
+        essence = encoder.encode(image, name=Path(target).stem)
+        save_essence(path, essence)
+        print(f"wrote {path} (|b| = {float(essence.vector.norm()):.3f})")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    import torch
+
+    from .alignment import DEFAULT_FEATHER, paste_back
+    from .essence import apply_essence, load_essence
+    from .images import save_png
+    from .inversion import load_inverter
+    from .loaders import load_generator
+
+    inverter = load_inverter(args.encoder, device=args.device)
+    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    essence = load_essence(args.essence, G).to(G.device)
+    original, face, image = _aligned(args.photo, args, size=G.resolution)
+    wp = inverter.invert(image)
+    out, stem = Path(args.out), Path(args.photo).stem
+    with torch.no_grad():
+        save_png(G.synthesis(wp), out / f"{stem}_reconstruction.png")
+        for strength in args.strength or [essence.strength]:
+            edited = apply_essence(G, wp, essence, strength=strength, layers=_parse_layers(args.layers))
+            pasted = paste_back(original, edited, face, feather=DEFAULT_FEATHER if args.feather is None else args.feather)
+            save_png(pasted.image, out / f"{stem}_{essence.name}_x{strength:g}.png")
+            save_png(edited, out / f"{stem}_{essence.name}_x{strength:g}_aligned.png")
+    save_png(face.image, out / f"{stem}_aligned.png")
+    print(f"wrote the edits of {args.photo} to {out}")
     return 0
 
 

@@ -1,0 +1,72 @@
+"""`targetclip invert / encode / edit` end to end: a real photo, tiny e4e networks, the real MTCNN alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_rosinality_state, require_shared
+from encoder_helpers import official_checkpoint, tiny_encoder
+from targetclip_core.cli import main
+from targetclip_core.essence import Essence, load_essence, save_essence
+from targetclip_core.latents import load_latents
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return require_shared("data", "targetclip", "targets", "keanu.jpg")
+
+
+@pytest.fixture(scope="module")
+def e4e_file(tmp_path_factory):
+    """A tiny e4e checkpoint (6 W+ entries of 32) carrying a 16 px decoder, like e4e_ffhq_encode.pt carries FFHQ."""
+    path = tmp_path_factory.mktemp("e4e") / "e4e_tiny.pt"
+    enc = tiny_encoder(n_styles=6, w_dim=32)
+    official_checkpoint(path, enc.state_dict(), torch.randn(6, 32), decoder_state=random_rosinality_state(resolution=16))
+    return path
+
+
+def test_invert_writes_latent_aligned_crop_and_reconstruction(tmp_path, photo, e4e_file):
+    out = tmp_path / "keanu.safetensors"
+    assert main(["invert", str(photo), "--encoder", str(e4e_file), "--out", str(out), "--device", "cpu"]) == 0
+    assert load_latents(out).shape == (1, 6, 32)
+    aligned = Image.open(tmp_path / "keanu_aligned.png")
+    assert aligned.size == (16, 16)  # aligned at the generator's resolution
+    assert Image.open(tmp_path / "keanu_reconstruction.png").size == (16, 16)
+
+
+def test_edit_pastes_back_into_the_photo_and_keeps_the_rest(tmp_path, photo, e4e_file):
+    essence = Essence(vector=0.5 * torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(0)),
+                      generator={"arch": "stylegan2", "resolution": 16, "n_latent": 6, "w_dim": 32}, name="tiny")
+    save_essence(tmp_path / "tiny.safetensors", essence)
+    rc = main(["edit", str(photo), "--essence", str(tmp_path / "tiny.safetensors"), "--encoder", str(e4e_file),
+               "--strength", "0.5", "1", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert rc == 0
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    for strength in ("0.5", "1"):
+        edited = np.asarray(Image.open(tmp_path / "out" / f"keanu_tiny_x{strength}.png"))
+        assert edited.shape == original.shape
+        changed = np.any(edited != original, axis=-1)
+        assert 0 < changed.mean() < 0.8  # the face region changed, most of the photo did not
+        assert not changed[0, 0] and not changed[-1, -1]  # corners are the photo, bit for bit
+    assert (tmp_path / "out" / "keanu_aligned.png").exists()
+
+
+def test_encode_an_aligned_target_photo(tmp_path, photo):
+    enc = tiny_encoder(n_styles=6, w_dim=32)
+    path = official_checkpoint(tmp_path / "essence_enc.pt", enc.state_dict(), None, start_from_latent_avg=False)
+    out = tmp_path / "keanu_essence.safetensors"
+    assert main(["encode", str(photo), "--encoder", str(path), "--align", "--out", str(out), "--device", "cpu"]) == 0
+    essence = load_essence(out)
+    assert essence.vector.shape == (1, 6, 32) and essence.source == "encoder" and essence.name == "keanu"
+
+
+def test_a_photo_without_a_face_is_a_clear_error(tmp_path, e4e_file, capsys):
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
+    rc = main(["invert", str(blank), "--encoder", str(e4e_file), "--out", str(tmp_path / "x.safetensors"), "--device", "cpu"])
+    assert rc == 2
+    assert "no face" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
