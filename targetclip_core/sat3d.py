@@ -474,7 +474,9 @@ class _PairObjective:
                     "img_src": img_src, "d_src": self.measure(img_src), "d_ref": self.measure(img_ref)}
 
     def __call__(self, logits, attributes_all, target, c, delta=1.0) -> dict:
-        mask = attribute_mask(logits, attributes_all, target)
+        return self.with_mask(attribute_mask(logits, attributes_all, target), target, c, delta)
+
+    def with_mask(self, mask, target, c, delta=1.0) -> dict:
         flat_edit = edit_styles(c["flat_src"], c["flat_ref"], mask, delta)
         img_edit = self.G.synthesis_from_styles(self.layout.unflatten(flat_edit, c["styles_src"]), out_resolution=self.res)
         d_edit = self.measure(img_edit)
@@ -560,6 +562,11 @@ def train_sat3d(
     checkpoint: a file written every `checkpoint_every` steps and at the end; when it exists
       the run resumes from it (the same arguments give the same result as an uninterrupted run).
     callback: called every step with a SAT3DStep; returning True stops (a checkpoint is written).
+    Scale-out: run one process per device under torchrun with torch.distributed initialised
+      (gloo on CPU, nccl on GPUs) before calling; the mask module is wrapped in
+      DistributedDataParallel, each process draws its own pairs and attribute each step
+      (process 0 draws what a single process would), gradients are averaged, process 0
+      writes the checkpoint (with every process's sampler state) and its own loss log.
     """
     _make_ready(G, measure)
     attributes = list(measure.attributes)
@@ -573,7 +580,10 @@ def train_sat3d(
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
     objective = _PairObjective(G, measure, layout, lambdas, parser, regions, res)
 
+    rank, world = _distributed_rank_world()
     state = _load_checkpoint(checkpoint, G, attributes, layout) if checkpoint and Path(checkpoint).is_file() else None
+    if state is not None and len(state["rng"]) != world:
+        raise TargetCLIPError(f"{checkpoint}: written by a run of {len(state['rng'])} processes; resume it with as many, not {world}")
     if state is None:
         preselected, how = {}, "none"
         if preselect and complex_attrs:
@@ -584,14 +594,18 @@ def train_sat3d(
                                                  seed=seed, out_resolution=res, **(preselect_kwargs or {}))
                 how = "; ".join(f"{a}: {len(v)} channels" for a, v in preselected.items()) or "none"
         logits = initial_logits(attributes, layout.n_channels, preselected).to(G.device)
-        state = {"logits": logits, "optimizer": None, "step": 0, "rng": torch.Generator().manual_seed(seed).get_state(),
+        # every process draws its own pairs; process 0 draws what a single process would
+        rngs = [torch.Generator().manual_seed(seed + 1_000_003 * r).get_state() for r in range(world)]
+        state = {"logits": logits, "optimizer": None, "step": 0, "rng": rngs,
                  "log": {k: [] for k in LOSS_TERMS}, "log_attribute": [], "preselection": how}
-    logits = state["logits"].clone().to(G.device).requires_grad_(True)
+    module = MaskMatrixModule(state["logits"].clone().to(G.device), attributes)
+    masker = module if world == 1 else _ddp(module)
+    logits = module.logits
     opt = _ranger([logits], lr)
     if state["optimizer"] is not None:
         opt.load_state_dict(state["optimizer"])
     rng = torch.Generator()
-    rng.set_state(state["rng"])
+    rng.set_state(state["rng"][rank])
     log, log_attribute = state["log"], state["log_attribute"]
 
     step = state["step"]
@@ -600,9 +614,9 @@ def train_sat3d(
         pick = torch.randint(len(bank), (2, batch_size), generator=rng)
         target = [attributes[int(torch.randint(len(attributes), (1,), generator=rng))]]  # |Omega| = 1
         c = objective.constants(G.to_wplus(bank[pick[0]]), G.to_wplus(bank[pick[1]]))
-        terms = objective(logits, attributes, target, c)
+        terms = objective.with_mask(masker(target), target, c)
         opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        terms["total"].backward()  # under DDP the gradient is averaged over the processes here
         opt.step()
         step += 1
         for k in LOSS_TERMS:
@@ -610,8 +624,15 @@ def train_sat3d(
         log_attribute.append(target[0])
         if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS})):
             stopped = True
+        if world > 1:  # one process stopping stops all (they must take the same steps)
+            stopped = _any_process(stopped)
         if checkpoint and (step % checkpoint_every == 0 or step >= steps or stopped):
-            _save_checkpoint(checkpoint, G, attributes, layout, logits, opt, step, rng, log, log_attribute, state["preselection"])
+            rng_states = _gather_rng_states(rng, world)
+            if rank == 0:
+                _save_checkpoint(checkpoint, G, attributes, layout, logits, opt, step, rng_states, log, log_attribute,
+                                 state["preselection"])
+            if world > 1:
+                torch.distributed.barrier()
 
     return SAT3DMatrix(
         logits=logits.detach().cpu().clone(), attributes=attributes, layout=layout, generator=dict(G.identity),
@@ -619,6 +640,48 @@ def train_sat3d(
         clip=getattr(getattr(measure, "clip", None), "identity", None), steps=step,
         losses={k: list(v) for k, v in log.items()}, preselection=state["preselection"],
     )
+
+
+class MaskMatrixModule(nn.Module):
+    """The trainable logits of M as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, logits: torch.Tensor, attributes: list[str]):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+        self.attributes = list(attributes)
+
+    def forward(self, target: list[str]) -> torch.Tensor:
+        return attribute_mask(self.logits, self.attributes, target)
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _ddp(module: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = module.logits.device
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _any_process(flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0])
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _gather_rng_states(rng: torch.Generator, world: int) -> list:
+    if world == 1:
+        return [rng.get_state()]
+    states = [None] * world
+    torch.distributed.all_gather_object(states, rng.get_state())
+    return states
 
 
 def _ranger(params, lr):
@@ -629,10 +692,10 @@ def _ranger(params, lr):
     return Ranger(params, lr=lr, use_gc=False)
 
 
-def _save_checkpoint(path, G, attributes, layout, logits, opt, step, rng, log, log_attribute, preselection):
+def _save_checkpoint(path, G, attributes, layout, logits, opt, step, rng_states, log, log_attribute, preselection):
     payload = {
         "format": CHECKPOINT_FORMAT, "attributes": attributes, "layout": layout.to_json(), "generator": dict(G.identity),
-        "logits": logits.detach().cpu().clone(), "optimizer": opt.state_dict(), "step": step, "rng": rng.get_state(),
+        "logits": logits.detach().cpu().clone(), "optimizer": opt.state_dict(), "step": step, "rng": rng_states,
         "log": log, "log_attribute": log_attribute, "preselection": preselection,
     }
     with atomic_path(path) as tmp:
@@ -761,7 +824,7 @@ def images_for_pair(G, source, reference, out_resolution=None) -> tuple[torch.Te
 
 __all__ = [
     "AttributeDescriptors", "DescriptorSet", "QMM", "SAT3DMatrix", "SAT3DStep", "attribute_distance", "attribute_mask",
-    "initial_logits", "instant_transfer", "load_descriptors", "load_sat3d_matrix", "loss_bg", "loss_prob", "loss_ref",
+    "MaskMatrixModule", "initial_logits", "instant_transfer", "load_descriptors", "load_sat3d_matrix", "loss_bg", "loss_prob", "loss_ref",
     "loss_src", "preselect_channels", "sat3d_losses", "sample_latent_bank", "save_sat3d_matrix", "total_loss", "train_sat3d", "transfer",
     "transfer_styles",
 ]
