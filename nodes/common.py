@@ -23,7 +23,7 @@ CATEGORY = "TargetCLIP"
 # our folders under ComfyUI/models, with the files each lists
 MODEL_FOLDERS = {
     "stylegan": {".pt", ".pth", ".pkl", ".safetensors"},
-    "e4e": {".pt", ".pth", ".safetensors"},
+    "e4e": {".pt", ".pth", ".safetensors", ".dat"},  # .dat: dlib's 68-point landmark predictor
     "targetclip": {".safetensors", ".npy"},
 }
 

@@ -11,7 +11,7 @@ from targetclip_core.inversion import load_inverter
 from targetclip_core.loaders import load_generator
 
 from .common import (CATEGORY, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
-                     image_to_core, list_files, make_room)
+                     image_from_core, image_to_core, list_files, make_room)
 
 ROLES = ["inverter", "essence encoder"]
 
@@ -29,7 +29,7 @@ class LoadE4E:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "ckpt_name": (list_files("e4e"), {"tooltip": "A checkpoint in models/e4e."}),
+            "ckpt_name": ([n for n in list_files("e4e") if not n.endswith(".dat")], {"tooltip": "A checkpoint in models/e4e."}),
             "role": (ROLES, {"tooltip": "inverter: image -> W+ latents (adds latent_avg as e4e does); "
                                         "essence encoder: target -> essence b (TargetCLIP Sec. 4)."}),
         }}
@@ -115,13 +115,88 @@ class EncodeEssence:
         return (encoder.encode(image_to_core(target[:1], encoder.net.device), name=name),)
 
 
+class AlignFace:
+    DESCRIPTION = ("Find the face in each photo and crop it the way FFHQ was aligned (eyes level, same position and scale), "
+                   "for e4e inversion. Keeps the transform so Paste Back can put the edit into the photo.")
+    CATEGORY = f"{CATEGORY}/photo"
+    RETURN_TYPES = ("IMAGE", "FACE_ALIGNMENT")
+    RETURN_NAMES = ("aligned", "alignment")
+    OUTPUT_TOOLTIPS = ("FFHQ-aligned face crops, one per photo.", "The crop geometry, for Paste Back.")
+    FUNCTION = "align"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "photos": ("IMAGE", {"tooltip": "Photos with a face each (the largest face is used)."}),
+            "detector": (["mtcnn"] + [f"dlib:{n}" for n in list_files("e4e") if n.endswith(".dat")],
+                         {"tooltip": "mtcnn: built in (facenet-pytorch weights). dlib: a shape_predictor_68_face_landmarks.dat "
+                                     "in models/e4e (needs the dlib package)."}),
+            "output_size": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64,
+                                    "tooltip": "Side of the crop: 1024 for FFHQ generators (e4e resizes to 256 itself)."}),
+        }}
+
+    def align(self, photos, detector, output_size):
+        from targetclip_core.alignment import align_face
+
+        if detector.startswith("dlib:"):
+            detector = "dlib:" + full_path("e4e", detector[len("dlib:"):])
+        x = image_to_core(photos, torch.device("cpu"))
+        faces = []
+        for i in range(x.shape[0]):
+            check_interrupted()
+            faces.append(align_face(x[i : i + 1], detector=detector, output_size=output_size, name=f"photo {i + 1}"))
+        return (image_from_core(torch.cat([f.image for f in faces])), faces)
+
+
+class PasteBack:
+    DESCRIPTION = "Warp edited aligned faces back into their photos with a feathered mask; pixels outside the mask stay the photo's."
+    CATEGORY = f"{CATEGORY}/photo"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "mask")
+    OUTPUT_TOOLTIPS = ("The photos with the edited faces.", "Where the edit was pasted (1 = edited face).")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "photos": ("IMAGE", {"tooltip": "The original photos (the same ones given to Align Face)."}),
+            "edited": ("IMAGE", {"tooltip": "Edited faces in the aligned frame (any square size): one per photo, "
+                                            "or any number for a single photo."}),
+            "alignment": ("FACE_ALIGNMENT", {"tooltip": "From Align Face."}),
+            "feather": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
+                                  "tooltip": "Softness of the mask edge, as a fraction of the crop size."}),
+        }}
+
+    def paste(self, photos, edited, alignment, feather):
+        from targetclip_core.alignment import paste_back
+
+        x = image_to_core(photos, torch.device("cpu"))
+        e = image_to_core(edited, torch.device("cpu"))
+        if len(alignment) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} photos but {len(alignment)} alignments: connect the photos given to Align Face")
+        if x.shape[0] == 1:
+            pairs = [(x, e, alignment[0])]
+        elif e.shape[0] == x.shape[0]:
+            pairs = [(x[i : i + 1], e[i : i + 1], alignment[i]) for i in range(x.shape[0])]
+        else:
+            raise ValueError(f"{e.shape[0]} edited faces for {x.shape[0]} photos: give one edit per photo, or a single photo")
+        results = [paste_back(p, f, a, feather=feather) for p, f, a in pairs]
+        images = torch.cat([r.image for r in results])
+        masks = torch.cat([r.mask.expand(r.image.shape[0], -1, -1) for r in results])
+        return (image_from_core(images), masks.to(images.device).float().cpu())
+
+
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadE4E": LoadE4E,
     "TargetCLIP_InvertPhoto": InvertPhoto,
     "TargetCLIP_EncodeEssence": EncodeEssence,
+    "TargetCLIP_AlignFace": AlignFace,
+    "TargetCLIP_PasteBack": PasteBack,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadE4E": "Load e4e Encoder (TargetCLIP)",
     "TargetCLIP_InvertPhoto": "Invert Photo, e4e (TargetCLIP)",
     "TargetCLIP_EncodeEssence": "Encode Essence, one pass (TargetCLIP)",
+    "TargetCLIP_AlignFace": "Align Face, FFHQ (TargetCLIP)",
+    "TargetCLIP_PasteBack": "Paste Back into Photo (TargetCLIP)",
 }

@@ -269,3 +269,22 @@ def test_encode_essence_node_and_role_mixups(pack, e4e_files):
         node(pack, "TargetCLIP_InvertPhoto").invert(essence_encoder, target)
     with pytest.raises(ValueError, match="role 'essence encoder'"):
         node(pack, "TargetCLIP_EncodeEssence").encode(inverter, target, "x")
+
+
+def test_align_face_then_paste_back_a_real_photo(pack):
+    from conftest import require_shared
+    from PIL import Image
+
+    photo_file = require_shared("data", "targetclip", "targets", "keanu.jpg")
+    photo = torch.from_numpy(np.asarray(Image.open(photo_file).convert("RGB"), dtype=np.float32) / 255)[None]
+    aligned, alignment = node(pack, "TargetCLIP_AlignFace").align(photo, "mtcnn", 256)
+    assert aligned.shape == (1, 256, 256, 3) and len(alignment) == 1
+    edited = 1 - aligned  # an obvious edit, in the aligned frame
+    images, mask = node(pack, "TargetCLIP_PasteBack").paste(photo, edited, alignment, 0.1)
+    assert images.shape == photo.shape and mask.shape == photo.shape[:3]
+    outside = mask == 0
+    assert outside.any() and mask.max() > 0.99
+    assert torch.allclose(images[outside], photo[outside], atol=1e-6)  # the photo (up to the [-1,1] round trip)
+    assert ((mask > 0) & (mask < 1)).any()  # feathered edge
+    with pytest.raises(ValueError, match="2 edited faces for"):
+        node(pack, "TargetCLIP_PasteBack").paste(photo.expand(3, -1, -1, -1), edited.expand(2, -1, -1, -1), alignment * 3, 0.1)
