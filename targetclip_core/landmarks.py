@@ -409,14 +409,14 @@ def _load_state(module: nn.Module, path: Path) -> None:
 
 
 _MTCNN_CACHE: dict[str, MTCNN] = {}
-_MTCNN_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()
 
 
 def load_mtcnn(device: str | torch.device | None = None) -> MTCNN:
     """The MTCNN detector with facenet-pytorch's weights, cached per device."""
     device = torch.device(device or "cpu")
     key = str(device)
-    with _MTCNN_LOCK:
+    with _CACHE_LOCK:
         if key not in _MTCNN_CACHE:
             model = MTCNN()
             data = facenet_pytorch_data_dir()
@@ -428,7 +428,7 @@ def load_mtcnn(device: str | torch.device | None = None) -> MTCNN:
 
 def clear_detector_cache() -> None:
     """Forget the loaded detectors (MTCNN per device, dlib models per file)."""
-    with _MTCNN_LOCK:
+    with _CACHE_LOCK:
         _MTCNN_CACHE.clear()
         _DLIB_CACHE.clear()
 
@@ -451,7 +451,7 @@ def _dlib_models(path: Path):
             "use detector='mtcnn' instead, or give the landmarks by hand"
         ) from None
     key = str(path.resolve())
-    with _MTCNN_LOCK:
+    with _CACHE_LOCK:
         if key not in _DLIB_CACHE:
             try:
                 predictor = dlib.shape_predictor(str(path))
