@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--device", default="cpu")
     bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
     bo.add_argument("--pretrained", default=None)
+    from . import cli_metrics, cli_sat3d, cli_train
+
+    cli_train.add_parser(sub)
+    cli_metrics.add_parsers(sub)
+    cli_sat3d.add_parsers(sub)
     return p
 
 
@@ -151,6 +156,11 @@ def main(argv=None) -> int:
         commands = {"convert": cmd_convert, "download": cmd_download, "render": cmd_render, "bench": cmd_bench,
                     "optimize": cmd_optimize, "apply": cmd_apply, "invert": cmd_invert, "encode": cmd_encode,
                     "edit": cmd_edit}
+        from . import cli_metrics, cli_sat3d, cli_train
+
+        commands["train-encoder"] = cli_train.run
+        commands.update(dict.fromkeys(cli_metrics.COMMANDS, cli_metrics.run))
+        commands.update(dict.fromkeys(("sat3d-train", "sat3d-transfer"), cli_sat3d.run))
         return commands[args.command](args)
     except TargetCLIPError as e:
         print(f"targetclip: error: {e}", file=sys.stderr)
