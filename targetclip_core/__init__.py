@@ -3,9 +3,14 @@
 Public API (see DESIGN.md); names appear here as their capability lands.
 """
 
+from .alignment import AlignedFace, PasteResult, align_face, face_mask, paste_back
+from .arcface import ArcFace, load_arcface
 from .clip import CLIPEncoder, load_clip
 from .errors import CheckpointError, LatentError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
 from .essence import Essence, apply_essence, edit_latents, load_essence, mix_essences, save_essence
+from .essence_encoder import EssenceEncoder, load_essence_encoder
+from .inversion import Inverter, load_inverter
+from .landmarks import detect_faces, detect_landmarks
 from .latents import load_latents, save_latents, z_from_seeds
 from .loaders import load_generator, save_generator
 from .optimize import optimize_essence
@@ -14,6 +19,19 @@ from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignedFace",
+    "ArcFace",
+    "EssenceEncoder",
+    "Inverter",
+    "PasteResult",
+    "align_face",
+    "detect_faces",
+    "detect_landmarks",
+    "face_mask",
+    "load_arcface",
+    "load_essence_encoder",
+    "load_inverter",
+    "paste_back",
     "CLIPEncoder",
     "Essence",
     "apply_essence",
