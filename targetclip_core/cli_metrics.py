@@ -7,7 +7,6 @@ Wired into the main CLI by `add_parsers(subparsers)` and `run(args)`; also runs 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .errors import TargetCLIPError
@@ -100,20 +99,6 @@ def add_parsers(subparsers) -> None:
 def run(args) -> int:
     commands = {"score": cmd_score, "eval": cmd_eval, "interpret": cmd_interpret, "fid": cmd_fid}
     return commands[args.command](args)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="targetclip", description="Measuring essences.")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except TargetCLIPError as e:
-        print(f"targetclip: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("targetclip: interrupted", file=sys.stderr)
-        return 130
 
 
 # --------------------------------------------------------------------------- helpers
@@ -266,7 +251,3 @@ def cmd_fid(args) -> int:
                 batch_size=args.batch_size, device=args.device)
     print(f"FID {value:.4f}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -418,7 +418,7 @@ CLIP_ARGS = ["--clip", TINY_CLIP, "--pretrained", "none", "--device", "cpu"]
 
 
 def test_cli_eval_writes_results_and_resumes(cli_files, capsys):
-    from targetclip_core.cli_metrics import main
+    from targetclip_core.cli import main
 
     out = cli_files["root"] / "eval"
     base = ["eval", "-g", str(cli_files["gen"]), "--sources", str(cli_files["sources"]), "--out", str(out),
@@ -435,7 +435,7 @@ def test_cli_eval_writes_results_and_resumes(cli_files, capsys):
 
 
 def test_cli_score_interpret_and_fid(cli_files, G, capsys, tmp_path, monkeypatch):
-    from targetclip_core.cli_metrics import main
+    from targetclip_core.cli import main
 
     paths = []
     with torch.no_grad():
