@@ -8,7 +8,6 @@ import torch
 
 from targetclip_core.essence_encoder import EssenceEncoder
 from targetclip_core.inversion import load_inverter
-from targetclip_core.loaders import load_generator
 
 from .common import (CATEGORY, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
                      image_from_core, image_to_core, list_files, make_room)
@@ -51,20 +50,9 @@ class LoadE4E:
             return load_essence_encoder(path, device=device)
 
         encoder = cached(("e4e", file_signature("e4e", ckpt_name), role, str(device)), load)
-        G = cached(("e4e-decoder", file_signature("e4e", ckpt_name), str(device)), lambda: _decoder(path, device))
+        inner = encoder if role == "inverter" else encoder.net
+        G = cached(("e4e-decoder", file_signature("e4e", ckpt_name), str(device)), lambda: inner.generator) if inner.has_generator else None
         return (encoder, G)
-
-
-def _decoder(path, device):
-    from targetclip_core.encoders import read_encoder_checkpoint
-
-    has_decoder = any(isinstance(k, str) and k.startswith("decoder.") for k in read_encoder_checkpoint(path).raw["state_dict"])
-    return load_generator(path, device=device) if has_decoder else None
-
-
-def _identity(encoder) -> dict:
-    n, w = encoder.cfg.n_styles, encoder.cfg.w_dim
-    return {"arch": "stylegan2", "resolution": 2 ** ((n + 2) // 2), "n_latent": n, "w_dim": w}
 
 
 class InvertPhoto:
@@ -90,7 +78,7 @@ class InvertPhoto:
         for i in range(x.shape[0]):  # one image at a time keeps memory flat and Cancel responsive
             check_interrupted()
             latents.append(encoder.invert(x[i : i + 1]))
-        return (WPlus(torch.cat(latents), _identity(encoder)),)
+        return (WPlus(torch.cat(latents), encoder.generator_identity),)
 
 
 class EncodeEssence:

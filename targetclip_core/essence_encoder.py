@@ -34,8 +34,7 @@ class EssenceEncoder(nn.Module):
 
     @property
     def generator_identity(self) -> dict:
-        n = self.cfg.n_styles
-        return {"arch": "stylegan2", "resolution": 2 ** ((n + 2) // 2), "n_latent": n, "w_dim": self.cfg.w_dim}
+        return self.net.generator_identity
 
     def forward(self, targets: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [-1,1] -> b [B, n_latent, w_dim]; differentiable (training uses it)."""

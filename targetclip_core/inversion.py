@@ -47,6 +47,16 @@ class Inverter(nn.Module):
     def device(self) -> torch.device:
         return self.latent_avg.device
 
+    @property
+    def generator_identity(self) -> dict:
+        """The layout of the generator these codes are for (StyleGAN2Generator.identity)."""
+        n = self.cfg.n_styles
+        return {"arch": "stylegan2", "resolution": 2 ** ((n + 2) // 2), "n_latent": n, "w_dim": self.cfg.w_dim}
+
+    @property
+    def has_generator(self) -> bool:
+        return self._checkpoint_path is not None
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Check images and bring them to the encoder's input size."""
         images = check_images(images, "images to invert")
@@ -96,14 +106,15 @@ def load_inverter(path, device=None) -> Inverter:
     file = _resolve_path(path)
     ckpt = read_encoder_checkpoint(file)
     inverter = inverter_from_checkpoint(ckpt, file, add_latent_avg=ckpt.opts.get("start_from_latent_avg", True))
-    inverter._checkpoint_path = file if _has_decoder(ckpt) else None
     return inverter.to(default_device(device))
 
 
 def inverter_from_checkpoint(ckpt: EncoderCheckpoint, file, add_latent_avg: bool) -> Inverter:
     if add_latent_avg and ckpt.latent_avg is None:
         raise TargetCLIPError(f"{file}: the encoder predicts offsets from latent_avg, but the checkpoint has none")
-    return Inverter(build_encoder(ckpt, file), ckpt.latent_avg, add_latent_avg, name=Path(file).name)
+    inverter = Inverter(build_encoder(ckpt, file), ckpt.latent_avg, add_latent_avg, name=Path(file).name)
+    inverter._checkpoint_path = Path(file) if _has_decoder(ckpt) else None
+    return inverter
 
 
 def _has_decoder(ckpt: EncoderCheckpoint) -> bool:
