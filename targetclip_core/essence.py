@@ -81,6 +81,14 @@ class Essence:
         return mix_essences([self, other])
 
 
+def target_thumbnails(targets: torch.Tensor, size: int = 64) -> np.ndarray:
+    """The small uint8 [T, size, size, 3] previews of target images that essence files carry."""
+    from .images import to_uint8
+
+    small = F.interpolate(targets.detach().float().cpu(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return to_uint8(small)
+
+
 def _describe(identity: dict, essence: Essence | None = None) -> str:
     res = identity.get("resolution", "?")
     n = identity.get("n_latent", essence.n_latent if essence else "?")

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from .encoders import read_encoder_checkpoint
-from .essence import Essence
-from .images import to_uint8
+from .essence import Essence, target_thumbnails
 from .inversion import Inverter, check_images, inverter_from_checkpoint
 from .loaders import _resolve_path, default_device
 
@@ -45,7 +44,7 @@ class EssenceEncoder(nn.Module):
         """One target [1,3,H,W] -> an Essence; a batch -> a list of Essences (one per target)."""
         targets = check_images(target, "target images")
         vectors = self(targets).float().cpu()
-        thumbs = to_uint8(torch.nn.functional.interpolate(targets.float().cpu(), size=(128, 128), mode="area"))
+        thumbs = target_thumbnails(targets)
         essences = [
             Essence(
                 vector=v[None],

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .errors import LatentError, TargetCLIPError
-from .essence import Essence
-from .images import to_uint8
+from .essence import Essence, target_thumbnails
 
 LOSS_TERMS = ("total", "similarity", "consistency", "l2")
 
@@ -247,7 +245,7 @@ def optimize_essence(
             break
 
     stacked = {k: torch.stack(v, dim=1) for k, v in history.items()}  # [T, steps_run]
-    thumbs = to_uint8(F.interpolate(targets, size=(64, 64), mode="bilinear", antialias=True, align_corners=False))
+    thumbs = target_thumbnails(targets)
     result = []
     for t in range(n_targets):
         result.append(Essence(
