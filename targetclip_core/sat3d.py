@@ -455,6 +455,7 @@ class SAT3DStep:
     steps: int
     attributes: list[str]
     losses: dict  # term -> float
+    logits: torch.Tensor | None = None  # the matrix after this step (detached, live: copy it to keep it), for previews
 
 
 class _PairObjective:
@@ -622,7 +623,8 @@ def train_sat3d(
         for k in LOSS_TERMS:
             log[k].append(float(terms[k].detach()))
         log_attribute.append(target[0])
-        if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS})):
+        if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS},
+                                                           logits.detach())):
             stopped = True
         if world > 1:  # one process stopping stops all (they must take the same steps)
             stopped = _any_process(stopped)
@@ -807,7 +809,8 @@ def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 
         opt.step()
         for k in LOSS_TERMS:
             log[k].append(float(terms[k].detach()))
-        if callback is not None and callback(SAT3DStep(step + 1, steps, target, {k: log[k][-1] for k in LOSS_TERMS})):
+        if callback is not None and callback(SAT3DStep(step + 1, steps, target, {k: log[k][-1] for k in LOSS_TERMS},
+                                                           logits.detach())):
             break
     return SAT3DMatrix(logits=best.cpu(), attributes=all_attrs, layout=layout, generator=dict(G.identity),
                        fingerprint=generator_fingerprint(G), descriptors=getattr(descriptors, "source", "") if descriptors else "",
