@@ -30,6 +30,7 @@ from .errors import CheckpointError, UnsafePickleError
 from .stylegan2 import StyleGAN2Config, StyleGAN2Generator, fir_kernel_2d
 
 SAFETENSORS_FORMAT = "targetclip.stylegan2"
+EG3D_SAFETENSORS_FORMAT = "targetclip.eg3d"
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -63,11 +64,15 @@ def read_generator_checkpoint(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     )
 
 
-def build_generator(cfg: StyleGAN2Config, state: dict, has_w_avg: bool, source="checkpoint") -> StyleGAN2Generator:
-    """Instantiate the network and load `state`, with a clear error for any mismatch."""
-    G = StyleGAN2Generator(cfg)
+def build_generator(cfg, state: dict, has_w_avg: bool, source="checkpoint"):
+    """Instantiate the network (StyleGAN2, or EG3D for an EG3DConfig) and load `state`,
+    with a clear error for any mismatch."""
+    from .eg3d import EG3DConfig, EG3DGenerator
+
+    G = EG3DGenerator(cfg) if isinstance(cfg, EG3DConfig) else StyleGAN2Generator(cfg)
     load_state_checked(G, state, source)
-    G.mapping.has_w_avg = has_w_avg
+    mapping = G.backbone.mapping if isinstance(G, EG3DGenerator) else G.mapping
+    mapping.has_w_avg = has_w_avg
     G.eval().requires_grad_(False)
     return G
 
@@ -78,11 +83,12 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
 
     from .fileio import atomic_path
 
+    is_3d = getattr(G, "is_3d", False)
     meta = {
-        "format": SAFETENSORS_FORMAT,
+        "format": EG3D_SAFETENSORS_FORMAT if is_3d else SAFETENSORS_FORMAT,
         "format_version": "1",
         "config": json.dumps(G.config.to_json_dict()),
-        "has_w_avg": "1" if G.mapping.has_w_avg else "0",
+        "has_w_avg": "1" if (G.backbone.mapping if is_3d else G.mapping).has_w_avg else "0",
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -305,7 +311,9 @@ def _read_network_pickle(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
 def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
     """Translate an NVlabs StyleGAN2-ADA `Generator` record into our config and parameter names."""
     if net.class_name == "TriPlaneGenerator":
-        raise CheckpointError(f"{file}: this is an EG3D generator; EG3D support is a separate loader (not built yet)")
+        from .eg3d_loader import eg3d_to_internal
+
+        return eg3d_to_internal(net, file)
     if net.class_name != "Generator":
         raise CheckpointError(f"{file}: G_ema is a {net.class_name}, not a StyleGAN2 Generator")
     sd = net.state_dict()
@@ -314,23 +322,33 @@ def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
         raise CheckpointError(f"{file}: a StyleGAN3 generator; only StyleGAN2 / StyleGAN2-ADA networks are supported")
     kw = net.init_kwargs
     syn_kw = dict(kw.get("synthesis_kwargs") or {})
+    cfg = nvlabs_stylegan2_config(sd, kw, syn_kw, file, resolution=int(kw.get("img_resolution") or 0),
+                                  img_channels=int(kw.get("img_channels", 3)))
+    return cfg, nvlabs_stylegan2_state(sd, cfg, file), "mapping.w_avg" in sd
+
+
+def nvlabs_stylegan2_config(sd, kw, syn_kw, file, *, resolution, img_channels) -> StyleGAN2Config:
+    """Config of an NVlabs `Generator` (StyleGAN2-ADA, or EG3D's backbone) from its init_kwargs and shapes."""
     map_kw = dict(kw.get("mapping_kwargs") or {})
     if syn_kw.get("architecture", "skip") != "skip":
         raise CheckpointError(f"{file}: synthesis architecture {syn_kw['architecture']!r} is not supported (only 'skip', used by every official model)")
     _require(sd, ["mapping.fc0.weight", "synthesis.b4.const"], file, "NVlabs StyleGAN2")
-    resolution = int(kw.get("img_resolution") or 0)
     res_list = [2**k for k in range(2, int(math.log2(max(resolution, 4))) + 1)]
     channels = {}
     for r in res_list:
         key = "synthesis.b4.const" if r == 4 else f"synthesis.b{r}.conv0.weight"
         _require(sd, [key], file, f"{resolution}px NVlabs StyleGAN2")
         channels[r] = sd[key].shape[0]
-    n_mlp = int(map_kw.get("num_layers", 8))
-    cfg = StyleGAN2Config(
+    return StyleGAN2Config(
         resolution=resolution, channels=channels, z_dim=int(kw.get("z_dim", 512)), w_dim=int(kw.get("w_dim", 512)),
-        c_dim=int(kw.get("c_dim", 0)), n_mlp=n_mlp, mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)),
-        conv_clamp=syn_kw.get("conv_clamp"), img_channels=int(kw.get("img_channels", 3)), source_format="nvlabs-pkl",
+        c_dim=int(kw.get("c_dim", 0)), n_mlp=int(map_kw.get("num_layers", 8)),
+        mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)), conv_clamp=syn_kw.get("conv_clamp"),
+        img_channels=img_channels, source_format="nvlabs-pkl",
     )
+
+
+def nvlabs_stylegan2_state(sd, cfg: StyleGAN2Config, file) -> dict:
+    """NVlabs `Generator` parameter names -> ours (FIR buffers checked and dropped)."""
     expected_filter = fir_kernel_2d(cfg.blur_kernel)
     out: dict = OrderedDict()
     for k, v in sd.items():
@@ -345,14 +363,18 @@ def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
             out[k] = v  # reported as unexpected by the checked load
             continue
         blk, layer, rest = m.groups()
-        base = f"synthesis_blocks.{blk}.{layer}"
         if layer == "const":
             out[f"synthesis_blocks.{blk}.const"] = v
-        elif rest in ("weight", "affine.weight", "affine.bias"):
-            out[f"{base}.conv.{rest}"] = v
-        else:  # bias, noise_strength, noise_const
-            out[f"{base}.{rest}"] = v
-    return cfg, out, "mapping.w_avg" in sd
+        else:
+            out[nvlabs_layer_key(f"synthesis_blocks.{blk}.{layer}", rest)] = v
+    return out
+
+
+def nvlabs_layer_key(base: str, rest: str) -> str:
+    """Our name of an NVlabs SynthesisLayer/ToRGBLayer entry: conv weight and affine live under `.conv`."""
+    if rest in ("weight", "affine.weight", "affine.bias"):
+        return f"{base}.conv.{rest}"
+    return f"{base}.{rest}"  # bias, noise_strength, noise_const
 
 
 # --------------------------------------------------------------------------- our safetensors
@@ -364,12 +386,17 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != SAFETENSORS_FORMAT:
+            if meta.get("format") not in (SAFETENSORS_FORMAT, EG3D_SAFETENSORS_FORMAT):
                 raise CheckpointError(
-                    f"{file}: a safetensors file, but not a TargetCLIP StyleGAN2 generator "
+                    f"{file}: a safetensors file, but not a TargetCLIP StyleGAN2 or EG3D generator "
                     f"(metadata format={meta.get('format')!r})"
                 )
-            cfg = StyleGAN2Config.from_json_dict(json.loads(meta["config"]))
+            if meta["format"] == EG3D_SAFETENSORS_FORMAT:
+                from .eg3d import EG3DConfig
+
+                cfg = EG3DConfig.from_json_dict(json.loads(meta["config"]))
+            else:
+                cfg = StyleGAN2Config.from_json_dict(json.loads(meta["config"]))
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None

@@ -276,11 +276,11 @@ def _make_autograd_ready(module) -> None:
 def _loss_resolution(G, C, out_resolution) -> int:
     if out_resolution == "auto" or out_resolution is None:
         need = getattr(C, "input_size", 224)
-        for r in G.config.resolutions:
+        for r in G.output_resolutions:
             if r >= need:
                 return r
         return G.resolution
     r = int(out_resolution)
-    if r not in G.config.resolutions:
-        raise TargetCLIPError(f"out_resolution must be one of {G.config.resolutions}, got {out_resolution}")
+    if r not in G.output_resolutions:
+        raise TargetCLIPError(f"out_resolution must be one of {G.output_resolutions}, got {out_resolution}")
     return r

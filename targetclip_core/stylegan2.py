@@ -354,6 +354,18 @@ class MappingNetwork(nn.Module):
         return x
 
 
+def check_wplus_shape(wp, n_latent: int, w_dim: int, generator: str) -> None:
+    """A W+ latent must be a finite [B, n_latent, w_dim] tensor; the error names the generator."""
+    if not torch.is_tensor(wp) or wp.dim() != 3 or wp.shape[1:] != (n_latent, w_dim):
+        shape = list(wp.shape) if torch.is_tensor(wp) else type(wp).__name__
+        raise LatentError(
+            f"W+ latent of shape {shape} does not fit this generator: it expects "
+            f"[B, {n_latent}, {w_dim}] ({generator}). Was it made for another generator?"
+        )
+    if not torch.isfinite(wp).all():
+        raise LatentError("W+ latent contains NaN or infinite values")
+
+
 def _normalize_2nd_moment(x, eps=1e-8):
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
@@ -366,6 +378,8 @@ class StyleGAN2Generator(nn.Module):
 
     Images come out as float tensors [B, 3, H, W], range about [-1, 1], not clamped.
     """
+
+    is_3d = False
 
     def __init__(self, cfg: StyleGAN2Config):
         super().__init__()
@@ -423,15 +437,15 @@ class StyleGAN2Generator(nn.Module):
         return w[:, None, :].expand(-1, self.n_latent, -1)
 
     def check_wplus(self, wp: torch.Tensor) -> None:
-        if not torch.is_tensor(wp) or wp.dim() != 3 or wp.shape[1:] != (self.n_latent, self.w_dim):
-            shape = list(wp.shape) if torch.is_tensor(wp) else type(wp).__name__
-            raise LatentError(
-                f"W+ latent of shape {shape} does not fit this generator: it expects "
-                f"[B, {self.n_latent}, {self.w_dim}] ({self.resolution}px StyleGAN2). "
-                "Was it made for another generator?"
-            )
-        if not torch.isfinite(wp).all():
-            raise LatentError("W+ latent contains NaN or infinite values")
+        check_wplus_shape(wp, self.n_latent, self.w_dim, self.describe())
+
+    def describe(self) -> str:
+        return f"{self.resolution}px StyleGAN2"
+
+    @property
+    def output_resolutions(self) -> list[int]:
+        """Sizes `synthesis(out_resolution=...)` can stop at."""
+        return self.config.resolutions
 
     # ---- StyleSpace
     def layer_names(self) -> list[str]:
