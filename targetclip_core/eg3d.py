@@ -461,33 +461,61 @@ class EG3DGenerator(nn.Module):
 
     def render_from_styles(self, styles, c, neural_rendering_resolution=None, deterministic=True, noise_mode="const",
                            generator=None, super_resolve=True):
-        names = self.backbone.layer_names()
-        if isinstance(styles, dict):
-            missing = [n for n in self.layer_names() if n not in styles]
-            if missing:
-                raise LatentError(f"style codes missing for layers {missing[:4]} of {self.describe()}")
-            styles = [styles[n] for n in self.layer_names()]
-        styles = list(styles)
-        if len(styles) != len(self.layer_names()):
-            raise LatentError(f"expected {len(self.layer_names())} style codes for {self.describe()}, got {len(styles)}")
-        batch = styles[0].shape[0]
-        cam2world, intrinsics = split_label(c.to(self.device, torch.float32))
+        """As `render`, from StyleSpace codes (an OrderedDict from `styles`, or a list in that order)."""
+        backbone_styles, sr_styles = self._split_styles(styles)
+        planes = self.triplanes(backbone_styles, noise_mode)
+        return self.render_triplanes(planes, sr_styles, c, neural_rendering_resolution, deterministic, generator, super_resolve)
+
+    def triplanes(self, backbone_styles, noise_mode="const") -> torch.Tensor:
+        """The 3D representation: [B, 3, 32, H, W] feature planes from the backbone's codes.
+
+        Render several cameras from one set of planes with `render_triplanes` (an orbit runs
+        the backbone once).
+        """
+        planes = self.backbone.synthesis_from_styles(backbone_styles, noise_mode=noise_mode)
+        return planes.reshape(planes.shape[0], N_PLANES, PLANE_CHANNELS, *planes.shape[-2:])
+
+    def render_triplanes(self, planes, sr_styles, c, neural_rendering_resolution=None, deterministic=True,
+                         generator=None, super_resolve=True) -> dict:
+        """Volume-render `planes` from cameras `c` (one, or one per plane set) and super-resolve.
+
+        `sr_styles`: the six super-resolution codes (see `styles`); unused when `super_resolve`
+        is False.  Returns dict(image, image_raw, image_depth); depth is the ray distance.
+        """
+        batch = planes.shape[0]
+        cam2world, intrinsics = split_label(c.to(planes.device, torch.float32))
         if cam2world.shape[0] != batch:
             if cam2world.shape[0] != 1:
                 raise LatentError(f"{cam2world.shape[0]} cameras for {batch} latents: give one camera or one per latent")
             cam2world, intrinsics = cam2world.expand(batch, -1, -1), intrinsics.expand(batch, -1, -1)
         res = int(neural_rendering_resolution or self.neural_rendering_resolution)
-        planes = self.backbone.synthesis_from_styles(styles[: len(names)], noise_mode=noise_mode)
-        planes = planes.reshape(batch, N_PLANES, PLANE_CHANNELS, *planes.shape[-2:])
+        if res < 1:
+            raise ValueError(f"neural rendering resolution must be positive, got {res}")
         origins, directions = ray_bundle(cam2world, intrinsics, res)
         features, depth = self._volume_render(planes, origins, directions, deterministic, generator)
         feature_image = features.transpose(1, 2).reshape(batch, -1, res, res).contiguous()
         out = {"image_raw": feature_image[:, :3].clone(), "image_depth": depth.transpose(1, 2).reshape(batch, 1, res, res)}
         if super_resolve:
-            sr_noise = self.rendering["superresolution_noise_mode"]
+            if len(sr_styles) != len(SuperResolution.LAYERS):
+                raise LatentError(f"expected {len(SuperResolution.LAYERS)} super-resolution style codes, got {len(sr_styles)}")
+            sr_styles = [s if s.shape[0] == batch else s.expand(batch, -1) for s in sr_styles]
             impl = self.backbone._pick_impl(batch, feature_image.device)
-            out["image"] = self.superresolution(feature_image[:, :3], feature_image, styles[len(names):], sr_noise, impl)
+            sr_noise = self.rendering["superresolution_noise_mode"]
+            out["image"] = self.superresolution(feature_image[:, :3], feature_image, sr_styles, sr_noise, impl)
         return out
+
+    def _split_styles(self, styles) -> tuple[list, list]:
+        names = self.layer_names()
+        if isinstance(styles, dict):
+            missing = [n for n in names if n not in styles]
+            if missing:
+                raise LatentError(f"style codes missing for layers {missing[:4]} of {self.describe()}")
+            styles = [styles[n] for n in names]
+        styles = list(styles)
+        if len(styles) != len(names):
+            raise LatentError(f"expected {len(names)} style codes for {self.describe()}, got {len(styles)}")
+        n = len(self.backbone.layer_names())
+        return styles[:n], styles[n:]
 
     def _volume_render(self, planes, origins, directions, deterministic, generator):
         opts = self.rendering

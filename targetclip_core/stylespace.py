@@ -23,15 +23,24 @@ def is_torgb(layer_name: str) -> bool:
     return layer_name.rsplit(".", 1)[-1] == "torgb"
 
 
+def is_edited(layer_name: str) -> bool:
+    """Layers SAT3D edits: feature convs of the synthesis (EG3D: of the tri-plane backbone).
+
+    EG3D's super-resolution codes come after the 3D representation; editing them would
+    change the images without changing the 3D scene, so they stay the source's like toRGB.
+    """
+    return not is_torgb(layer_name) and not layer_name.startswith("superresolution.")
+
+
 @dataclass(frozen=True)
 class StyleLayout:
     """Which layers make up the flat vector, in synthesis order, and how wide each is."""
 
-    layers: tuple[tuple[str, int], ...]  # (layer name, channels) of the edited (non-toRGB) layers
+    layers: tuple[tuple[str, int], ...]  # (layer name, channels) of the edited layers (see is_edited)
 
     @classmethod
     def from_styles(cls, styles) -> "StyleLayout":
-        return cls(tuple((name, int(s.shape[1])) for name, s in styles.items() if not is_torgb(name)))
+        return cls(tuple((name, int(s.shape[1])) for name, s in styles.items() if is_edited(name)))
 
     @classmethod
     def from_generator(cls, G) -> "StyleLayout":
@@ -56,7 +65,7 @@ class StyleLayout:
     def index_of(self, layer_name: str, channel: int) -> int:
         widths = dict(self.layers)
         if layer_name not in widths:
-            raise LatentError(f"{layer_name!r} is not an edited StyleSpace layer (toRGB layers are never edited)")
+            raise LatentError(f"{layer_name!r} is not an edited StyleSpace layer (toRGB and super-resolution layers are never edited)")
         if not 0 <= channel < widths[layer_name]:
             raise LatentError(f"{layer_name} has {widths[layer_name]} channels, no channel {channel}")
         return self.offsets[layer_name] + channel
@@ -78,12 +87,12 @@ class StyleLayout:
         return cls(tuple((str(name), int(c)) for name, c in data))
 
     def flatten(self, styles) -> torch.Tensor:
-        """OrderedDict of per-layer codes -> [B, n] (toRGB codes left out)."""
+        """OrderedDict of per-layer codes -> [B, n] (unedited codes left out)."""
         self.check(styles)
         return torch.cat([styles[name] for name, _ in self.layers], dim=1)
 
     def unflatten(self, flat: torch.Tensor, like) -> "OrderedDict[str, torch.Tensor]":
-        """[B, n] -> per-layer codes in `like`'s order; toRGB codes are taken from `like`."""
+        """[B, n] -> per-layer codes in `like`'s order; unedited codes are taken from `like`."""
         self.check(like)
         if flat.dim() != 2 or flat.shape[1] != self.n_channels:
             raise LatentError(f"flat style codes must be [B, {self.n_channels}], got {list(flat.shape)}")
