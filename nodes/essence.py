@@ -1,15 +1,18 @@
-"""Essence nodes: CLIP, optimisation with live preview, application, files, mixing."""
+"""Essence nodes: CLIP, optimisation with live preview, application, files, mixing, comparison grids."""
 
 from __future__ import annotations
 
 import os
 import re
 
+import torch
+import torch.nn.functional as F
 
 import comfy.model_management as mm
 import folder_paths
 from targetclip_core.clip import load_clip
-from targetclip_core.essence import edit_latents, essence_sheet, load_essence, mix_essences, save_essence
+from targetclip_core.essence import edit_latents, essence_grid_latents, essence_sheet, load_essence, mix_essences, save_essence
+from targetclip_core.images import captioned_grid
 from targetclip_core.optimize import optimize_essence, sample_sources
 
 from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
@@ -17,6 +20,7 @@ from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compu
 from .generator import render_batches
 
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
+GRID_ESSENCES = 8  # essence_1 .. essence_8 inputs of Essence Grid
 
 
 class LoadCLIP:
@@ -206,6 +210,61 @@ class MixEssences:
         return (mix_essences([essence_a, essence_b], [weight_a, weight_b]),)
 
 
+class EssenceGrid:
+    DESCRIPTION = ("Compare essences on the same faces: each source unedited, then edited with every connected essence "
+                   f"(essence_1 .. essence_{GRID_ESSENCES}), as an image batch and as one captioned grid with a row per source.")
+    CATEGORY = f"{CATEGORY}/essence"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("images", "grid")
+    OUTPUT_TOOLTIPS = ("Per source: the unedited source, then its edit with each connected essence in input order.",
+                       "The same as one image: a row per source, a column per essence, captioned with the essence names, "
+                       "under a row of the essences' target thumbnails when they carry one.")
+    FUNCTION = "grid"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        optional = {f"essence_{k}": ("ESSENCE", {"tooltip": f"Essence number {k} (same generator); unconnected inputs are skipped."})
+                    for k in range(2, GRID_ESSENCES + 1)}
+        return {
+            "required": {
+                "generator": ("STYLEGAN", {"tooltip": "The generator the latents and essences belong to."}),
+                "latents": ("WPLUS", {"tooltip": "Source latents (sampled or inverted)."}),
+                "sources": (["first", "all"], {"tooltip": "first: one row, for the first latent; all: a row per latent."}),
+                "essence_1": ("ESSENCE", {"tooltip": "The first essence (connect more below)."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -3.0, "max": 3.0, "step": 0.05,
+                                       "tooltip": "Strength every essence is applied with (official advice 0.5-1; the paper's evaluation 1.2)."}),
+                "layers": (LAYER_CHOICES, {"tooltip": "W+ entries to edit: coarse 0-3, middle 4-7, fine 8+."}),
+                "captions": ("BOOLEAN", {"default": True, "tooltip": "Write the essence names above the grid's columns."}),
+            },
+            "optional": optional,
+        }
+
+    def grid(self, generator, latents, sources, essence_1, strength, layers, captions, **more):
+        G = generator
+        wp = latents.check_for(G)
+        if sources == "first":
+            wp = wp[:1]
+        essences = [essence_1] + [more[f"essence_{k}"] for k in range(2, GRID_ESSENCES + 1) if more.get(f"essence_{k}") is not None]
+        for e in essences:
+            e.check_compatible(G)
+        cols = len(essences) + 1
+        images = render_batches(G, essence_grid_latents(wp, [e.to(G.device) for e in essences], strength, layers))
+        cells = images.permute(0, 3, 1, 2).to(G.device) * 2 - 1
+        thumbs = [e.thumbnail for e in essences]
+        if any(t is not None for t in thumbs):  # a row of targets above the edits
+            h, w = cells.shape[-2:]
+            row = [torch.full_like(cells[:1], -1.0)]
+            for t in thumbs:
+                if t is None:
+                    row.append(torch.full_like(cells[:1], -1.0))
+                else:
+                    x = t.to(cells.device).float().permute(2, 0, 1)[None] / 127.5 - 1
+                    row.append(F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False))
+            cells = torch.cat(row + [cells])
+        labels = ["source"] + [e.name or f"essence {i + 1}" for i, e in enumerate(essences)] if captions else None
+        return (images, image_from_core(captioned_grid(cells, cols, labels)))
+
+
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadCLIP": LoadCLIP,
     "TargetCLIP_OptimizeEssence": OptimizeEssence,
@@ -213,6 +272,7 @@ NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadEssence": LoadEssence,
     "TargetCLIP_SaveEssence": SaveEssence,
     "TargetCLIP_MixEssences": MixEssences,
+    "TargetCLIP_EssenceGrid": EssenceGrid,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadCLIP": "Load CLIP (TargetCLIP)",
@@ -221,4 +281,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadEssence": "Load Essence (TargetCLIP)",
     "TargetCLIP_SaveEssence": "Save Essence (TargetCLIP)",
     "TargetCLIP_MixEssences": "Mix Essences (TargetCLIP)",
+    "TargetCLIP_EssenceGrid": "Essence Grid (TargetCLIP)",
 }

@@ -181,6 +181,19 @@ def essence_sheet(G, essence: Essence, sources: torch.Tensor, target: torch.Tens
     return grid(cells, cols=len(sources) + 1)
 
 
+def essence_grid_latents(wp: torch.Tensor, essences, strength: float = 1.0, layers=None) -> torch.Tensor:
+    """Each source followed by its edit with every essence: [N * (K + 1), n_latent, w_dim].
+
+    Row i of the grid (cols = K + 1) is [w_i, w_i + s b_1, ..., w_i + s b_K], the layout of
+    an essences x sources comparison sheet.
+    """
+    essences = list(essences)
+    if not essences:
+        raise TargetCLIPError("an essence grid needs at least one essence")
+    cells = [wp] + [edit_latents(wp, e, strength, layers) for e in essences]  # each [N, ...]
+    return torch.stack(cells, dim=1).reshape(-1, *wp.shape[1:])
+
+
 # --------------------------------------------------------------------------- files
 
 

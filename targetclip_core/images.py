@@ -43,6 +43,40 @@ def grid(images: torch.Tensor, cols: int) -> torch.Tensor:
     return canvas
 
 
+def caption_strip(labels: list[str], cell_width: int, height: int | None = None) -> torch.Tensor:
+    """One row of text captions, one per cell of width `cell_width`: [1, 3, height, len(labels) * cell_width].
+
+    White text on black, centred, shortened with an ellipsis to fit its cell.  height
+    defaults to a size readable at the cell width (at least 12 px).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = height or max(12, min(40, cell_width // 8))
+    try:
+        font = ImageFont.load_default(size=max(8, int(height * 0.7)))
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    strip = Image.new("RGB", (max(1, len(labels)) * cell_width, height))
+    draw = ImageDraw.Draw(strip)
+    for i, text in enumerate(labels):
+        text = str(text)
+        while text and draw.textlength(text, font=font) > cell_width - 4:
+            text = text[:-2] + "\u2026" if len(text) > 2 else ""
+        x = i * cell_width + (cell_width - draw.textlength(text, font=font)) / 2
+        draw.text((x, height / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
+    arr = np.asarray(strip, dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def captioned_grid(images: torch.Tensor, cols: int, labels: list[str] | None = None) -> torch.Tensor:
+    """grid() with a caption strip above the columns (labels: one per column): [1, 3, H', cols*W]."""
+    tiles = grid(images, cols)
+    if not labels:
+        return tiles
+    strip = caption_strip(list(labels)[:cols] + [""] * max(0, cols - len(labels)), images.shape[-1]).to(tiles)
+    return torch.cat([strip, tiles], dim=2)
+
+
 def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
     """Read an image file as [1,3,H,W] in [-1,1] (any mode converted to RGB), optionally resized square."""
     from PIL import Image, UnidentifiedImageError
