@@ -8,6 +8,7 @@ border here and nowhere else: ComfyUI IMAGE is [B,H,W,3] in 0..1, the engine wor
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MODEL_FOLDERS = {
     "stylegan": {".pt", ".pth", ".pkl", ".safetensors"},
     "e4e": {".pt", ".pth", ".safetensors", ".dat"},  # .dat: dlib's 68-point landmark predictor
     "targetclip": {".safetensors", ".npy"},
+    "sat3d": {".safetensors"},  # SAT3D attribute x channel mask matrices (sat3d.save_sat3d_matrix)
 }
 
 
@@ -140,6 +142,36 @@ class WPlus:
                 f"({self.generator.get('n_latent')} W+ entries); this one is {G.resolution}px ({G.n_latent})"
             )
         return self.latents.to(G.device)
+
+
+@dataclass
+class StyleCodes:
+    """STYLESPACE: per-layer StyleSpace codes {layer: [B, C]} tagged with their generator.
+
+    What SAT3D edits produce: a per-channel mix of two faces' style codes has in general no
+    W+ latent (each layer's affine maps w_dim values to its channels), so the edit travels on
+    as style codes, rendered with G.synthesis_from_styles.
+    """
+
+    styles: OrderedDict
+    generator: dict  # G.identity
+
+    def __len__(self) -> int:
+        return int(next(iter(self.styles.values())).shape[0])
+
+    def check_for(self, G) -> "OrderedDict[str, torch.Tensor]":
+        if self.generator != G.identity:
+            raise ValueError(
+                f"these style codes were made with a {self.generator.get('resolution')}px generator "
+                f"({self.generator.get('arch', '?')}); this one is {G.identity.get('resolution')}px ({G.identity.get('arch', '?')})"
+            )
+        from targetclip_core.stylespace import StyleLayout
+
+        mine, theirs = StyleLayout.from_styles(self.styles), StyleLayout.from_generator(G)
+        if mine != theirs:
+            raise ValueError(f"these style codes have {mine.n_channels} StyleSpace channels in {len(mine.layers)} layers; "
+                             f"this generator has {theirs.n_channels} in {len(theirs.layers)}: they belong to another generator")
+        return OrderedDict((k, v.to(G.device)) for k, v in self.styles.items())
 
 
 _MODEL_CACHE: dict = {}

@@ -1,0 +1,369 @@
+"""SAT3D nodes: load, train and save the attribute x channel mask matrix; transfer attributes between faces.
+
+SAT3D edits in StyleSpace (per-channel mixes of two faces' style codes), which in general
+has no W+ equivalent: a transfer's result travels on as STYLESPACE (style codes tagged with
+their generator), which a further SAT3D Transfer takes as its source.
+
+The generator is used only through the StyleGAN2 API (identity, device, z_dim, mapping,
+to_wplus, styles, synthesis_from_styles, state_dict): any generator offering it works
+(no check on its class).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections import OrderedDict
+
+import torch
+
+import comfy.model_management as mm
+import folder_paths
+from targetclip_core.images import captioned_grid, grid
+from targetclip_core.latents import z_from_seeds
+from targetclip_core.sat3d import (BUILTIN_DESCRIPTORS, DELTA_RANGE, QMM, attribute_mask, generator_fingerprint, load_descriptors,
+                                   load_sat3d_matrix, render_resolution, save_sat3d_matrix, train_sat3d, transfer_styles)
+from targetclip_core.stylespace import StyleLayout, edit_styles
+
+from .common import (CATEGORY, Progress, StyleCodes, cached, file_signature, full_path, image_from_core, list_files)
+
+FOLDER = "sat3d"
+PAIRINGS = ["first reference", "pairwise", "every pair"]
+SAVE_TO = ["models/sat3d", "output/sat3d"]
+
+
+def builtin_attributes() -> list[str]:
+    """The attribute names of the shipped descriptor sets (faces, cats, cars), in file order."""
+    names: list[str] = []
+    for domain in BUILTIN_DESCRIPTORS:
+        for name in load_descriptors(domain).names:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+ATTRIBUTES = builtin_attributes()
+
+
+def chosen_attributes(attribute: str, attributes_text: str) -> list[str]:
+    """The attribute list: the names typed in `attributes_text` (comma or newline separated), else `attribute`."""
+    names = [a.strip() for a in re.split(r"[,\n]", attributes_text or "") if a.strip()]
+    return names or [attribute]
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(G) -> str:
+    """generator_fingerprint (a hash of every weight), computed once per loaded generator."""
+    try:
+        if G not in _FINGERPRINTS:
+            _FINGERPRINTS[G] = generator_fingerprint(G)
+        return _FINGERPRINTS[G]
+    except TypeError:  # not weak-referenceable: hash every time
+        return generator_fingerprint(G)
+
+
+def check_matrix(matrix, G, allow_other_weights: bool = False) -> None:
+    """Refuse a matrix trained for another generator, naming both."""
+    matrix.check_compatible(G, strict_weights=False)  # layout and resolution
+    if not allow_other_weights and _fingerprint(G) != matrix.fingerprint:
+        raise ValueError(
+            f"this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
+            f"{matrix.fingerprint[:12]} != {_fingerprint(G)[:12]}): channel meanings differ between networks. "
+            "Load the generator it was trained on, or switch on allow_other_weights only for a fine-tuned relative of it."
+        )
+
+
+def check_attributes(matrix, names: list[str]) -> None:
+    unknown = [n for n in names if n not in matrix.attributes]
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {', '.join(map(repr, unknown))}: this SAT3D matrix knows "
+                         f"{', '.join(matrix.attributes)} (type other names in 'attributes')")
+
+
+def _batch(styles, index) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((k, v[index]) for k, v in styles.items())
+
+
+def render_styles(G, styles, batch_size: int = 4, out_resolution=None, progress: bool = True) -> torch.Tensor:
+    """Render style codes in chunks (progress, live preview, a cancel point per chunk): [B, 3, H, W]."""
+    n = len(next(iter(styles.values())))
+    bar = Progress(n) if progress else None
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            img = G.synthesis_from_styles(_batch(styles, slice(start, start + batch_size)), out_resolution=out_resolution)
+            out.append(img)
+            if bar is not None:
+                bar.update(min(start + batch_size, n), img)
+    return torch.cat(out)
+
+
+def describe_matrix(matrix, name: str = "") -> str:
+    gen = matrix.generator
+    lines = [
+        f"{name or 'SAT3D matrix'}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} StyleSpace channels",
+        f"  attributes: {', '.join(matrix.attributes)}",
+        f"  generator: {gen.get('resolution', '?')}px {gen.get('arch', '?')} (weights {matrix.fingerprint[:12]})",
+        f"  training: {matrix.steps} steps; descriptors {matrix.descriptors or '?'}; pre-selection {matrix.preselection}",
+    ]
+    for attr in matrix.attributes:
+        top = ", ".join(f"{layer}[{ch}] {p:.2f}" for layer, ch, p in matrix.top_channels(attr, 3))
+        lines.append(f"  {attr}: {top}")
+    return "\n".join(lines)
+
+
+class LoadSAT3DMatrix:
+    DESCRIPTION = ("Load a SAT3D attribute x channel mask matrix (.safetensors from SAT3D Train or `targetclip sat3d-train`) "
+                   "from models/sat3d. A matrix belongs to the generator it was trained on.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("SAT3D", "STRING")
+    RETURN_NAMES = ("sat3d", "info")
+    OUTPUT_TOOLTIPS = ("The mask matrix with its attribute list, for SAT3D Transfer.",
+                       "Its attributes, generator, training and strongest channels per attribute, as text.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"matrix_name": (list_files(FOLDER), {"tooltip": "A matrix file in models/sat3d."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, matrix_name):
+        return file_signature(FOLDER, matrix_name)
+
+    def load(self, matrix_name):
+        path = full_path(FOLDER, matrix_name)
+        matrix = cached(("sat3d", file_signature(FOLDER, matrix_name)), lambda: load_sat3d_matrix(path))
+        return (matrix, describe_matrix(matrix, matrix_name))
+
+
+class SAT3DTransfer:
+    DESCRIPTION = ("SAT3D attribute transfer: move named attributes (hairstyle, hair colour, eyeglasses, beard, expression ...) "
+                   "of a reference face onto source faces, in StyleSpace, through a trained mask matrix: "
+                   "s_edit = s_src + delta * mask * (s_ref - s_src). Several attributes go in sequence, or as one mask (combine).")
+    CATEGORY = f"{CATEGORY}/sat3d"
+    RETURN_TYPES = ("IMAGE", "STYLESPACE")
+    RETURN_NAMES = ("images", "styles")
+    OUTPUT_TOOLTIPS = ("The edited images, one per source (per source x reference with 'every pair').",
+                       "The edited StyleSpace codes: connect to another SAT3D Transfer's source_styles to chain edits "
+                       "(a StyleSpace edit has no W+ latent).")
+    FUNCTION = "transfer"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generator": ("STYLEGAN", {"tooltip": "The generator the matrix was trained on."}),
+                "sat3d": ("SAT3D", {"tooltip": "A mask matrix from Load SAT3D Matrix or SAT3D Train."}),
+                "reference": ("WPLUS", {"tooltip": "The face whose attributes are taken (its first latent, unless pairing says otherwise)."}),
+                "attribute": (ATTRIBUTES, {"tooltip": "The attribute to transfer (names of the shipped faces, cats and cars "
+                                                      "descriptor sets; the matrix must know it)."}),
+                "delta": ("FLOAT", {"default": 1.0, "min": DELTA_RANGE[0], "max": DELTA_RANGE[1], "step": 0.05,
+                                    "tooltip": "Editing intensity: 0 keeps the source, 1 takes the reference's channels, "
+                                               "above 1 exaggerates (paper range 0-3)."}),
+                "combine": ("BOOLEAN", {"default": False, "tooltip": "With several attributes: one summed mask (the paper's multi-attribute "
+                                                                     "edit) instead of one edit after the other."}),
+                "pairing": (PAIRINGS, {"tooltip": "first reference: the first reference for every source; pairwise: source i with "
+                                                  "reference i (or a single reference); every pair: each source with each reference, "
+                                                  "source by source."}),
+            },
+            "optional": {
+                "source": ("WPLUS", {"tooltip": "The faces to edit (sampled or inverted latents). Connect this or source_styles."}),
+                "source_styles": ("STYLESPACE", {"tooltip": "Style codes from a previous SAT3D Transfer, to edit further "
+                                                            "(instead of source)."}),
+                "attributes": ("STRING", {"default": "", "tooltip": "When not empty: attribute names, comma separated, applied in this "
+                                                                    "order instead of 'attribute' (for several, or a custom descriptor set's names)."}),
+                "allow_other_weights": ("BOOLEAN", {"default": False, "tooltip": "Accept a matrix trained on another network of the same "
+                                                                                 "layout (only for a fine-tuned relative of its generator)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once (lower it if memory runs out)."}),
+            },
+        }
+
+    def transfer(self, generator, sat3d, reference, attribute, delta, combine, pairing, source=None, source_styles=None,
+                 attributes="", allow_other_weights=False, batch_size=4):
+        G = generator
+        if (source is None) == (source_styles is None):
+            raise ValueError("connect either source (W+ latents) or source_styles (a previous transfer's styles), not both")
+        names = chosen_attributes(attribute, attributes)
+        check_attributes(sat3d, names)
+        check_matrix(sat3d, G, allow_other_weights)
+        with torch.no_grad():
+            src = source_styles.check_for(G) if source_styles is not None else G.styles(source.check_for(G))
+            ref = G.styles(reference.check_for(G))
+            n, r = len(next(iter(src.values()))), len(next(iter(ref.values())))
+            if pairing == "first reference":
+                ref = _batch(ref, slice(0, 1))
+            elif pairing == "pairwise":
+                if r not in (1, n):
+                    raise ValueError(f"pairwise pairing needs one reference per source: {n} source(s), {r} references")
+            elif pairing == "every pair":
+                src = OrderedDict((k, v.repeat_interleave(r, dim=0)) for k, v in src.items())
+                ref = OrderedDict((k, v.repeat(n, 1)) for k, v in ref.items())
+            else:
+                raise ValueError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
+            styles = transfer_styles(G, src, ref, sat3d, names, delta=delta, combine=combine, check=False)
+            styles = OrderedDict((k, v.detach()) for k, v in styles.items())
+        images = render_styles(G, styles, batch_size)
+        return (image_from_core(images), StyleCodes(styles, dict(G.identity)))
+
+
+class SAT3DTrain:
+    DESCRIPTION = ("Learn a SAT3D mask matrix for a generator: which StyleSpace channels carry each attribute, judged by CLIP "
+                   "on descriptor groups (SAT3D's QMM losses, Ranger). Shows a live transfer preview and can be cancelled at any "
+                   "step; with a checkpoint name, a cancelled run resumes where it stopped.")
+    CATEGORY = f"{CATEGORY}/sat3d"
+    RETURN_TYPES = ("SAT3D", "IMAGE", "STRING")
+    RETURN_NAMES = ("sat3d", "preview", "report")
+    OUTPUT_TOOLTIPS = ("The trained matrix (save it with Save SAT3D Matrix).",
+                       "A source, a reference and the transfer of every attribute, captioned.",
+                       "Losses and the strongest channels per attribute, as text.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generator": ("STYLEGAN", {"tooltip": "The generator the matrix is for (it only fits this one)."}),
+                "clip": ("TARGETCLIP_CLIP", {"tooltip": "CLIP model that measures the attributes (paper: ViT-B-32, openai)."}),
+                "descriptors": (list(BUILTIN_DESCRIPTORS), {"tooltip": "Shipped descriptor groups: faces (7 attributes), cats, cars."}),
+                "steps": ("INT", {"default": 10000, "min": 1, "max": 1000000, "tooltip": "Training steps (one attribute and a batch of pairs each)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Source/reference pairs per step."}),
+                "lr": ("FLOAT", {"default": 0.01, "min": 0.0001, "max": 1.0, "step": 0.001, "tooltip": "Ranger learning rate (paper: 0.01)."}),
+                "n_codes": ("INT", {"default": 6000, "min": 2, "max": 100000, "tooltip": "Pre-sampled latents the pairs are drawn from (paper: 6000)."}),
+                "truncation": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Truncation of the sampled latents (1.0: none)."}),
+                "lambda_src": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Weight of keeping the other attributes (paper: 3.5)."}),
+                "lambda_prob": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Weight of the mask sparsity term (paper: 0.1)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "Seed of the latent bank, the pairs and the preview faces."}),
+                "preview_every": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Send a preview image every N steps."}),
+            },
+            "optional": {
+                "descriptor_file": ("STRING", {"default": "", "tooltip": "A descriptor JSON (path, or a file name in models/sat3d) instead of "
+                                                                         "the shipped set; may 'extend' one."}),
+                "checkpoint_name": ("STRING", {"default": "", "tooltip": "When set: a training checkpoint in output/sat3d_checkpoints, written "
+                                                                         "every 500 steps and on Cancel; the same settings resume from it."}),
+            },
+        }
+
+    def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_src, lambda_prob, seed,
+              preview_every, descriptor_file="", checkpoint_name=""):
+        G = generator
+        descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
+        measure = QMM(clip, descriptor_set)
+        layout = StyleLayout.from_generator(G)
+        res = render_resolution(G, measure)
+        with torch.no_grad():  # the preview pair: two typical faces
+            wp = G.to_wplus(G.mapping(z_from_seeds([seed, seed + 1], G.z_dim).to(G.device), truncation=0.7))
+            st_src, st_ref = G.styles(wp[:1]), G.styles(wp[1:])
+            flat_src, flat_ref = layout.flatten(st_src), layout.flatten(st_ref)
+            pair = torch.cat([G.synthesis_from_styles(st_src, out_resolution=res), G.synthesis_from_styles(st_ref, out_resolution=res)])
+        progress = Progress(steps)
+        stopped = []
+
+        def on_step(info):
+            if mm.processing_interrupted():
+                stopped.append(info.step)
+                return True  # stop: train_sat3d writes the checkpoint, then we raise
+            image = None
+            if info.step % preview_every == 0 or info.step == info.steps:
+                with torch.no_grad():
+                    mask = attribute_mask(info.logits, measure.attributes, info.attributes)
+                    edit = G.synthesis_from_styles(layout.unflatten(edit_styles(flat_src, flat_ref, mask), st_src), out_resolution=res)
+                    image = grid(torch.cat([pair, edit]), 3)
+            try:
+                progress.update(info.step, image)
+            except mm.InterruptProcessingException:  # the server's progress hook saw Cancel
+                stopped.append(info.step)
+                return True
+            return False
+
+        matrix = train_sat3d(G, measure, steps=steps, batch_size=batch_size, lr=lr, n_codes=n_codes, truncation=truncation,
+                             seed=seed, lambdas={"src": lambda_src, "prob": lambda_prob, "bg": 0.0}, descriptors=descriptor_set,
+                             checkpoint=_checkpoint_path(checkpoint_name), callback=on_step)
+        mm.soft_empty_cache()
+        if stopped:
+            mm.throw_exception_if_processing_interrupted()  # raises (and clears the flag) unless the hook already did
+            raise mm.InterruptProcessingException()
+        with torch.no_grad():
+            logits = matrix.logits.to(G.device)
+            edits = torch.cat([edit_styles(flat_src, flat_ref, attribute_mask(logits, matrix.attributes, [a])) for a in matrix.attributes])
+            cells = torch.cat([render_styles(G, st, progress=False) for st in (st_src, st_ref, layout.unflatten(edits, st_src))])
+            sheet = captioned_grid(cells, len(cells), ["source", "reference", *matrix.attributes])
+        return (matrix, image_from_core(sheet), _train_report(matrix))
+
+
+def _train_report(matrix) -> str:
+    losses = matrix.losses.get("total", [])
+    tail = losses[-max(1, len(losses) // 10):]
+    head = losses[: max(1, len(losses) // 10)]
+    lines = [describe_matrix(matrix)]
+    if losses:
+        lines.append(f"  loss: {sum(head) / len(head):.4f} (first 10%) -> {sum(tail) / len(tail):.4f} (last 10%)")
+    lines.append("  background loss L_bg off: no region parser in this node")
+    return "\n".join(lines)
+
+
+def _descriptor_path(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        return ""
+    if not os.path.isabs(text) and folder_paths.get_full_path(FOLDER, text):
+        return folder_paths.get_full_path(FOLDER, text)
+    return text
+
+
+def _safe_name(text: str, default: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", (text or "").strip()).strip(".") or default
+
+
+def _checkpoint_path(name: str):
+    if not (name or "").strip():
+        return None
+    folder = os.path.join(folder_paths.get_output_directory(), "sat3d_checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, _safe_name(name, "sat3d") + ".ckpt")
+
+
+class SaveSAT3DMatrix:
+    DESCRIPTION = "Save a SAT3D mask matrix as .safetensors (written atomically) into models/sat3d, where Load SAT3D Matrix lists it, or into output/sat3d."
+    CATEGORY = f"{CATEGORY}/sat3d"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sat3d": ("SAT3D", {"tooltip": "The matrix to save."}),
+            "filename_prefix": ("STRING", {"default": "sat3d", "tooltip": "File name prefix; a counter is appended."}),
+            "save_to": (SAVE_TO, {"tooltip": "models/sat3d: listed by Load SAT3D Matrix; output/sat3d: ComfyUI's output folder."}),
+        }}
+
+    def save(self, sat3d, filename_prefix, save_to):
+        if save_to == "models/sat3d":
+            folder = folder_paths.get_folder_paths(FOLDER)[0]
+        else:
+            folder = os.path.join(folder_paths.get_output_directory(), "sat3d")
+        prefix = _safe_name(filename_prefix, "sat3d")
+        os.makedirs(folder, exist_ok=True)
+        n = 1
+        while os.path.exists(os.path.join(folder, f"{prefix}_{n:05d}.safetensors")):
+            n += 1
+        path = os.path.join(folder, f"{prefix}_{n:05d}.safetensors")
+        save_sat3d_matrix(path, sat3d)
+        return {"ui": {"text": [os.path.basename(path)]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    "TargetCLIP_LoadSAT3DMatrix": LoadSAT3DMatrix,
+    "TargetCLIP_SAT3DTransfer": SAT3DTransfer,
+    "TargetCLIP_SAT3DTrain": SAT3DTrain,
+    "TargetCLIP_SaveSAT3DMatrix": SaveSAT3DMatrix,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TargetCLIP_LoadSAT3DMatrix": "Load SAT3D Matrix (TargetCLIP)",
+    "TargetCLIP_SAT3DTransfer": "SAT3D Attribute Transfer (TargetCLIP)",
+    "TargetCLIP_SAT3DTrain": "SAT3D Train Matrix (TargetCLIP)",
+    "TargetCLIP_SaveSAT3DMatrix": "Save SAT3D Matrix (TargetCLIP)",
+}
