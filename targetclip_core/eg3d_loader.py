@@ -35,7 +35,7 @@ def eg3d_to_internal(net, file) -> tuple[EG3DConfig, dict, bool]:
     syn_kw = {k: v for k, v in kw.items() if k in ("channel_base", "channel_max", "num_fp16_res", "conv_clamp",
                                                      "architecture", "fused_modconv_default")}
     backbone = nvlabs_stylegan2_config(backbone_sd, kw, syn_kw, file, resolution=BACKBONE_RESOLUTION,
-                                       img_channels=3 * PLANE_CHANNELS)
+                                       img_channels=3 * PLANE_CHANNELS, what="EG3D backbone")
     rendering = dict(kw.get("rendering_kwargs") or {})
     state_rendering = net.state.get("rendering_kwargs")
     if isinstance(state_rendering, dict):

@@ -327,17 +327,17 @@ def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
     return cfg, nvlabs_stylegan2_state(sd, cfg, file), "mapping.w_avg" in sd
 
 
-def nvlabs_stylegan2_config(sd, kw, syn_kw, file, *, resolution, img_channels) -> StyleGAN2Config:
+def nvlabs_stylegan2_config(sd, kw, syn_kw, file, *, resolution, img_channels, what="NVlabs StyleGAN2") -> StyleGAN2Config:
     """Config of an NVlabs `Generator` (StyleGAN2-ADA, or EG3D's backbone) from its init_kwargs and shapes."""
     map_kw = dict(kw.get("mapping_kwargs") or {})
     if syn_kw.get("architecture", "skip") != "skip":
         raise CheckpointError(f"{file}: synthesis architecture {syn_kw['architecture']!r} is not supported (only 'skip', used by every official model)")
-    _require(sd, ["mapping.fc0.weight", "synthesis.b4.const"], file, "NVlabs StyleGAN2")
+    _require(sd, ["mapping.fc0.weight", "synthesis.b4.const"], file, what)
     res_list = [2**k for k in range(2, int(math.log2(max(resolution, 4))) + 1)]
     channels = {}
     for r in res_list:
         key = "synthesis.b4.const" if r == 4 else f"synthesis.b{r}.conv0.weight"
-        _require(sd, [key], file, f"{resolution}px NVlabs StyleGAN2")
+        _require(sd, [key], file, f"{resolution}px {what}")
         channels[r] = sd[key].shape[0]
     return StyleGAN2Config(
         resolution=resolution, channels=channels, z_dim=int(kw.get("z_dim", 512)), w_dim=int(kw.get("w_dim", 512)),
