@@ -9,6 +9,7 @@ from .clip import CLIPEncoder, load_clip
 from .errors import CheckpointError, LatentError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
 from .essence import Essence, apply_essence, edit_latents, load_essence, mix_essences, save_essence
 from .essence_encoder import EssenceEncoder, load_essence_encoder
+from .face_parsing import FaceParser, load_face_parser
 from .inversion import Inverter, load_inverter
 from .landmarks import detect_faces, detect_landmarks
 from .latents import load_latents, save_latents, z_from_seeds
@@ -22,6 +23,7 @@ __all__ = [
     "AlignedFace",
     "ArcFace",
     "EssenceEncoder",
+    "FaceParser",
     "Inverter",
     "PasteResult",
     "align_face",
@@ -30,6 +32,7 @@ __all__ = [
     "face_mask",
     "load_arcface",
     "load_essence_encoder",
+    "load_face_parser",
     "load_inverter",
     "paste_back",
     "CLIPEncoder",

@@ -28,7 +28,10 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--n-codes", type=int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
     t.add_argument("--truncation", type=float, default=1.0)
     t.add_argument("--lambda-src", type=float, default=3.5)
-    t.add_argument("--lambda-bg", type=float, default=40.0, help="needs a region parser; off (with a warning) without one")
+    t.add_argument("--lambda-bg", type=float, default=40.0, help="needs --parser; off (with a warning) without one")
+    t.add_argument("--parser", default=None, metavar="PATH_OR_NAME",
+                   help="face parser for L_bg and channel pre-selection: BiSeNet 79999_iter.pth or its manifest name "
+                        "bisenet-face-parsing-79999 (face descriptor sets only)")
     t.add_argument("--lambda-prob", type=float, default=0.1)
     t.add_argument("--checkpoint", default=None, help="training checkpoint file: resumed from when it exists")
     t.add_argument("--checkpoint-every", type=int, default=500)
@@ -77,6 +80,11 @@ def cmd_sat3d_train(args) -> int:
     G = load_generator(args.generator, device=args.device)
     C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device)
     measure = QMM(C, descriptors)
+    parser = None
+    if args.parser:
+        from .face_parsing import load_face_parser
+
+        parser = load_face_parser(args.parser, device=G.device)
     bar = tqdm(total=args.steps, desc="sat3d-train", unit="step")
 
     def progress(info) -> None:
@@ -86,7 +94,7 @@ def cmd_sat3d_train(args) -> int:
 
     lambdas = {"src": args.lambda_src, "bg": args.lambda_bg, "prob": args.lambda_prob}
     matrix = train_sat3d(G, measure, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_codes=args.n_codes,
-                         truncation=args.truncation, seed=args.seed, lambdas=lambdas, checkpoint=args.checkpoint,
+                         truncation=args.truncation, seed=args.seed, lambdas=lambdas, parser=parser, checkpoint=args.checkpoint,
                          checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution)
     bar.close()
     save_sat3d_matrix(out, matrix)

@@ -27,7 +27,9 @@ Decisions where the paper leaves room (a researcher reproducing it would expect 
     mean of m_Omega): it makes the mask concentrate on the few channels the attribute needs.
   - L_bg is a masked MSE on images in [-1, 1].  It needs a region parser (a callable
     `parser(images, region_name) -> [B, H, W]` in [0, 1]); without one it is off and
-    training warns so.  No face-parsing network ships here yet (see the issue).
+    training warns so.  face_parsing.load_face_parser gives one for faces (BiSeNet on
+    CelebAMask-HQ classes); a parser with `check_regions` has the descriptor set's region
+    names checked before training starts.
   - Initialisation (Sec. 3.2): logits 0 everywhere except the "others" row = 1, i.e. every
     channel starts as "belongs to none of the attributes" (P_a = 1/(e + m)).  For attributes
     marked "complex" in the descriptor file, channel pre-selection sets M[a, c] = 1 and
@@ -574,8 +576,11 @@ def train_sat3d(
     descriptors, regions, complex_attrs = _descriptor_info(measure, descriptors)
     lambdas = {**DEFAULT_LAMBDAS, **(lambdas or {})}
     if parser is None and lambdas["bg"]:
-        warnings.warn("SAT3D: L_bg is off: no region parser was given (a face parser is needed for the background loss)",
+        warnings.warn("SAT3D: L_bg is off: no region parser was given (a face parser is needed for the background loss: "
+                      "face_parsing.load_face_parser, sat3d-train --parser)",
                       stacklevel=2)
+    if parser is not None and hasattr(parser, "check_regions"):  # an unknown region fails now, not mid-run
+        parser.check_regions(sorted({r for r in regions.values() if r}))
     layout = StyleLayout.from_generator(G)
     bank = (latent_bank if latent_bank is not None else sample_latent_bank(G, n_codes, seed, truncation)).to(G.device)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
