@@ -235,3 +235,57 @@ def _min_time(fn, repeats, device) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def ffhq512_eg3d_config():
+    """The architecture of EG3D's `ffhq512-128.pkl` (random weights are timed like trained ones)."""
+    from .eg3d import EG3DConfig
+
+    channels = {r: min(32768 // r, 512) for r in (4, 8, 16, 32, 64, 128, 256)}
+    backbone = StyleGAN2Config(resolution=256, channels=channels, c_dim=25, n_mlp=2, img_channels=96)
+    rendering = {"depth_resolution": 48, "depth_resolution_importance": 48, "ray_start": 2.25, "ray_end": 3.3,
+                 "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]}
+    return EG3DConfig(backbone=backbone, img_resolution=512, superresolution_module="SuperresolutionHybrid8XDC",
+                      sr_conv_clamp=256.0, neural_rendering_resolution=128, rendering=rendering, source_format="random")
+
+
+def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None, log=print):
+    """Seconds per frame of EG3D (ffhq512-128 architecture unless a checkpoint is given):
+    one full frame and its parts, and an orbit of `frames` views rendered frame by frame
+    (backbone every frame) vs from cached tri-planes (`render_views`), in the same run."""
+    from .cameras import orbit
+    from .eg3d import EG3DGenerator
+
+    device = torch.device(device)
+    if G is None:
+        torch.manual_seed(0)
+        G = EG3DGenerator(ffhq512_eg3d_config()).eval().requires_grad_(False)
+    G = G.to(device)
+    r = G.rendering
+    log(f"EG3D {G.resolution}px, neural rendering {neural_resolution}px, {r['depth_resolution']}+"
+        f"{r['depth_resolution_importance']} samples per ray, {device.type}: {machine_description(device)}")
+    log(f"min of {repeats} runs after a warm-up; deterministic sampling")
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)).to(device))
+    styles = G.styles(ws)
+    backbone_styles, sr_styles = G._split_styles(styles)
+    cams = G.camera(*orbit(frames))
+    summary = {}
+    with torch.no_grad():
+        planes = G.triplanes(backbone_styles)
+        raw = G.render_triplanes(planes, sr_styles, cams[:1], neural_resolution, super_resolve=False)
+        feature_image = torch.cat([raw["image_raw"], raw["image_raw"].new_zeros(1, 29, neural_resolution, neural_resolution)], 1)
+        parts = {
+            "backbone (tri-planes)": lambda: G.triplanes(backbone_styles),
+            "volume rendering": lambda: G.render_triplanes(planes, sr_styles, cams[:1], neural_resolution, super_resolve=False),
+            "super-resolution": lambda: G.superresolution(feature_image[:, :3], feature_image, sr_styles, "none"),
+            "full frame": lambda: G.render(ws, cams[:1], neural_resolution),
+        }
+        for label, fn in parts.items():
+            summary[label] = _min_time(fn, repeats, device)
+            log(f"{label:<28}{summary[label]:10.3f} s")
+        per_frame = _min_time(lambda: [G.render(ws, cams[k : k + 1], neural_resolution) for k in range(frames)], 1, device) / frames
+        cached = _min_time(lambda: list(G.render_views(ws, cams, neural_resolution)), 1, device) / frames
+    summary.update(orbit_s_per_frame_naive=per_frame, orbit_s_per_frame_cached=cached, orbit_speedup=per_frame / cached)
+    log(f"orbit of {frames}: frame by frame {per_frame:.3f} s/frame, cached tri-planes {cached:.3f} s/frame "
+        f"({per_frame / cached:.2f}x)")
+    return summary

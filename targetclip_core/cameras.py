@@ -96,6 +96,24 @@ def orbit(frames: int, yaw_range: float = 30.0, pitch_range: float = 10.0, pitch
     return [yaw_range * math.sin(t) for t in ts], [pitch + pitch_range * math.cos(t) for t in ts]
 
 
+def parse_views(text: str, yaw_range: float = 30.0, pitch_range: float = 10.0) -> tuple[list, list]:
+    """'8' -> an orbit of 8 frames; '-30:0,0,30:5' -> yaw[:pitch] pairs in degrees."""
+    text = str(text).strip()
+    if text.isdigit():
+        return orbit(int(text), yaw_range, pitch_range)
+    yaws, pitches = [], []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            yaw, _, pitch = part.partition(":")
+            yaws.append(float(yaw))
+            pitches.append(float(pitch) if pitch else 0.0)
+    except ValueError:
+        raise ValueError(f"cannot read views {text!r}: give a frame count (8) or yaw[:pitch] in degrees (-30:0,0,30:5)") from None
+    if not yaws:
+        raise ValueError("no views given")
+    return yaws, pitches
+
+
 def split_label(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 25] camera labels -> (cam2world [B, 4, 4], intrinsics [B, 3, 3]), with shape checks."""
     if not torch.is_tensor(c) or c.dim() != 2 or c.shape[1] != 25:

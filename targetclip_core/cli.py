@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-resolution", type=int, default=None, help="stop synthesis at this resolution")
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    v = r.add_argument_group("3D-aware generators (EG3D)")
+    v.add_argument("--views", default=None, metavar="K | YAW[:PITCH],...",
+                   help="render each latent from several cameras: a frame count K (an orbit) or yaw[:pitch] "
+                        "degrees, e.g. -30,0,30:10 (default for EG3D: the frontal view)")
+    v.add_argument("--yaw-range", type=float, default=30.0, help="orbit: yaw amplitude in degrees (default 30)")
+    v.add_argument("--pitch-range", type=float, default=10.0, help="orbit: pitch amplitude in degrees (default 10)")
+    v.add_argument("--fov", type=float, default=None, help="field of view in degrees (default: the generator's, 18.837)")
+    v.add_argument("--neural-resolution", type=int, default=None, help="rays per side (default: the checkpoint's)")
+    v.add_argument("--depth", action="store_true", help="also write depth maps (near = bright)")
+    v.add_argument("--stochastic", action="store_true", help="jittered ray samples as in training (default: deterministic)")
 
     o = sub.add_parser("optimize", help="find the essence of target image(s) by optimisation (TargetCLIP Sec. 4)")
     o.add_argument("--target", "-t", nargs="+", required=True, help="target image file(s); several are optimised in one batch")
@@ -135,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--device", default="cpu")
     bi.add_argument("--resolution", type=int, default=256, help="generator size for the optimisation comparison")
     bi.add_argument("--no-optimisation", action="store_true", help="skip the per-target optimisation comparison")
+    be = bsub.add_parser("eg3d", help="seconds per EG3D frame (and its parts); orbit from cached tri-planes vs frame by frame")
+    be.add_argument("--frames", type=int, default=8, help="orbit length (default 8)")
+    be.add_argument("--neural-resolution", type=int, default=128)
+    be.add_argument("--repeats", type=int, default=2)
+    be.add_argument("--device", default="cpu")
+    be.add_argument("--checkpoint", default=None, help="time a real EG3D checkpoint instead of the ffhq512-128 architecture")
     bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
     bo.add_argument("--resolution", type=int, default=256)
     bo.add_argument("--n-sources", type=int, default=4)
@@ -178,7 +194,7 @@ def cmd_convert(args) -> int:
         raise TargetCLIPError(f"{out}: the output must be a .safetensors file")
     G = load_generator(args.input, device="cpu")
     save_generator(G, out)
-    print(f"wrote {out} ({G.resolution}px StyleGAN2, {G.n_latent} W+ entries, from {G.config.source_format})")
+    print(f"wrote {out} ({G.describe()}, {G.n_latent} W+ entries, from {G.config.source_format})")
     return 0
 
 
@@ -204,11 +220,14 @@ def cmd_render(args) -> int:
     from .loaders import load_generator
 
     G = load_generator(args.generator, device=args.device)
+    is_3d = getattr(G, "is_3d", False)
+    if not is_3d and (args.views or args.depth):
+        raise TargetCLIPError(f"--views/--depth need a 3D-aware generator (EG3D); this is a {G.describe()}")
     out = Path(args.out)
     if args.seeds is not None:
         names = [f"seed{s:04d}" for s in args.seeds]
         c = None
-        if G.c_dim:
+        if G.c_dim and not is_3d:  # EG3D's label is its camera: the frontal one conditions mapping
             if args.class_idx is None:
                 raise TargetCLIPError(f"this generator is class-conditional ({G.c_dim} classes): pass --class-idx")
             c = torch.zeros(1, G.c_dim, device=G.device)
@@ -219,6 +238,9 @@ def cmd_render(args) -> int:
     else:
         wp = G.to_wplus(load_latents(args.latent).to(G.device))
         names = [f"{Path(args.latent).stem}_{i:04d}" for i in range(len(wp))]
+    if is_3d:
+        _render_views(G, wp, names, out, args)
+        return 0
     with torch.no_grad():
         for start in tqdm(range(0, len(wp), args.batch_size), desc="render", unit="batch"):
             imgs = G.synthesis(wp[start : start + args.batch_size], noise_mode=args.noise_mode, out_resolution=args.out_resolution)
@@ -228,9 +250,52 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _render_views(G, wp, names, out, args) -> None:
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from .cameras import parse_views
+    from .eg3d import depth_to_image
+    from .images import save_png
+
+    try:
+        yaws, pitches = parse_views(args.views or "0:0", args.yaw_range, args.pitch_range)
+    except ValueError as e:
+        raise TargetCLIPError(str(e)) from None
+    cams = G.camera(yaws, pitches, fov_degrees=args.fov)
+    single = len(yaws) == 1 and not args.views
+    with torch.no_grad(), tqdm(total=len(wp) * len(yaws), desc="render", unit="view") as bar:
+        for start in range(0, len(wp), args.batch_size):
+            batch_names = names[start : start + args.batch_size]
+            views = G.render_views(wp[start : start + args.batch_size], cams, args.neural_resolution,
+                                   deterministic=not args.stochastic, noise_mode=args.noise_mode)
+            for k, rendered in views:
+                img = rendered["image"]
+                if args.out_resolution and args.out_resolution < img.shape[-1]:
+                    img = F.interpolate(img, size=(args.out_resolution,) * 2, mode="bilinear", antialias=True)
+                suffix = "" if single else f"_view{k:02d}"
+                for i, name in enumerate(batch_names):
+                    save_png(img[i], out / f"{name}{suffix}.png")
+                    if args.depth:
+                        save_png(depth_to_image(rendered["image_depth"][i : i + 1]), out / f"{name}{suffix}_depth.png")
+                bar.update(len(batch_names))
+    print(f"wrote {len(wp)} x {len(yaws)} views to {out} (yaw {', '.join(f'{y:.1f}' for y in yaws)} degrees)")
+
+
 def cmd_bench(args) -> int:
     from .bench import bench_generator, bench_inversion, bench_optimize
 
+    if args.what == "eg3d":
+        from .bench import bench_eg3d
+        from .loaders import load_generator
+
+        G = load_generator(args.checkpoint, device=args.device) if args.checkpoint else None
+        if G is not None and not getattr(G, "is_3d", False):
+            raise TargetCLIPError(f"{args.checkpoint}: not an EG3D generator")
+        bench_eg3d(frames=args.frames, neural_resolution=args.neural_resolution, repeats=args.repeats,
+                   device=args.device, G=G)
+        return 0
     if args.what == "invert":
         bench_inversion(batches=tuple(args.batch), repeats=args.repeats, device=args.device,
                         resolution=args.resolution, with_optimisation=not args.no_optimisation)

@@ -563,6 +563,18 @@ class EG3DGenerator(nn.Module):
             sigma = sigma + torch.randn_like(sigma) * noise
         return rgb.reshape(n, m, s, -1), sigma.reshape(n, m, s, 1)
 
+    def render_views(self, latents, cameras, neural_rendering_resolution=None, deterministic=True, noise_mode="const"):
+        """Render every latent from every camera; yields (view index, output dict) per camera.
+
+        `latents`: W+ [B, n_latent, w_dim] or StyleSpace codes (e.g. a SAT3D edit);
+        `cameras`: labels [K, 25].  The tri-planes are computed once for all K views.
+        """
+        styles = latents if isinstance(latents, dict) else self.styles(self.to_wplus(latents.to(self.device)))
+        backbone_styles, sr_styles = self._split_styles(styles)
+        planes = self.triplanes(backbone_styles, noise_mode)
+        for k in range(cameras.shape[0]):
+            yield k, self.render_triplanes(planes, sr_styles, cameras[k : k + 1], neural_rendering_resolution, deterministic)
+
     # ---- the 2D generator API, rendered from the frontal camera (or `c`)
     def synthesis(self, wp, noise_mode="const", out_resolution=None, c=None):
         return self.synthesis_from_styles(self.styles(wp), noise_mode=noise_mode, out_resolution=out_resolution, c=c)
@@ -587,3 +599,10 @@ class EG3DGenerator(nn.Module):
         c = self.camera().expand(z.shape[0], -1) if c is None else c
         return self.render(self.mapping(z, c, truncation=truncation), c, noise_mode=noise_mode)
 
+
+def depth_to_image(depth: torch.Tensor) -> torch.Tensor:
+    """Depth maps [B, 1, H, W] -> grey images [B, 3, H, W] in [-1, 1], near = bright, per image range."""
+    flat = depth.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
+    near = (hi - depth) / (hi - lo).clamp_min(1e-8)
+    return (near * 2 - 1).expand(-1, 3, -1, -1)
