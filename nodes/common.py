@@ -24,6 +24,7 @@ CATEGORY = "TargetCLIP"
 # our folders under ComfyUI/models, with the files each lists
 MODEL_FOLDERS = {
     "stylegan": {".pt", ".pth", ".pkl", ".safetensors"},
+    "eg3d": {".pkl", ".pt", ".pth", ".safetensors"},  # EG3D network pickles (ffhq512-128.pkl, ...)
     "e4e": {".pt", ".pth", ".safetensors", ".dat"},  # .dat: dlib's 68-point landmark predictor
     "targetclip": {".safetensors", ".npy"},
     "sat3d": {".safetensors"},  # SAT3D attribute x channel mask matrices (sat3d.save_sat3d_matrix)

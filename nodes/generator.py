@@ -60,7 +60,7 @@ class SampleLatents:
 
     def sample(self, generator, seed, count, truncation):
         G = generator
-        if G.c_dim:
+        if G.c_dim and not getattr(G, "is_3d", False):  # EG3D's label is a camera: mapping uses the frontal one
             raise ValueError("this generator is class-conditional; conditional sampling is not supported by this node yet")
         with torch.no_grad():
             z = z_from_seeds(range(seed, seed + count), G.z_dim).to(G.device)

@@ -97,9 +97,13 @@ def orbit(frames: int, yaw_range: float = 30.0, pitch_range: float = 10.0, pitch
 
 
 def parse_views(text: str, yaw_range: float = 30.0, pitch_range: float = 10.0) -> tuple[list, list]:
-    """'8' -> an orbit of 8 frames; '-30:0,0,30:5' -> yaw[:pitch] pairs in degrees."""
+    """'8' -> an orbit of 8 frames; '-30:0,0,30:5' -> yaw[:pitch] pairs in degrees.
+
+    A bare positive integer is a frame count, so one yaw alone is written with its pitch
+    ('30:0'); '0' alone is the frontal view.
+    """
     text = str(text).strip()
-    if text.isdigit():
+    if text.isdigit() and int(text) > 0:
         return orbit(int(text), yaw_range, pitch_range)
     yaws, pitches = [], []
     try:

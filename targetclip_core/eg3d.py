@@ -33,6 +33,7 @@ in place (its `img.add_`); we return the raw rendering untouched.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -395,6 +396,21 @@ class EG3DGenerator(nn.Module):
 
     def describe(self) -> str:
         return f"{self.resolution}px EG3D"
+
+    @contextmanager
+    def sampling(self, multiplier: float = 1.0):
+        """Scale the samples per ray for a while (EG3D gen_videos' --sample_mult): more is sharper, slower."""
+        if not multiplier > 0:
+            raise ValueError(f"the sampling multiplier must be positive, got {multiplier}")
+        saved = dict(self.rendering)
+        for key in ("depth_resolution", "depth_resolution_importance"):
+            if saved[key]:
+                self.rendering[key] = max(2, int(round(saved[key] * multiplier)))
+        try:
+            yield self
+        finally:
+            self.rendering.clear()
+            self.rendering.update(saved)
 
     # ---- cameras and latents
     def camera(self, yaw=0.0, pitch=0.0, fov_degrees: float | None = None) -> torch.Tensor:

@@ -443,7 +443,7 @@ def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0)
 def render_resolution(G, measure) -> int | None:
     """Smallest generator resolution >= the measure's input size (CLIP sees 224 px, not 1024)."""
     need = getattr(measure, "input_size", 224)
-    resolutions = getattr(getattr(G, "config", None), "resolutions", None)
+    resolutions = getattr(G, "output_resolutions", None)  # EG3D: raw rendering, super-resolved
     if not resolutions:
         return None
     return next((r for r in resolutions if r >= need), resolutions[-1])

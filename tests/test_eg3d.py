@@ -340,3 +340,101 @@ def test_unsupported_superresolution_is_a_clear_error(eg3d_ref, fixtures_dir, tm
     path = write_eg3d_pickle(tmp_path / "deep.pkl", fixture_state_dict(fixtures_dir, FIXTURE), kw, 32)
     with pytest.raises(CheckpointError, match="SuperresolutionHybridDeepfp32"):
         load_generator(path, device="cpu")
+
+
+# --------------------------------------------------------------------------- CLI, essences and SAT3D on EG3D
+
+
+def test_parse_views():
+    from targetclip_core.cameras import parse_views
+
+    assert parse_views("4", 20, 0) == orbit(4, 20, 0)
+    assert parse_views("-30:5, 0 ,30") == ([-30.0, 0.0, 30.0], [5.0, 0.0, 0.0])
+    assert parse_views("0") == ([0.0], [0.0])
+    with pytest.raises(ValueError, match="cannot read views"):
+        parse_views("left")
+
+
+@pytest.fixture(scope="module")
+def tiny_eg3d_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eg3d_cli") / "tiny_eg3d.safetensors"
+    save_generator(tiny_eg3d(), path)
+    return path
+
+
+def test_cli_render_views_writes_every_view_and_depth(tiny_eg3d_file, tmp_path):
+    from PIL import Image
+
+    from targetclip_core.cli import main
+
+    out = tmp_path / "views"
+    assert main(["render", "-g", str(tiny_eg3d_file), "--seeds", "0-1", "--views", "3", "--depth", "-o", str(out),
+                 "--device", "cpu"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"seed{s:04d}_view{k:02d}{d}.png" for s in (0, 1) for k in range(3) for d in ("", "_depth"))
+    assert Image.open(out / "seed0001_view02.png").size == (128, 128)
+    # the frontal render of a seed equals the 2D API's render (CLI seeds draw z like NVlabs)
+    assert main(["render", "-g", str(tiny_eg3d_file), "--seeds", "0", "-o", str(tmp_path / "front"), "--device", "cpu"]) == 0
+    assert (tmp_path / "front" / "seed0000.png").exists()
+
+
+def test_cli_views_need_a_3d_generator(tmp_path, capsys):
+    from essence_helpers import tiny_generator
+
+    from targetclip_core.cli import main
+
+    path = tmp_path / "flat.safetensors"
+    save_generator(tiny_generator(), path)
+    assert main(["render", "-g", str(path), "--seeds", "0", "--views", "3", "-o", str(tmp_path / "x")]) == 2
+    assert "3D-aware" in capsys.readouterr().err
+
+
+def test_cli_bench_eg3d_on_a_checkpoint(tiny_eg3d_file, capsys):
+    from targetclip_core.cli import main
+
+    assert main(["bench", "eg3d", "--checkpoint", str(tiny_eg3d_file), "--frames", "2", "--repeats", "1",
+                 "--neural-resolution", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "full frame" in out and "cached tri-planes" in out
+
+
+def test_essence_optimisation_and_application_on_eg3d(G_tiny):
+    from essence_helpers import tiny_clip
+
+    from targetclip_core import apply_essence, optimize_essence
+
+    G = G_tiny
+    target = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    E = optimize_essence(G, tiny_clip(), target, steps=3, n_sources=2, lr=0.1)
+    assert E.vector.shape == (1, G.n_latent, G.w_dim) and torch.isfinite(E.vector).all()
+    assert E.generator == G.identity
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(9)))
+    with torch.no_grad():
+        edited = apply_essence(G, ws, E, strength=1.0)
+        views = [out["image"] for _, out in G.render_views(ws + E.vector.to(ws), G.camera([-20.0, 20.0]))]
+    assert edited.shape == (1, 3, 128, 128) and not torch.equal(edited, G.synthesis(ws))
+    assert len(views) == 2 and views[0].shape == (1, 3, 128, 128)
+
+
+def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
+    import warnings
+
+    from essence_helpers import tiny_clip
+
+    from targetclip_core import sat3d
+
+    G = G_tiny
+    q = sat3d.QMM(tiny_clip(), sat3d.load_descriptors("faces"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = sat3d.train_sat3d(G, q, steps=3, batch_size=1, n_codes=4, lr=0.1)
+    assert m.layout == StyleLayout.from_generator(G) and m.generator == G.identity
+    src, ref = (G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    styles = sat3d.transfer_styles(G, src, ref, m, [m.attributes[0]], delta=1.0)
+    source_styles = G.styles(src)
+    for name in G.layer_names():  # super-resolution and toRGB codes stay the source's
+        if name.startswith("superresolution.") or name.endswith("torgb"):
+            assert torch.equal(styles[name], source_styles[name])
+    with torch.no_grad():
+        frames = [out["image"] for _, out in G.render_views(styles, G.camera(*orbit(3)))]
+    assert len(frames) == 3 and all(torch.isfinite(f).all() for f in frames)
