@@ -214,7 +214,7 @@ class SuperResolution(nn.Module):
 
 def ray_bundle(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One ray through the centre of every pixel: origins and unit directions [N, R*R, 3]."""
-    n, dev = cam2world.shape[0], cam2world.device
+    dev = cam2world.device
     centres = (torch.arange(resolution, dtype=torch.float32, device=dev) + 0.5) / resolution
     v, u = torch.meshgrid(centres, centres, indexing="ij")  # row-major pixels: u along x, v along y
     u, v = u.reshape(1, -1), v.reshape(1, -1)
