@@ -80,7 +80,7 @@ def check_attributes(matrix, names: list[str]) -> None:
     unknown = [n for n in names if n not in matrix.attributes]
     if unknown:
         raise ValueError(f"unknown attribute(s) {', '.join(map(repr, unknown))}: this SAT3D matrix knows "
-                         f"{', '.join(matrix.attributes)} (type other names in 'attributes')")
+                         f"{', '.join(matrix.attributes)} (choose one of these, or type several in 'attributes')")
 
 
 def _batch(styles, index) -> "OrderedDict[str, torch.Tensor]":
