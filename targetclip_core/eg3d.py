@@ -144,7 +144,15 @@ class EG3DConfig:
 
 
 class OSGDecoder(nn.Module):
-    """Tri-plane features (mean of the three planes) -> density + 32 features in (-0.001, 1.001)."""
+    """Tri-plane features (mean of the three planes) -> density + 32 features.
+
+    Works channels-first on [N, C, M] sample features (each FC layer one batched GEMM with
+    the bias fused), so the millions of samples of a frame are never transposed.  The features come
+    out as plain sigmoids; the reference widens them to (-0.001, 1.001) (MipNeRF), which is
+    affine and so is applied after compositing (`widen`), on one value per ray.
+    """
+
+    WIDEN = 0.001
 
     def __init__(self, n_features: int = PLANE_CHANNELS, output_dim: int = PLANE_CHANNELS, lr_mul: float = 1.0,
                  hidden: int = 64):
@@ -155,11 +163,21 @@ class OSGDecoder(nn.Module):
                                  ScaledLinear(hidden, 1 + output_dim, lr_mul=lr_mul))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features [N, M, C] -> (rgb [N, M, output_dim], sigma [N, M, 1])."""
-        n, m, c = features.shape
-        x = self.net(features.reshape(n * m, c)).reshape(n, m, -1)
-        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # MipNeRF's widened sigmoid
-        return rgb, x[..., :1]
+        """features [N, C, M] -> (sigmoid features [N, output_dim, M], sigma [N, 1, M])."""
+        h = F.softplus(self._linear(self.net[0], features))
+        x = self._linear(self.net[2], h)
+        return torch.sigmoid(x[:, 1:]), x[:, :1]
+
+    @staticmethod
+    def _linear(fc, x):
+        # [out, in] @ [N, in, M] + bias as one batched GEMM (about twice a 1x1 conv1d's speed on CPU)
+        weight = (fc.weight * fc.weight_gain).expand(x.shape[0], -1, -1)
+        return torch.baddbmm((fc.bias * fc.bias_gain)[None, :, None], weight, x)
+
+    @classmethod
+    def widen(cls, composited: torch.Tensor, weight_total: torch.Tensor) -> torch.Tensor:
+        """sum_j a_j (s_j (1 + 2e) - e) = (1 + 2e) sum_j a_j s_j - e sum_j a_j."""
+        return composited * (1 + 2 * cls.WIDEN) - cls.WIDEN * weight_total
 
 
 class SuperResolutionBlock(nn.Module):
@@ -231,7 +249,7 @@ def ray_bundle(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: in
 
 
 def sample_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """Mean of the xy, xz and zx plane features at `points` [N, M, 3] -> [N, M, C].
+    """Mean of the xy, xz and zx plane features at `points` [N, M, 3] -> [N, C, M].
 
     These are EG3D's plane axes (its projections through the inverse of generate_planes()),
     including the third plane reading (z, x).
@@ -242,24 +260,35 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -
     grid = torch.stack([torch.stack(uv, dim=-1) for uv in ((x, y), (x, z), (z, x))], dim=1)  # [N, 3, M, 2]
     sampled = F.grid_sample(planes.reshape(n * N_PLANES, c, h, w), grid.reshape(n * N_PLANES, 1, -1, 2),
                             mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.reshape(n, N_PLANES, c, -1).mean(1).transpose(1, 2)
+    return sampled.reshape(n, N_PLANES, c, -1).mean(1)
 
 
-def composite(colors, densities, depths, white_back: bool):
-    """MipNeRF ray marching on mid-points: (features in [-1, 1], depth (unclamped), weights)."""
+def march(densities, depths):
+    """MipNeRF ray marching (EG3D's MipRayMarcher2) on sorted samples [N, M, S, 1].
+
+    Returns (interval weights [N, M, S-1, 1], expected depth (unclamped, NaN -> inf), total
+    weight).  Colours are not needed here: see `point_weights`.
+    """
     deltas = depths[:, :, 1:] - depths[:, :, :-1]
-    colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
     densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)  # bias -1: EG3D's init
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
     alpha = 1 - torch.exp(-densities_mid * deltas)
     transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2), -2)[:, :, :-1]
     weights = alpha * transmittance
-    rgb = torch.sum(weights * colors_mid, -2)
     weight_total = weights.sum(2)
     depth = torch.nan_to_num(torch.sum(weights * depths_mid, -2) / weight_total, float("inf"))
-    if white_back:
-        rgb = rgb + 1 - weight_total
-    return rgb * 2 - 1, depth, weights
+    return weights, depth, weight_total
+
+
+def point_weights(interval_weights):
+    """Weights per sample [N, M, S, 1] such that sum_j a_j c_j = sum_i w_i (c_i + c_i+1) / 2.
+
+    The reference composites mid-point colours; spreading each interval's weight onto its two
+    ends gives the same sum without building (and sorting) a mid-point copy of 32 channels.
+    """
+    half = interval_weights / 2
+    zero = torch.zeros_like(half[:, :, :1])
+    return torch.cat([half, zero], -2) + torch.cat([zero, half], -2)
 
 
 def stratified_depths(n, m, start, end, count, *, disparity, deterministic, device, generator=None):
@@ -325,6 +354,11 @@ def ray_box_limits(origins, directions, box_side):
         tmin = torch.where(valid, tmin, tmin[valid].min())
         tmax = torch.where(valid, tmax, tmin[valid].max())
     return tmin, tmax
+
+
+def _weighted_sum(weights, colors):
+    """sum_s weights[n, m, s, 0] * colors[n, :, m, s] -> [N, M, C]."""
+    return torch.einsum("ncms,nms->nmc", colors, weights[..., 0])
 
 
 # --------------------------------------------------------------------------- the generator
@@ -555,29 +589,38 @@ class EG3DGenerator(nn.Module):
         coarse = stratified_depths(n, m, start, end, int(opts["depth_resolution"]), disparity=bool(opts["disparity_space_sampling"]),
                                    deterministic=deterministic, device=origins.device, generator=generator)
         colors, densities = self._query(planes, origins, directions, coarse, deterministic)
-        depths = coarse
         n_fine = int(opts["depth_resolution_importance"])
         if n_fine > 0:
-            _, _, weights = composite(colors, densities, coarse, bool(opts["white_back"]))
+            weights, _, _ = march(densities, coarse)
             with torch.no_grad():
                 fine = importance_depths(coarse, weights, n_fine, deterministic=deterministic, generator=generator)
             colors_f, densities_f = self._query(planes, origins, directions, fine, deterministic)
+            # sort depths and densities only; the per-sample weights go back to the unsorted samples
             depths = torch.cat([coarse, fine], -2)
             order = depths.argsort(dim=-2)
             depths = torch.gather(depths, -2, order)
-            colors = torch.gather(torch.cat([colors, colors_f], -2), -2, order.expand(-1, -1, -1, colors.shape[-1]))
-            densities = torch.gather(torch.cat([densities, densities_f], -2), -2, order)
-        rgb, depth, _ = composite(colors, densities, depths, bool(opts["white_back"]))
-        return rgb, depth, depths.min(), depths.max()
+            weights, depth, total = march(torch.gather(torch.cat([densities, densities_f], -2), -2, order), depths)
+            per_sample = torch.empty_like(depths).scatter_(-2, order, point_weights(weights))
+            s = coarse.shape[2]
+            rgb = _weighted_sum(per_sample[:, :, :s], colors) + _weighted_sum(per_sample[:, :, s:], colors_f)
+        else:
+            depths = coarse
+            weights, depth, total = march(densities, depths)
+            rgb = _weighted_sum(point_weights(weights), colors)
+        rgb = OSGDecoder.widen(rgb, total)
+        if opts["white_back"]:
+            rgb = rgb + 1 - total
+        return rgb * 2 - 1, depth, depths.min(), depths.max()
 
     def _query(self, planes, origins, directions, depths, deterministic):
+        """Features [N, C, M, S] (plain sigmoids, see OSGDecoder) and densities [N, M, S, 1] at the samples."""
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
-        rgb, sigma = self.decoder(sample_planes(planes, points, float(self.rendering["box_warp"])))
+        features, sigma = self.decoder(sample_planes(planes, points, float(self.rendering["box_warp"])))
         noise = float(self.rendering.get("density_noise", 0) or 0)
         if noise > 0 and not deterministic:
             sigma = sigma + torch.randn_like(sigma) * noise
-        return rgb.reshape(n, m, s, -1), sigma.reshape(n, m, s, 1)
+        return features.reshape(n, -1, m, s), sigma.reshape(n, m, s, 1)
 
     def render_views(self, latents, cameras, neural_rendering_resolution=None, deterministic=True, noise_mode="const"):
         """Render every latent from every camera; yields (view index, output dict) per camera.
