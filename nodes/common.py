@@ -28,6 +28,8 @@ MODEL_FOLDERS = {
     "e4e": {".pt", ".pth", ".safetensors", ".dat"},  # .dat: dlib's 68-point landmark predictor
     "targetclip": {".safetensors", ".npy"},
     "sat3d": {".safetensors"},  # SAT3D attribute x channel mask matrices (sat3d.save_sat3d_matrix)
+    # face parsers (BiSeNet 79999_iter.pth = facexlib's parsing_bisenet.pth), in the folder other face packs use
+    "facedetection": {".pth", ".pt"},
 }
 
 
@@ -39,11 +41,12 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = (paths, set(known) | exts)
         else:
             folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(exts))
-    # the pack's own weights/ store is a fallback for generators
+    # the pack's own weights/ store (targetclip download) is a fallback for generators
     store = str(PACK_ROOT / "weights")
-    paths, _ = folder_paths.folder_names_and_paths["stylegan"]
-    if store not in paths:
-        paths.append(store)
+    for name in ("stylegan", "eg3d"):
+        paths, _ = folder_paths.folder_names_and_paths[name]
+        if store not in paths:
+            paths.append(store)
 
 
 def list_files(folder: str) -> list[str]:
