@@ -77,6 +77,35 @@ def consistency_score(source_codes: torch.Tensor, edit_codes: torch.Tensor) -> f
     return float(1 - consistency_loss((edit_codes.float() - source_codes.float())))
 
 
+def view_consistency(C, G, latents: torch.Tensor, essence, yaws, pitches=0.0, strength: float | None = None,
+                     batch_size: int = 16) -> dict:
+    """Does an essence change a face the same way from every camera? (3D-aware generators)
+
+    For each source w and each view v the CLIP delta d_v = C(G(w + s b, v)) - C(G(w, v)) is
+    taken; the score of a source is `consistency_score` over its views (mean cosine between
+    the deltas of every ordered pair of views, 1 = the same semantic change everywhere).
+    Returns {"per_source": [B] scores, "mean": float, "views": [(yaw, pitch), ...]}.
+    """
+    from .essence import edit_latents
+
+    if not getattr(G, "is_3d", False):
+        raise TargetCLIPError(f"view consistency needs a 3D-aware generator; this is a {G.describe()}")
+    yaws, pitches = torch.broadcast_tensors(torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
+                                            torch.as_tensor(pitches, dtype=torch.float32).reshape(-1))
+    if len(yaws) < 2:
+        raise TargetCLIPError("view consistency needs at least two views")
+    cams = G.camera(yaws.tolist(), pitches.tolist())
+    wp = G.to_wplus(latents.to(G.device))
+    essence.check_compatible(G)
+    edited = edit_latents(wp, essence, essence.strength if strength is None else strength)
+    with torch.no_grad():
+        codes = [torch.stack([clip_codes(C, out["image"], batch_size) for _, out in G.render_views(w, cams)])
+                 for w in (wp, edited)]  # each [V, B, D]
+    per_source = torch.tensor([consistency_score(codes[0][:, b], codes[1][:, b]) for b in range(wp.shape[0])])
+    return {"per_source": per_source, "mean": float(per_source.mean()),
+            "views": list(zip(yaws.tolist(), pitches.tolist()))}
+
+
 def default_face_mask(height: int, width: int, device=None) -> torch.Tensor:
     """[H, W] in {0, 1}: 1 inside the head-and-hair ellipse of an FFHQ-aligned crop (see FFHQ_HEAD_*)."""
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height

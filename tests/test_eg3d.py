@@ -438,3 +438,29 @@ def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
     with torch.no_grad():
         frames = [out["image"] for _, out in G.render_views(styles, G.camera(*orbit(3)))]
     assert len(frames) == 3 and all(torch.isfinite(f).all() for f in frames)
+
+
+def test_view_consistency_of_an_essence_by_hand(G_tiny):
+    from essence_helpers import tiny_clip
+
+    from targetclip_core.essence import Essence
+    from targetclip_core.metrics import view_consistency
+
+    G, C = G_tiny, tiny_clip()
+    b = torch.randn(1, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(3)) * 0.5
+    E = Essence(vector=b, generator=G.identity, strength=0.8)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(4)))
+    got = view_consistency(C, G, ws, E, [-20.0, 0.0, 20.0])
+    # by hand: CLIP deltas per view, mean cosine over the 6 ordered pairs of views, per source
+    with torch.no_grad():
+        for i in range(2):
+            deltas = []
+            for yaw in (-20.0, 0.0, 20.0):
+                cam = G.camera(yaw)
+                before = C.encode_image(G.render(ws[i : i + 1], cam)["image"])
+                after = C.encode_image(G.render(ws[i : i + 1] + 0.8 * b, cam)["image"])
+                deltas.append((after - before)[0])
+            cos = [float(torch.nn.functional.cosine_similarity(deltas[p], deltas[q], dim=0))
+                   for p in range(3) for q in range(3) if p != q]
+            assert abs(float(got["per_source"][i]) - sum(cos) / 6) < 1e-4
+    assert got["views"] == [(-20.0, 0.0), (0.0, 0.0), (20.0, 0.0)]
