@@ -43,7 +43,7 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(exts))
     # the pack's own weights/ store (targetclip download) is a fallback for generators
     store = str(PACK_ROOT / "weights")
-    for name in ("stylegan", "eg3d"):
+    for name in ("stylegan", "eg3d", "facedetection"):  # facedetection: targetclip download bisenet-face-parsing-79999
         paths, _ = folder_paths.folder_names_and_paths[name]
         if store not in paths:
             paths.append(store)

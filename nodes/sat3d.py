@@ -26,9 +26,11 @@ from targetclip_core.sat3d import (BUILTIN_DESCRIPTORS, DELTA_RANGE, QMM, attrib
                                    load_sat3d_matrix, render_resolution, save_sat3d_matrix, train_sat3d, transfer_styles)
 from targetclip_core.stylespace import StyleLayout, edit_styles
 
-from .common import (CATEGORY, Progress, StyleCodes, cached, file_signature, full_path, image_from_core, list_files)
+from .common import (CATEGORY, Progress, StyleCodes, cached, compute_device, file_signature, full_path, image_from_core,
+                     list_files, make_room)
 
 FOLDER = "sat3d"
+PARSER_FOLDER = "facedetection"
 PAIRINGS = ["first reference", "pairwise", "every pair"]
 SAVE_TO = ["models/sat3d", "output/sat3d"]
 
@@ -139,6 +141,42 @@ class LoadSAT3DMatrix:
         return (matrix, describe_matrix(matrix, matrix_name))
 
 
+class LoadFaceParser:
+    DESCRIPTION = ("Load the BiSeNet face parser (face-parsing.PyTorch 79999_iter.pth, the same file as facexlib's "
+                   "parsing_bisenet.pth) from models/facedetection, read as data. SAT3D Train uses it for the background "
+                   "loss and channel pre-selection.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("FACE_PARSER",)
+    RETURN_NAMES = ("face_parser",)
+    OUTPUT_TOOLTIPS = ("Soft face-region masks (hair, eyes, glasses, mouth ...) for SAT3D Train.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "parser_name": (list_files(PARSER_FOLDER), {"tooltip": "79999_iter.pth or parsing_bisenet.pth in models/facedetection."}),
+            "input_size": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 32,
+                                   "tooltip": "Side the network sees (512 as trained; smaller is faster and coarser)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, parser_name, input_size):
+        return f"{file_signature(PARSER_FOLDER, parser_name)}:{input_size}"
+
+    def load(self, parser_name, input_size):
+        from targetclip_core.face_parsing import FaceParser, load_face_parser
+
+        path = full_path(PARSER_FOLDER, parser_name)
+        device = compute_device()
+
+        def load():
+            make_room(device, os.path.getsize(path))
+            return load_face_parser(path, device=device)
+
+        parser = cached(("face-parser", file_signature(PARSER_FOLDER, parser_name), str(device)), load)
+        return (FaceParser(parser.net, input_size=input_size),)  # shares the weights; its own input size
+
+
 class SAT3DTransfer:
     DESCRIPTION = ("SAT3D attribute transfer: move named attributes (hairstyle, hair colour, eyeglasses, beard, expression ...) "
                    "of a reference face onto source faces, in StyleSpace, through a trained mask matrix: "
@@ -211,8 +249,9 @@ class SAT3DTransfer:
 
 class SAT3DTrain:
     DESCRIPTION = ("Learn a SAT3D mask matrix for a generator: which StyleSpace channels carry each attribute, judged by CLIP "
-                   "on descriptor groups (SAT3D's QMM losses, Ranger). Shows a live transfer preview and can be cancelled at any "
-                   "step; with a checkpoint name, a cancelled run resumes where it stopped.")
+                   "on descriptor groups (SAT3D's QMM losses, Ranger); with a face parser also the background loss and channel "
+                   "pre-selection. Shows a live transfer preview and can be cancelled at any step; with a checkpoint name, a "
+                   "cancelled run resumes where it stopped.")
     CATEGORY = f"{CATEGORY}/sat3d"
     RETURN_TYPES = ("SAT3D", "IMAGE", "STRING")
     RETURN_NAMES = ("sat3d", "preview", "report")
@@ -239,6 +278,10 @@ class SAT3DTrain:
                 "preview_every": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Send a preview image every N steps."}),
             },
             "optional": {
+                "face_parser": ("FACE_PARSER", {"tooltip": "A face parser (Load Face Parser): turns on the background loss L_bg and "
+                                                           "channel pre-selection for the attributes marked complex (as the paper)."}),
+                "lambda_bg": ("FLOAT", {"default": 40.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                        "tooltip": "Weight of the background loss (paper: 40); used only with a face parser."}),
                 "descriptor_file": ("STRING", {"default": "", "tooltip": "A descriptor JSON (path, or a file name in models/sat3d) instead of "
                                                                          "the shipped set; may 'extend' one."}),
                 "checkpoint_name": ("STRING", {"default": "", "tooltip": "When set: a training checkpoint in output/sat3d_checkpoints, written "
@@ -247,7 +290,7 @@ class SAT3DTrain:
         }
 
     def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_src, lambda_prob, seed,
-              preview_every, descriptor_file="", checkpoint_name=""):
+              preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name=""):
         G = generator
         descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
         measure = QMM(clip, descriptor_set)
@@ -279,8 +322,9 @@ class SAT3DTrain:
             return False
 
         matrix = train_sat3d(G, measure, steps=steps, batch_size=batch_size, lr=lr, n_codes=n_codes, truncation=truncation,
-                             seed=seed, lambdas={"src": lambda_src, "prob": lambda_prob, "bg": 0.0}, descriptors=descriptor_set,
-                             checkpoint=_checkpoint_path(checkpoint_name), callback=on_step)
+                             seed=seed, lambdas={"src": lambda_src, "prob": lambda_prob, "bg": lambda_bg if face_parser else 0.0},
+                             parser=face_parser, descriptors=descriptor_set, checkpoint=_checkpoint_path(checkpoint_name),
+                             callback=on_step)
         mm.soft_empty_cache()
         if stopped:
             mm.throw_exception_if_processing_interrupted()  # raises (and clears the flag) unless the hook already did
@@ -290,17 +334,18 @@ class SAT3DTrain:
             edits = torch.cat([edit_styles(flat_src, flat_ref, attribute_mask(logits, matrix.attributes, [a])) for a in matrix.attributes])
             cells = torch.cat([render_styles(G, st, progress=False) for st in (st_src, st_ref, layout.unflatten(edits, st_src))])
             sheet = captioned_grid(cells, len(cells), ["source", "reference", *matrix.attributes])
-        return (matrix, image_from_core(sheet), _train_report(matrix))
+        return (matrix, image_from_core(sheet), _train_report(matrix, face_parser is not None and lambda_bg > 0))
 
 
-def _train_report(matrix) -> str:
+def _train_report(matrix, with_bg: bool) -> str:
     losses = matrix.losses.get("total", [])
     tail = losses[-max(1, len(losses) // 10):]
     head = losses[: max(1, len(losses) // 10)]
     lines = [describe_matrix(matrix)]
     if losses:
         lines.append(f"  loss: {sum(head) / len(head):.4f} (first 10%) -> {sum(tail) / len(tail):.4f} (last 10%)")
-    lines.append("  background loss L_bg off: no region parser in this node")
+    lines.append("  background loss L_bg: on (face parser)" if with_bg else
+                 "  background loss L_bg: off (connect a face parser to turn it and channel pre-selection on)")
     return "\n".join(lines)
 
 
@@ -357,12 +402,14 @@ class SaveSAT3DMatrix:
 
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadSAT3DMatrix": LoadSAT3DMatrix,
+    "TargetCLIP_LoadFaceParser": LoadFaceParser,
     "TargetCLIP_SAT3DTransfer": SAT3DTransfer,
     "TargetCLIP_SAT3DTrain": SAT3DTrain,
     "TargetCLIP_SaveSAT3DMatrix": SaveSAT3DMatrix,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadSAT3DMatrix": "Load SAT3D Matrix (TargetCLIP)",
+    "TargetCLIP_LoadFaceParser": "Load Face Parser, BiSeNet (TargetCLIP)",
     "TargetCLIP_SAT3DTransfer": "SAT3D Attribute Transfer (TargetCLIP)",
     "TargetCLIP_SAT3DTrain": "SAT3D Train Matrix (TargetCLIP)",
     "TargetCLIP_SaveSAT3DMatrix": "Save SAT3D Matrix (TargetCLIP)",

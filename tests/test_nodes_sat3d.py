@@ -47,6 +47,7 @@ from targetclip_core.essence import Essence, edit_latents  # noqa: E402
 PACKAGE = "targetclip_pack_sat3d_under_test"
 SAT3D_NODES = {
     "TargetCLIP_LoadSAT3DMatrix": ("TargetCLIP/loaders", "Load SAT3D Matrix (TargetCLIP)"),
+    "TargetCLIP_LoadFaceParser": ("TargetCLIP/loaders", "Load Face Parser, BiSeNet (TargetCLIP)"),
     "TargetCLIP_SAT3DTransfer": ("TargetCLIP/sat3d", "SAT3D Attribute Transfer (TargetCLIP)"),
     "TargetCLIP_SAT3DTrain": ("TargetCLIP/sat3d", "SAT3D Train Matrix (TargetCLIP)"),
     "TargetCLIP_SaveSAT3DMatrix": ("TargetCLIP/sat3d", "Save SAT3D Matrix (TargetCLIP)"),
@@ -63,7 +64,7 @@ def models_dir(tmp_path_factory):
     old_models_dir, old_output = folder_paths.models_dir, folder_paths.get_output_directory()
     folder_paths.models_dir = str(root)
     folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_output")))
-    for name in ("stylegan", "e4e", "targetclip", "sat3d"):
+    for name in ("stylegan", "e4e", "targetclip", "sat3d", "facedetection"):
         folder_paths.folder_names_and_paths.pop(name, None)
     yield root
     folder_paths.folder_names_and_paths.clear()
@@ -201,7 +202,7 @@ def test_train_node_previews_saves_and_loads(pack, G, C):
     cols = 2 + len(faces)
     assert preview.shape[0] == 1 and preview.shape[2] == cols * 32 and preview.shape[1] > 32  # + caption strip
     assert float(preview.min()) >= 0 and float(preview.max()) <= 1
-    assert "7 attributes" in report and "Hairstyle" in report and "L_bg off" in report
+    assert "7 attributes" in report and "Hairstyle" in report and "L_bg: off" in report
     # the same settings give the same matrix as the engine called directly
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -220,6 +221,26 @@ def test_train_node_previews_saves_and_loads(pack, G, C):
     out2 = node(pack, "TargetCLIP_SaveSAT3DMatrix").save(matrix, "my/matrix", "output/sat3d")
     assert (Path(folder_paths.get_output_directory()) / "sat3d" / out2["ui"]["text"][0]).is_file()
     assert not list(Path(folder_paths.get_folder_paths("sat3d")[0]).glob("*.tmp*"))  # atomic: no leftovers
+
+
+def test_face_parser_turns_on_the_background_loss_and_preselection(pack, G, C):
+    from test_face_parsing import official_state
+
+    folder = Path(folder_paths.get_folder_paths("facedetection")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(official_state(), folder / "parsing_bisenet.pth")  # random weights, the official layout
+    assert "parsing_bisenet.pth" in pack.NODE_CLASS_MAPPINGS["TargetCLIP_LoadFaceParser"].INPUT_TYPES()["required"]["parser_name"][0]
+    (parser,) = node(pack, "TargetCLIP_LoadFaceParser").load("parsing_bisenet.pth", 64)
+    assert parser.input_size == 64
+    settings = {**TRAIN, "steps": 3}
+    matrix, _, report = node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **settings, face_parser=parser, lambda_bg=40.0)
+    assert any(v > 0 for v in matrix.losses["bg"]) and "L_bg: on" in report
+    assert "skipped" not in matrix.preselection and "Hairstyle:" in matrix.preselection  # complex attributes pre-selected
+    direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=3, batch_size=1, lr=0.1, n_codes=4,
+                                seed=0, parser=parser, lambdas={"bg": 40.0})
+    assert torch.allclose(direct.logits, matrix.logits, atol=1e-6)
+    without, _, _ = node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **settings)
+    assert all(v == 0 for v in without.losses["bg"]) and without.preselection == "skipped (no region parser)"
 
 
 def test_train_stops_within_one_step_on_cancel_and_resumes_from_its_checkpoint(pack, G, C):
