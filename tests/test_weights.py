@@ -381,3 +381,17 @@ def test_resolve_missing_real_entry_names_official_url(monkeypatch: pytest.Monke
 def test_resolve_unknown_name_lists_known(store: Path) -> None:
     with pytest.raises(WeightsUnavailableError, match="Known names: test-blob, gdrive-only"):
         weights.resolve("no-such-thing")
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Files written through a temp file end with a plain open()'s mode, not mkstemp's 0600."""
+    import os
+    import stat
+
+    from targetclip_core.fileio import atomic_path
+
+    with atomic_path(tmp_path / "atomic.bin") as tmp:
+        tmp.write_bytes(b"x")
+    (tmp_path / "plain.bin").write_bytes(b"x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.bin").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.bin").st_mode)
