@@ -102,6 +102,17 @@ def test_ui_workflow_equals_its_api_twin(path):
     assert json.loads((API_DIR / path.name).read_text()) == ui_to_api(ui, specs)
 
 
+def test_every_template_has_a_thumbnail():
+    """The template browser shows workflows/<name>.jpg (docs/make_thumbnails.py makes them)."""
+    from PIL import Image
+
+    for path in UI_FILES:
+        thumb = path.with_suffix(".jpg")
+        assert thumb.exists(), f"{thumb.name} missing"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and min(im.size) >= 128
+
+
 @pytest.mark.parametrize("path", sorted(API_DIR.glob("*.json")), ids=lambda p: p.name)
 def test_api_workflow_is_valid(path):
     specs = all_specs()
