@@ -283,6 +283,21 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
         for label, fn in parts.items():
             summary[label] = _min_time(fn, repeats, device)
             log(f"{label:<28}{summary[label]:10.3f} s")
+        if not G.rendering["white_back"] and G.rendering["ray_start"] != "auto" and not G.rendering["disparity_space_sampling"]:
+            from .bench_baseline import reference_volume_render
+            from .eg3d import ray_bundle
+            from .cameras import split_label
+
+            pose, K = split_label(cams[:1])
+            origins, dirs = ray_bundle(pose, K, neural_resolution)
+            ours = G._volume_render(planes, origins, dirs, True, None)
+            ref = reference_volume_render(G, planes, origins, dirs)
+            diff = max(float((a - b).abs().max()) for a, b in zip(ours, ref))
+            base = _min_time(lambda: reference_volume_render(G, planes, origins, dirs), repeats, device)
+            summary["volume rendering, reference layout"] = base
+            summary["volume_rendering_speedup"] = base / summary["volume rendering"]
+            log(f"{'reference-layout rendering':<28}{base:10.3f} s   (ours {base / summary['volume rendering']:.2f}x; "
+                f"max |difference| {diff:.1e})")
         per_frame = _min_time(lambda: [G.render(ws, cams[k : k + 1], neural_resolution) for k in range(frames)], 1, device) / frames
         cached = _min_time(lambda: list(G.render_views(ws, cams, neural_resolution)), 1, device) / frames
     summary.update(orbit_s_per_frame_naive=per_frame, orbit_s_per_frame_cached=cached, orbit_speedup=per_frame / cached)

@@ -151,3 +151,52 @@ def official_style_state(G, C, target_image, sources) -> dict:
         "optimizer": torch.optim.Adam([direction], lr=0.2, weight_decay=3e-3),
         "target_code": t,
     }
+
+
+# --------------------------------------------------------------------------- EG3D volume rendering
+
+
+def reference_volume_render(G, planes, origins, directions):
+    """EG3D's ImportanceRenderer laid out as NVlabs/eg3d computes it (deterministic sampling):
+    plane features transposed to [N, M, C] rows, the decoder as row-wise FC layers, the
+    widened sigmoid on every sample, mid-point colours of all 32 channels, and the colours
+    concatenated and gathered into depth order.  Baseline of `targetclip bench eg3d`;
+    returns (features [N, M, 32] in [-1, 1], depth [N, M, 1]) like `G._volume_render`.
+    """
+    from .eg3d import importance_depths, march, stratified_depths
+
+    opts = G.rendering
+    n, m, _ = origins.shape
+    fc0, fc1 = G.decoder.net[0], G.decoder.net[2]
+
+    def query(depths):
+        s = depths.shape[2]
+        points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
+        p = points * (2.0 / float(opts["box_warp"]))
+        grids = [torch.stack(uv, -1) for uv in ((p[..., 0], p[..., 1]), (p[..., 0], p[..., 2]), (p[..., 2], p[..., 0]))]
+        c, h, w = planes.shape[2:]
+        sampled = F.grid_sample(planes.reshape(n * 3, c, h, w), torch.stack(grids, 1).reshape(n * 3, 1, -1, 2),
+                                mode="bilinear", padding_mode="zeros", align_corners=False)
+        feats = sampled.permute(0, 3, 2, 1).reshape(n, 3, m * s, c).mean(1).reshape(n * m * s, c)
+        x = torch.addmm(fc0.bias * fc0.bias_gain, feats, (fc0.weight * fc0.weight_gain).t())
+        x = torch.addmm(fc1.bias * fc1.bias_gain, F.softplus(x), (fc1.weight * fc1.weight_gain).t()).reshape(n, m, s, -1)
+        return torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001, x[..., :1]
+
+    def composite(colors, densities, depths):
+        weights, depth, total = march(densities, depths)
+        colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
+        return torch.sum(weights * colors_mid, -2), depth, weights
+
+    coarse = stratified_depths(n, m, float(opts["ray_start"]), float(opts["ray_end"]), int(opts["depth_resolution"]),
+                               disparity=False, deterministic=True, device=origins.device)
+    colors, densities = query(coarse)
+    _, _, weights = composite(colors, densities, coarse)
+    fine = importance_depths(coarse, weights, int(opts["depth_resolution_importance"]), deterministic=True)
+    colors_f, densities_f = query(fine)
+    depths = torch.cat([coarse, fine], -2)
+    order = depths.argsort(dim=-2)
+    depths = torch.gather(depths, -2, order)
+    colors = torch.gather(torch.cat([colors, colors_f], -2), -2, order.expand(-1, -1, -1, colors.shape[-1]))
+    densities = torch.gather(torch.cat([densities, densities_f], -2), -2, order)
+    rgb, depth, _ = composite(colors, densities, depths)
+    return rgb * 2 - 1, depth.clamp(depths.min(), depths.max())

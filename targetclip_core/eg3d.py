@@ -222,9 +222,11 @@ class SuperResolution(nn.Module):
             def resize(t):
                 return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=self.antialias)
             features, rgb = resize(features), resize(rgb)
+        if features.device.type == "cpu":  # oneDNN convolutions: 1.5x faster on NHWC here (bench eg3d)
+            features = features.contiguous(memory_format=torch.channels_last)
         x, img = self.block0(features, rgb, styles[:3], noise_mode, impl)
         _, img = self.block1(x, img, styles[3:], noise_mode, impl)
-        return img
+        return img.contiguous()
 
 
 # --------------------------------------------------------------------------- volume rendering
