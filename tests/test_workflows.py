@@ -27,6 +27,15 @@ CORE_NODES = {
     "ImageBatch": {"widgets": [], "links": {"image1": "IMAGE", "image2": "IMAGE"}, "outputs": ["IMAGE"]},
     "MaskPreview": {"widgets": [], "links": {"mask": "MASK"}, "outputs": []},
     "PreviewAny": {"widgets": [], "links": {"source": "*"}, "outputs": []},
+    # Stable Diffusion img2img after an edit
+    "ImageScale": {"widgets": ["upscale_method", "width", "height", "crop"], "links": {"image": "IMAGE"}, "outputs": ["IMAGE"]},
+    "CheckpointLoaderSimple": {"widgets": ["ckpt_name"], "links": {}, "outputs": ["MODEL", "CLIP", "VAE"]},
+    "CLIPTextEncode": {"widgets": ["text"], "links": {"clip": "CLIP"}, "outputs": ["CONDITIONING"]},
+    "VAEEncode": {"widgets": [], "links": {"pixels": "IMAGE", "vae": "VAE"}, "outputs": ["LATENT"]},
+    "VAEDecode": {"widgets": [], "links": {"samples": "LATENT", "vae": "VAE"}, "outputs": ["IMAGE"]},
+    "KSampler": {"widgets": ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], "seed_widgets": ["seed"],
+                 "links": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
+                 "outputs": ["LATENT"]},
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -61,7 +70,7 @@ def our_node_specs():
 def all_specs():
     specs = our_node_specs()
     for k, v in CORE_NODES.items():
-        specs[k] = {**v, "required": set(v["widgets"]) | set(v["links"]), "seed_widgets": []}
+        specs[k] = {**v, "required": set(v["widgets"]) | set(v["links"]), "seed_widgets": v.get("seed_widgets", [])}
     return specs
 
 
