@@ -221,12 +221,25 @@ def loss_src(d_edit: dict, d_src: dict, target: list[str]) -> torch.Tensor:
     return torch.stack([attribute_distance(d_edit[a], d_src[a]) for a in others]).mean(0).mean()
 
 
-def loss_bg(img_edit: torch.Tensor, img_src: torch.Tensor, background: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Eq. 6: mean squared change over background pixels; background [B, H, W] or [B,1,H,W] in [0,1]."""
+def loss_bg(img_edit: torch.Tensor, img_src: torch.Tensor, background: torch.Tensor, eps: float = 1e-8,
+            normaliser: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6: mean squared change over background pixels; background [B, H, W] or [B,1,H,W] in [0,1].
+
+    normaliser: what the summed weighted change is divided by, instead of this batch's own
+      background weight (+ eps).  Data-parallel training passes (the global batch's weight + eps)
+      / processes, so that the processes' mean loss is the global batch's (see train_sat3d).
+    """
+    weight = background_weight(img_edit, background)
+    if normaliser is None:
+        normaliser = weight.sum() + eps
+    return (weight * (img_edit - img_src) ** 2).sum() / normaliser
+
+
+def background_weight(img: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The per-pixel weight of Eq. 6: background [B, H, W] or [B,1,H,W] spread over img's channels."""
     if background.dim() == 3:
         background = background[:, None]
-    weight = background.expand_as(img_edit)
-    return (weight * (img_edit - img_src) ** 2).sum() / (weight.sum() + eps)
+    return background.expand_as(img)
 
 
 def loss_prob(mask: torch.Tensor) -> torch.Tensor:
@@ -463,9 +476,10 @@ class SAT3DStep:
 class _PairObjective:
     """The SAT3D losses of one batch of (source, reference) pairs for a target attribute set."""
 
-    def __init__(self, G, measure, layout, lambdas, parser, regions, res):
+    def __init__(self, G, measure, layout, lambdas, parser, regions, res, world: int = 1):
         self.G, self.measure, self.layout = G, measure, layout
         self.lambdas, self.parser, self.regions, self.res = lambdas, parser, regions, res
+        self.world = world  # > 1: this batch is one process's shard of a global batch
 
     def constants(self, wp_src, wp_ref):
         """Everything that does not depend on the mask, computed without a graph."""
@@ -489,7 +503,13 @@ class _PairObjective:
         if self.parser is not None and region:
             with torch.no_grad():  # where the attribute lives: never pushed by the loss
                 inside = torch.stack([torch.maximum(self.parser(c["img_src"], r), self.parser(img_edit, r)) for r in region]).amax(0)
-            terms["bg"] = loss_bg(img_edit, c["img_src"], 1 - inside)
+            background = 1 - inside
+            normaliser = None
+            if self.world > 1:  # divide by the global batch's background weight, not this shard's
+                normaliser = background_weight(img_edit, background).sum()
+                torch.distributed.all_reduce(normaliser)
+                normaliser = (normaliser + 1e-8) / self.world
+            terms["bg"] = loss_bg(img_edit, c["img_src"], background, normaliser=normaliser)
         else:
             terms["bg"] = img_edit.new_zeros(())
         terms["total"] = total_loss(terms, self.lambdas)
@@ -565,11 +585,21 @@ def train_sat3d(
     checkpoint: a file written every `checkpoint_every` steps and at the end; when it exists
       the run resumes from it (the same arguments give the same result as an uninterrupted run).
     callback: called every step with a SAT3DStep; returning True stops (a checkpoint is written).
-    Scale-out: run one process per device under torchrun with torch.distributed initialised
-      (gloo on CPU, nccl on GPUs) before calling; the mask module is wrapped in
-      DistributedDataParallel, each process draws its own pairs and attribute each step
-      (process 0 draws what a single process would), gradients are averaged, process 0
-      writes the checkpoint (with every process's sampler state) and its own loss log.
+    batch_size: the GLOBAL batch of (source, reference) pairs per step, whatever the number of
+      processes.
+    Scale-out (data parallel): run one process per device under torchrun with torch.distributed
+      initialised (gloo on CPU, nccl on GPUs) before calling (`targetclip sat3d-train` does it).
+      Every step all processes draw the same global batch of pairs and the same attribute from
+      one shared random stream (seeded by `seed`, as a single process draws them); process r
+      trains on its contiguous shard, batch_size / processes pairs (batch_size must be divisible
+      by the number of processes).  The mask module is wrapped in DistributedDataParallel, which
+      averages the gradients; L_bg is divided by the global batch's background weight.  So N
+      processes with global batch B learn the matrix one process learns with batch B (equal up to
+      the order of float reductions).  The logged losses (and the callback's) are the global
+      batch's means on every process.  Process 0 writes the checkpoint; it holds one sampler
+      state, so a run can be resumed with another number of processes (same batch_size; a
+      checkpoint of a multi-process run of an older version, which drew pairs per process,
+      cannot be resumed).
     """
     _make_ready(G, measure)
     attributes = list(measure.attributes)
@@ -581,15 +611,22 @@ def train_sat3d(
                       stacklevel=2)
     if parser is not None and hasattr(parser, "check_regions"):  # an unknown region fails now, not mid-run
         parser.check_regions(sorted({r for r in regions.values() if r}))
+    rank, world = _distributed_rank_world()
+    if batch_size < 1 or batch_size % world:
+        raise TargetCLIPError(f"batch_size {batch_size} is the global batch of pairs per step: it must be a positive multiple "
+                              f"of the number of processes ({world})")
+    shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's pairs of the global batch
     layout = StyleLayout.from_generator(G)
     bank = (latent_bank if latent_bank is not None else sample_latent_bank(G, n_codes, seed, truncation)).to(G.device)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
-    objective = _PairObjective(G, measure, layout, lambdas, parser, regions, res)
-
-    rank, world = _distributed_rank_world()
+    objective = _PairObjective(G, measure, layout, lambdas, parser, regions, res, world)
+    if world > 1:  # every process draws its pairs from process 0's bank
+        bank = bank.clone(memory_format=torch.contiguous_format)
+        torch.distributed.broadcast(bank, 0)
     state = _load_checkpoint(checkpoint, G, attributes, layout) if checkpoint and Path(checkpoint).is_file() else None
-    if state is not None and len(state["rng"]) != world:
-        raise TargetCLIPError(f"{checkpoint}: written by a run of {len(state['rng'])} processes; resume it with as many, not {world}")
+    if state is not None and state.get("batch_size", batch_size) != batch_size:
+        raise TargetCLIPError(f"{checkpoint}: a run with a global batch of {state['batch_size']} pairs per step; resume it with "
+                              f"batch_size {state['batch_size']} (the global batch, whatever the number of processes), not {batch_size}")
     if state is None:
         preselected, how = {}, "none"
         if preselect and complex_attrs:
@@ -600,33 +637,37 @@ def train_sat3d(
                                                  seed=seed, out_resolution=res, **(preselect_kwargs or {}))
                 how = "; ".join(f"{a}: {len(v)} channels" for a, v in preselected.items()) or "none"
         logits = initial_logits(attributes, layout.n_channels, preselected).to(G.device)
-        # every process draws its own pairs; process 0 draws what a single process would
-        rngs = [torch.Generator().manual_seed(seed + 1_000_003 * r).get_state() for r in range(world)]
-        state = {"logits": logits, "optimizer": None, "step": 0, "rng": rngs,
+        # one stream shared by all processes (each draws the same global batch): what a single process draws
+        state = {"logits": logits, "optimizer": None, "step": 0, "rng": torch.Generator().manual_seed(seed).get_state(),
                  "log": {k: [] for k in LOSS_TERMS}, "log_attribute": [], "preselection": how}
     module = MaskMatrixModule(state["logits"].clone().to(G.device), attributes)
-    masker = module if world == 1 else _ddp(module)
+    masker = module if world == 1 else _ddp(module)  # DDP also broadcasts process 0's logits
     logits = module.logits
     opt = _ranger([logits], lr)
     if state["optimizer"] is not None:
         opt.load_state_dict(state["optimizer"])
     rng = torch.Generator()
-    rng.set_state(state["rng"][rank])
+    rng.set_state(state["rng"])
     log, log_attribute = state["log"], state["log_attribute"]
 
     step = state["step"]
     stopped = False
     while step < steps and not stopped:
-        pick = torch.randint(len(bank), (2, batch_size), generator=rng)
+        pick = torch.randint(len(bank), (2, batch_size), generator=rng)  # the global batch, the same on every process
         target = [attributes[int(torch.randint(len(attributes), (1,), generator=rng))]]  # |Omega| = 1
+        pick = pick[:, shard]
         c = objective.constants(G.to_wplus(bank[pick[0]]), G.to_wplus(bank[pick[1]]))
         terms = objective.with_mask(masker(target), target, c)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()  # under DDP the gradient is averaged over the processes here
         opt.step()
         step += 1
-        for k in LOSS_TERMS:
-            log[k].append(float(terms[k].detach()))
+        values = torch.stack([terms[k].detach() for k in LOSS_TERMS])
+        if world > 1:  # the global batch's means: the shards are equal, so the mean of the shards' means
+            torch.distributed.all_reduce(values)
+            values /= world
+        for k, v in zip(LOSS_TERMS, values.tolist()):
+            log[k].append(v)
         log_attribute.append(target[0])
         if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS},
                                                            logits.detach())):
@@ -634,10 +675,9 @@ def train_sat3d(
         if world > 1:  # one process stopping stops all (they must take the same steps)
             stopped = _any_process(stopped)
         if checkpoint and (step % checkpoint_every == 0 or step >= steps or stopped):
-            rng_states = _gather_rng_states(rng, world)
             if rank == 0:
-                _save_checkpoint(checkpoint, G, attributes, layout, logits, opt, step, rng_states, log, log_attribute,
-                                 state["preselection"])
+                _save_checkpoint(checkpoint, G, attributes, layout, logits, opt, step, rng.get_state(), batch_size, world,
+                                 log, log_attribute, state["preselection"])
             if world > 1:
                 torch.distributed.barrier()
 
@@ -683,14 +723,6 @@ def _any_process(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def _gather_rng_states(rng: torch.Generator, world: int) -> list:
-    if world == 1:
-        return [rng.get_state()]
-    states = [None] * world
-    torch.distributed.all_gather_object(states, rng.get_state())
-    return states
-
-
 def _ranger(params, lr):
     from pytorch_optimizer import Ranger
 
@@ -699,10 +731,13 @@ def _ranger(params, lr):
     return Ranger(params, lr=lr, use_gc=False)
 
 
-def _save_checkpoint(path, G, attributes, layout, logits, opt, step, rng_states, log, log_attribute, preselection):
+def _save_checkpoint(path, G, attributes, layout, logits, opt, step, rng_state, batch_size, world, log, log_attribute,
+                     preselection):
     payload = {
         "format": CHECKPOINT_FORMAT, "attributes": attributes, "layout": layout.to_json(), "generator": dict(G.identity),
-        "logits": logits.detach().cpu().clone(), "optimizer": opt.state_dict(), "step": step, "rng": rng_states,
+        "logits": logits.detach().cpu().clone(), "optimizer": opt.state_dict(), "step": step,
+        "rng": rng_state,  # the shared sampler (the same on every process)
+        "batch_size": batch_size, "processes": world,  # global batch; the number of processes is only a note
         "log": log, "log_attribute": log_attribute, "preselection": preselection,
     }
     with atomic_path(path) as tmp:
@@ -719,6 +754,11 @@ def _load_checkpoint(path, G, attributes, layout) -> dict:
     if state["attributes"] != attributes or StyleLayout.from_json(state["layout"]) != layout:
         raise TargetCLIPError(f"{path}: checkpoint of another run (attributes {state['attributes']} or another generator layout); "
                               "delete it or pick another checkpoint path")
+    if isinstance(state["rng"], list):  # older versions: one sampler state per process
+        if len(state["rng"]) != 1:
+            raise TargetCLIPError(f"{path}: written by a {len(state['rng'])}-process run of an older version, where each process "
+                                  "drew its own pairs; it cannot be resumed under the global-batch sampler: delete it")
+        state["rng"] = state["rng"][0]  # a single process's stream is the shared stream
     return state
 
 

@@ -375,33 +375,89 @@ def test_cli_train_then_transfer(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- scale-out (gloo on CPU)
+# The run is defined by its global batch: N processes with global batch B learn what one process
+# learns with B.  Equal up to float reduction order (DDP averages the shards' gradients, a single
+# process takes the mean over the whole batch), and the logged losses likewise.
+
+RTOL, ATOL = 1e-5, 1e-6
 
 
-def _ddp_worker(rank, world, init_file, ckpt, results):
-    """One process of a 2-process run: a full run, then an interrupted one and its resumption."""
+def lit_parser(images, region):
+    """Region "lit": pixels whose first colour plane is positive.  The background differs from
+    image to image, so L_bg must be normalised by the global batch's weight, not a shard's."""
+    return (images[:, 0] > 0).float()
+
+
+def _planted_run(**kw):
+    """20 steps, global batch 4, L_bg on (a data-dependent region for A)."""
+    desc = sat3d.descriptors_from_dict({"template": "{}", "attributes": {"A": {"groups": [["x", "y"]], "region": "lit"},
+                                                                         "B": [["u", "v"]]}})
+    return sat3d.train_sat3d(PlantedGenerator(), PlantedMeasure(), **{
+        "steps": 20, "batch_size": 4, "n_codes": 32, "lr": 0.05, "descriptors": desc, "parser": lit_parser, **kw})
+
+
+def _stop_at(step):
+    return lambda s: s.step == step
+
+
+def _assert_close(got, want):
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+def _ddp_worker(rank, world, init_file, tmp, results):
+    """One process of 2: a full run, a run interrupted at step 8 (its checkpoint is resumed by one
+    process in the test), and the resumption of a 1-process checkpoint of step 8."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    kw = dict(steps=20, batch_size=2, n_codes=32, lr=0.05, lambdas={"bg": 0.0})
     try:
-        full = sat3d.train_sat3d(PlantedGenerator(), PlantedMeasure(), **kw)
-        sat3d.train_sat3d(PlantedGenerator(), PlantedMeasure(), checkpoint=ckpt, checkpoint_every=5,
-                          callback=lambda s: s.step == 8, **kw)
-        resumed = sat3d.train_sat3d(PlantedGenerator(), PlantedMeasure(), checkpoint=ckpt, checkpoint_every=5, **kw)
-        torch.save({"full": full.logits, "resumed": resumed.logits}, f"{results}.{rank}")
+        full = _planted_run()
+        _planted_run(checkpoint=f"{tmp}/by2.ckpt", checkpoint_every=5, callback=_stop_at(8))
+        resumed = _planted_run(checkpoint=f"{tmp}/by1.ckpt", checkpoint_every=5)
+        with pytest.raises(TargetCLIPError, match="multiple of the number of processes"):
+            _planted_run(batch_size=3)
+        torch.save({"full": full.logits, "losses": full.losses, "resumed": resumed.logits}, f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_agree_and_resume_like_one_run(tmp_path):
+def test_ddp_two_processes_equal_one_with_the_global_batch_and_resume_with_another_count(tmp_path):
     import torch.multiprocessing as mp
 
-    results = tmp_path / "logits"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp.ckpt"), str(results)), nprocs=2, join=True)
+    single = _planted_run()
+    _planted_run(checkpoint=tmp_path / "by1.ckpt", checkpoint_every=5, callback=_stop_at(8))  # resumed by 2 in the workers
+    results = tmp_path / "out"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(results)), nprocs=2, join=True)
     r0, r1 = (torch.load(f"{results}.{r}") for r in range(2))
     assert torch.equal(r0["full"], r1["full"])  # DDP keeps the replicas identical
-    assert torch.equal(r0["resumed"], r0["full"]) and torch.equal(r1["resumed"], r0["full"])
-    single = sat3d.train_sat3d(PlantedGenerator(), PlantedMeasure(), steps=20, batch_size=2, n_codes=32, lr=0.05,
-                               lambdas={"bg": 0.0})
-    assert not torch.equal(single.logits, r0["full"])  # the second process's pairs did count
+    _assert_close(r0["full"], single.logits)  # 2 processes x 2 pairs == 1 process x 4 pairs
+    assert not torch.equal(single.logits, sat3d.initial_logits(["A", "B"], 40))
+    for k, v in single.losses.items():  # rank 0 logs the global batch's means
+        _assert_close(torch.tensor(r0["losses"][k]), torch.tensor(v))
+        assert r1["losses"][k] == r0["losses"][k]
+    _assert_close(r0["resumed"], single.logits)  # 1 process to step 8, then 2
+    ckpt = torch.load(tmp_path / "by2.ckpt", weights_only=True)
+    assert ckpt["step"] == 8 and ckpt["processes"] == 2 and ckpt["batch_size"] == 4
+    assert len(ckpt["log_attribute"]) == 8
+    resumed = _planted_run(checkpoint=tmp_path / "by2.ckpt", checkpoint_every=5)  # 2 processes to step 8, then 1
+    _assert_close(resumed.logits, single.logits)
+    _assert_close(resumed.logits, r0["full"])
+
+
+def test_checkpoints_hold_one_sampler_and_older_ones_still_resume(tmp_path):
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    kw = {"steps": 12, "batch_size": 2, "n_codes": 16, "lr": 0.05, "lambdas": {"bg": 0.0}}
+    full = sat3d.train_sat3d(G, meas, **kw)
+    ckpt = tmp_path / "run.ckpt"
+    sat3d.train_sat3d(G, meas, checkpoint=ckpt, checkpoint_every=5, callback=_stop_at(7), **kw)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["batch_size"] == 2 and state["processes"] == 1 and torch.is_tensor(state["rng"])
+    with pytest.raises(TargetCLIPError, match="global batch of 2 pairs"):
+        sat3d.train_sat3d(G, meas, checkpoint=ckpt, **{**kw, "batch_size": 1})
+    old = {k: v for k, v in state.items() if k not in ("batch_size", "processes")}
+    torch.save({**old, "rng": [state["rng"]]}, ckpt)  # a single process of an older version: one state in a list
+    assert torch.equal(sat3d.train_sat3d(G, meas, checkpoint=ckpt, **kw).logits, full.logits)
+    torch.save({**old, "rng": [state["rng"], state["rng"]]}, ckpt)  # 2 processes that drew their own pairs
+    with pytest.raises(TargetCLIPError, match="2-process run of an older version"):
+        sat3d.train_sat3d(G, meas, checkpoint=ckpt, **kw)
