@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .errors import TargetCLIPError
@@ -16,14 +17,21 @@ COMMANDS = ("sat3d-train", "sat3d-transfer")
 
 
 def add_parsers(subparsers) -> None:
-    t = subparsers.add_parser("sat3d-train", help="learn a SAT3D attribute x channel mask matrix (CLIP descriptor groups)")
+    t = subparsers.add_parser(
+        "sat3d-train", help="learn a SAT3D attribute x channel mask matrix (CLIP descriptor groups)",
+        description="Learn a SAT3D attribute x channel mask matrix.  Data parallel: `torchrun --nproc_per_node N -m "
+                    "targetclip_core sat3d-train ...` runs N processes (one GPU each with nccl, or gloo on CPU); "
+                    "--batch-size stays the global batch, so the matrix is the one a single process learns with it, "
+                    "and a checkpoint can be resumed with any number of processes.")
     t.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
     t.add_argument("--out", "-o", required=True, help="matrix .safetensors to write")
     t.add_argument("--descriptors", default="faces", help="faces, cats, cars, or a descriptor JSON file (default faces)")
     t.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
     t.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
     t.add_argument("--steps", type=int, default=10000)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=4,
+                   help="(source, reference) pairs per step: the GLOBAL batch, split over the processes under torchrun "
+                        "(a multiple of their number; default 4)")
     t.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate (default 0.01, as the paper)")
     t.add_argument("--n-codes", type=int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
     t.add_argument("--truncation", type=float, default=1.0)
@@ -37,7 +45,8 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--out-resolution", default="auto", help="render resolution for the losses (default: CLIP's size)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    t.add_argument("--device", default=None,
+                   help="cpu, cuda, mps (default: best available); under torchrun, cuda means cuda:LOCAL_RANK")
 
     x = subparsers.add_parser("sat3d-transfer", help="move attributes of a reference onto sources with a SAT3D matrix")
     x.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
@@ -67,17 +76,59 @@ def run(args) -> int:
 
 
 def cmd_sat3d_train(args) -> int:
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise TargetCLIPError(f"{out}: the matrix must be written as .safetensors")
+    device, started = _join_torchrun(args.device)
+    try:
+        return _sat3d_train(args, out, device)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _join_torchrun(device):
+    """Under torchrun (WORLD_SIZE > 1) with no process group yet, start one: nccl with this
+    process's GPU (cuda:LOCAL_RANK) when CUDA is used, gloo on CPU.  Returns (device, started)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return device, False
+    import torch
+    import torch.distributed as dist
+
+    from .loaders import default_device
+
+    if not dist.is_available():
+        raise TargetCLIPError(f"WORLD_SIZE={world} but this PyTorch build has no torch.distributed")
+    if dist.is_initialized():  # the caller's group
+        return device, False
+    dev = default_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    elif dev.type == "cpu":
+        backend = "gloo"
+    else:
+        raise TargetCLIPError(f"sat3d-train under torchrun runs on CUDA (nccl) or CPU (gloo), not {dev.type}: pass --device cpu")
+    dist.init_process_group(backend)  # rank, world size and rendezvous from torchrun's environment
+    return str(dev), True
+
+
+def _sat3d_train(args, out: Path, device) -> int:
+    import torch.distributed as dist
     from tqdm import tqdm
 
     from .clip import load_clip
     from .loaders import load_generator
     from .sat3d import QMM, load_descriptors, save_sat3d_matrix, train_sat3d
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise TargetCLIPError(f"{out}: the matrix must be written as .safetensors")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
     descriptors = load_descriptors(args.descriptors)
-    G = load_generator(args.generator, device=args.device)
+    G = load_generator(args.generator, device=device)
     C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device)
     measure = QMM(C, descriptors)
     parser = None
@@ -85,7 +136,7 @@ def cmd_sat3d_train(args) -> int:
         from .face_parsing import load_face_parser
 
         parser = load_face_parser(args.parser, device=G.device)
-    bar = tqdm(total=args.steps, desc="sat3d-train", unit="step")
+    bar = tqdm(total=args.steps, desc="sat3d-train", unit="step", disable=rank != 0)
 
     def progress(info) -> None:
         bar.n = info.step
@@ -97,12 +148,16 @@ def cmd_sat3d_train(args) -> int:
                          truncation=args.truncation, seed=args.seed, lambdas=lambdas, parser=parser, checkpoint=args.checkpoint,
                          checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution)
     bar.close()
-    save_sat3d_matrix(out, matrix)
-    print(f"wrote {out}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} channels, {matrix.steps} steps "
-          f"(pre-selection: {matrix.preselection})")
-    for name in matrix.attributes:
-        top = ", ".join(f"{layer}[{ch}]" for layer, ch, _ in matrix.top_channels(name, 3))
-        print(f"  {name:<12} strongest channels: {top}")
+    if rank == 0:  # every process holds the same matrix
+        save_sat3d_matrix(out, matrix)
+        processes = f", {dist.get_world_size()} processes" if distributed else ""
+        print(f"wrote {out}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} channels, {matrix.steps} steps "
+              f"(pre-selection: {matrix.preselection}){processes}")
+        for name in matrix.attributes:
+            top = ", ".join(f"{layer}[{ch}]" for layer, ch, _ in matrix.top_channels(name, 3))
+            print(f"  {name:<12} strongest channels: {top}")
+    if distributed:
+        dist.barrier()  # nobody returns before the matrix is written
     return 0
 
 

@@ -461,3 +461,59 @@ def test_checkpoints_hold_one_sampler_and_older_ones_still_resume(tmp_path):
     torch.save({**old, "rng": [state["rng"], state["rng"]]}, ckpt)  # 2 processes that drew their own pairs
     with pytest.raises(TargetCLIPError, match="2-process run of an older version"):
         sat3d.train_sat3d(G, meas, checkpoint=ckpt, **kw)
+
+
+def _tiny_clip_dir(folder):
+    """The tiny CLIP (seeded random weights) as open_clip's local-dir layout, loadable by any process."""
+    from essence_helpers import CLIP_CONFIG_DIR, TINY_CLIP
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    cfg = json.loads((CLIP_CONFIG_DIR / f"{TINY_CLIP}.json").read_text())
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in tiny_clip().model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return f"local-dir:{folder}"
+
+
+def _torchrun() -> list[str]:
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).with_name("torchrun")
+    found = str(beside) if beside.is_file() else shutil.which("torchrun")
+    return [found] if found else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_cli_under_torchrun_equals_one_process(tmp_path, capsys):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from targetclip_core.cli import main
+    from targetclip_core.loaders import save_generator
+
+    gen = tmp_path / "g.safetensors"
+    save_generator(tiny_generator(32), gen)
+    clip = _tiny_clip_dir(tmp_path / "clip")
+    common = ["sat3d-train", "-g", str(gen), "--clip", clip, "--pretrained", "none", "--steps", "4", "--n-codes", "8",
+              "--batch-size", "2", "--out-resolution", "16", "--device", "cpu", "--lr", "0.1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*common, "-o", str(tmp_path / "one.safetensors")]) == 0
+    capsys.readouterr()
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    env.pop("WORLD_SIZE", None)
+    run = subprocess.run([*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "targetclip_core", *common,
+                          "-o", str(tmp_path / "two.safetensors"), "--checkpoint", str(tmp_path / "two.ckpt")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("wrote ") == 1 and "2 processes" in run.stdout  # rank 0 alone writes and reports
+    one, two = (sat3d.load_sat3d_matrix(tmp_path / f"{n}.safetensors") for n in ("one", "two"))
+    _assert_close(two.logits, one.logits)
+    assert not torch.equal(one.logits, sat3d.initial_logits(one.attributes, one.layout.n_channels))
+    for k, v in one.losses.items():
+        _assert_close(torch.tensor(two.losses[k]), torch.tensor(v))
+    ckpt = torch.load(tmp_path / "two.ckpt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["processes"] == 2
