@@ -215,3 +215,22 @@ def random_rosinality_state(resolution: int = 16, channels=None, style_dim: int 
         sd[f"noises.noise_{2 * j + 1}"] = rnd(1, 1, res, res)
         sd[f"noises.noise_{2 * j + 2}"] = rnd(1, 1, res, res)
     return sd
+
+
+# --------------------------------------------------------------------------- ComfyUI node tests
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A temporary ComfyUI models/ and output/ (see comfy_harness; skips without ComfyUI's API)."""
+    from comfy_harness import temporary_models_dir
+
+    yield from temporary_models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pack(models_dir):
+    """The pack imported as ComfyUI imports a custom node folder (see comfy_harness)."""
+    from comfy_harness import imported_pack
+
+    yield from imported_pack()

