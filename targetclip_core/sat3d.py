@@ -18,6 +18,9 @@ Training: a bank of pre-sampled latents (6000 by default; their style codes are 
 the fly from W, which holds the same information in 1/18 of the memory), one attribute per
 step (|Omega| = 1), random source/reference pairs, Ranger (pytorch_optimizer) at lr 0.01,
 without its gradient centralisation (see _ranger).
+Beyond the paper: instant_transfer optimises the mask for one source/reference pair alone (no
+training set), and compare_instant_with_trained scores it against a trained matrix on the same
+pairs with the same losses (sat3d_losses).
 
 Decisions where the paper leaves room (a researcher reproducing it would expect these):
   - Weights: the paper lists 3.5 / 40 / 0.1 for L_src / L_bg / L_prob with L_ref at weight 1.
@@ -863,6 +866,78 @@ def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 
                        preselection=f"instant pair transfer of {', '.join(target)}")
 
 
+@dataclass
+class InstantComparison:
+    """compare_instant_with_trained's result.
+
+    pairs: one dict per pair: "trained" / "instant" (loss terms, floats, by sat3d_losses),
+      "winner" ("instant" when its total is lower, "trained" when higher, "tie"),
+      "instant_matrix" (the pair's SAT3DMatrix) and "styles_trained" / "styles_instant"
+      (the edited StyleSpace codes of the pair, batch 1, for rendering).
+    summary: "pairs", "trained" / "instant" (term -> mean over the pairs), "instant_wins",
+      "trained_wins", "ties" (counts by total loss), and the settings used.
+    """
+
+    pairs: list[dict]
+    summary: dict
+
+
+def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, references, attributes, *, steps: int = 300,
+                                 lr: float = 0.01, delta: float = 1.0, parser: RegionParser | None = None,
+                                 lambdas: dict | None = None, descriptors=None, out_resolution="auto",
+                                 init_from_trained: bool = False,
+                                 callback: Callable[[int, SAT3DStep], bool | None] | None = None) -> InstantComparison:
+    """The trained matrix against an instant (per-pair) matrix, on the same pairs and losses.
+
+    sources: W [N, w_dim] or W+ [N, n_latent, w_dim]; references: the same with N entries (pair
+    i = (source i, reference i)) or 1 (used for every source).  attributes: one target set
+    (|Omega| >= 1, a summed mask, as train_sat3d and instant_transfer optimise it).  For every
+    pair, instant_transfer optimises a matrix (from the usual initialisation, or from the
+    trained matrix with init_from_trained=True: then the instant one is never worse on its
+    pair, since instant_transfer keeps the best matrix seen, its start included); both are
+    scored by sat3d_losses with the same lambdas, parser and render resolution.
+    callback(pair_index, step) is instant_transfer's callback (True ends that pair's run).
+    """
+    target = [attributes] if isinstance(attributes, str) else list(attributes)
+    if list(matrix.attributes) != list(measure.attributes):
+        raise TargetCLIPError(f"the matrix has attributes {', '.join(matrix.attributes)} but the measure's descriptor set has "
+                              f"{', '.join(measure.attributes)}: compare with the descriptor set the matrix was trained with")
+    matrix.check_compatible(G, strict_weights=False)  # the layout must fit; weights are checked at load
+    sources, references = as_styles_input(G, sources), as_styles_input(G, references)
+    n = sources.shape[0]
+    if references.shape[0] not in (1, n):
+        raise TargetCLIPError(f"{n} sources need 1 or {n} references, got {references.shape[0]}")
+    delta = _check_delta(delta)
+    lambdas = {**DEFAULT_LAMBDAS, **(lambdas or {})}
+    score = dict(delta=delta, lambdas=lambdas, parser=parser, descriptors=descriptors, out_resolution=out_resolution)
+    pairs = []
+    for i in range(n):
+        src, ref = sources[i : i + 1], references[i : i + 1] if references.shape[0] == n else references[:1]
+        hook = None if callback is None else (lambda info, i=i: callback(i, info))
+        instant = instant_transfer(G, measure, src, ref, target, steps=steps, lr=lr, delta=delta, lambdas=lambdas,
+                                   parser=parser, descriptors=descriptors, init=matrix if init_from_trained else None,
+                                   out_resolution=out_resolution, callback=hook)
+        trained_terms = sat3d_losses(G, measure, matrix.logits, src, ref, target, **score)
+        instant_terms = sat3d_losses(G, measure, instant.logits, src, ref, target, **score)
+        a, b = instant_terms["total"], trained_terms["total"]
+        with torch.no_grad():
+            styles = {name: transfer_styles(G, src, ref, m, target, delta, combine=True)
+                      for name, m in (("trained", matrix), ("instant", instant))}
+        pairs.append({"pair": i, "trained": trained_terms, "instant": instant_terms,
+                      "winner": "instant" if a < b else "trained" if a > b else "tie", "instant_matrix": instant,
+                      "styles_trained": styles["trained"], "styles_instant": styles["instant"]})
+    return InstantComparison(pairs, summarize_comparison(pairs, attributes=target, steps=steps, lr=lr, delta=delta,
+                                                         init_from_trained=init_from_trained))
+
+
+def summarize_comparison(pairs: list[dict], **settings) -> dict:
+    """Means of every loss term for both matrices and who wins how often (by total loss)."""
+    winners = [p["winner"] for p in pairs]
+    mean = {side: {k: sum(p[side][k] for p in pairs) / max(1, len(pairs)) for k in LOSS_TERMS} for side in ("trained", "instant")}
+    return {"pairs": len(pairs), **mean, "instant_wins": winners.count("instant"), "trained_wins": winners.count("trained"),
+            "ties": winners.count("tie"), **settings}
+
+
 def images_for_pair(G, source, reference, out_resolution=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Renders of a source and a reference (for sheets): two [B, 3, H, W]."""
     with torch.no_grad():
@@ -871,8 +946,8 @@ def images_for_pair(G, source, reference, out_resolution=None) -> tuple[torch.Te
 
 
 __all__ = [
-    "AttributeDescriptors", "DescriptorSet", "QMM", "SAT3DMatrix", "SAT3DStep", "attribute_distance", "attribute_mask",
-    "MaskMatrixModule", "initial_logits", "instant_transfer", "load_descriptors", "load_sat3d_matrix", "loss_bg", "loss_prob", "loss_ref",
-    "loss_src", "preselect_channels", "sat3d_losses", "sample_latent_bank", "save_sat3d_matrix", "total_loss", "train_sat3d", "transfer",
+    "AttributeDescriptors", "DescriptorSet", "InstantComparison", "QMM", "SAT3DMatrix", "SAT3DStep", "attribute_distance", "attribute_mask",
+    "MaskMatrixModule", "compare_instant_with_trained", "initial_logits", "instant_transfer", "load_descriptors", "load_sat3d_matrix", "loss_bg", "loss_prob", "loss_ref",
+    "loss_src", "preselect_channels", "sat3d_losses", "sample_latent_bank", "save_sat3d_matrix", "summarize_comparison", "total_loss", "train_sat3d", "transfer",
     "transfer_styles",
 ]

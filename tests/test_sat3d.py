@@ -314,6 +314,52 @@ def test_instant_transfer_learns_the_pair_mask():
     assert p[meas.A_CHANNELS].min() > 0.5 and m.losses["ref"][-1] < m.losses["ref"][0]
 
 
+def _planted_pairs(n_src=3, n_ref=3):
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(n_src, 8, generator=g), torch.randn(n_ref, 8, generator=g)
+
+
+PAPER_LAMBDAS = {"ref": 1.0, "src": 3.5, "bg": 40.0, "prob": 0.1}
+
+
+def test_instant_from_the_trained_matrix_never_loses_on_its_pair():
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    trained = sat3d.train_sat3d(G, meas, steps=40, batch_size=4, n_codes=64, lr=0.05, lambdas={"bg": 0.0})
+    src, ref = _planted_pairs(3, 1)
+    # instant_transfer keeps the best matrix seen, its start included: one step returns the start itself
+    assert torch.equal(sat3d.instant_transfer(G, meas, src[:1], ref, "A", steps=1, init=trained).logits, trained.logits)
+    for lr in (0.05, 2.0):  # a sane rate, and one whose steps overshoot
+        r = sat3d.compare_instant_with_trained(G, meas, trained, src, ref, ["A"], steps=8, lr=lr, init_from_trained=True)
+        assert len(r.pairs) == 3 and r.summary["trained_wins"] == 0
+        for i, p in enumerate(r.pairs):
+            assert p["instant"]["total"] <= p["trained"]["total"] + 1e-6, (lr, p)
+            assert p["trained"] == sat3d.sat3d_losses(G, meas, trained.logits, src[i : i + 1], ref, ["A"])  # one reference for all
+        s = r.summary
+        assert s["instant_wins"] + s["ties"] == 3
+        for side in ("trained", "instant"):
+            assert s[side]["total"] == pytest.approx(np.mean([p[side]["total"] for p in r.pairs]))
+            assert s[side]["total"] == pytest.approx(sum(w * s[side][k] for k, w in PAPER_LAMBDAS.items()))
+
+
+def test_instant_masks_beat_a_wrong_matrix_and_concentrate_on_the_planted_channels():
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    wrong = hard_matrix(G, {"A": meas.B_CHANNELS, "B": meas.A_CHANNELS})  # A's edit moves B's channels
+    src, ref = _planted_pairs()
+    r = sat3d.compare_instant_with_trained(G, meas, wrong, src, ref, ["A"], steps=200, lr=0.1)
+    assert r.summary["instant_wins"] == 3 and r.summary["instant"]["total"] < r.summary["trained"]["total"]
+    rest = torch.ones(StyleLayout.from_generator(G).n_channels, dtype=torch.bool)
+    rest[meas.A_CHANNELS] = False
+    for i, p in enumerate(r.pairs):
+        mask = p["instant_matrix"].mask(["A"])  # starts uniform (1 / (e + 2) everywhere)
+        assert int(mask.argmax()) in meas.A_CHANNELS
+        assert mask[meas.A_CHANNELS].mean() > 5 * mask[rest].mean(), mask
+        # the returned styles are the pair's edits by each matrix
+        want = sat3d.transfer_styles(G, src[i : i + 1], ref[i : i + 1], p["instant_matrix"], ["A"])
+        assert all(torch.equal(p["styles_instant"][k], want[k]) for k in want)
+    with pytest.raises(TargetCLIPError, match="1 or 3 references"):
+        sat3d.compare_instant_with_trained(G, meas, wrong, src, ref[:2], ["A"], steps=1)
+
+
 def test_preselection_picks_channels_drawn_inside_the_region():
     G = PlantedGenerator()
     layout = StyleLayout.from_generator(G)
