@@ -48,9 +48,37 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--device", default=None,
                    help="cpu, cuda, mps (default: best available); under torchrun, cuda means cuda:LOCAL_RANK")
 
-    x = subparsers.add_parser("sat3d-transfer", help="move attributes of a reference onto sources with a SAT3D matrix")
+    x = subparsers.add_parser(
+        "sat3d-transfer", help="move attributes of a reference onto sources with a SAT3D matrix",
+        description="Move attributes of a reference onto sources with a trained SAT3D matrix (--matrix), with a mask "
+                    "optimised for each pair alone (--instant STEPS), or both side by side with their SAT3D losses "
+                    "(--compare STEPS).  --instant/--compare take the attributes as one target set (one summed mask, "
+                    "as --combine) and need CLIP (--clip/--pretrained) and the matrix's descriptor set.")
     x.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
-    x.add_argument("--matrix", "-m", required=True, help="matrix .safetensors from sat3d-train")
+    x.add_argument("--matrix", "-m", default=None,
+                   help="matrix .safetensors from sat3d-train (required, except with --instant)")
+    mode = x.add_mutually_exclusive_group()
+    mode.add_argument("--instant", type=int, default=None, metavar="STEPS",
+                      help="optimise a mask for each (source, reference) pair with the SAT3D losses for STEPS steps "
+                           "instead of using --matrix (which, with --init-from-matrix, is its starting point)")
+    mode.add_argument("--compare", type=int, default=None, metavar="STEPS",
+                      help="needs --matrix: also optimise an instant mask per pair (STEPS steps) and write compare.csv "
+                           "(both matrices' loss terms per pair), compare.md (their means) and compare_NNNN.png "
+                           "(source | reference | trained | instant)")
+    x.add_argument("--init-from-matrix", action="store_true", help="start the instant masks from --matrix")
+    x.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate of the instant masks (default 0.01)")
+    x.add_argument("--descriptors", default=None,
+                   help="descriptor set for --instant/--compare: faces, cats, cars or a JSON file (default: the matrix's, "
+                        "else faces)")
+    x.add_argument("--clip", default="ViT-B-32",
+                   help="for --instant/--compare: open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
+    x.add_argument("--pretrained", default="openai",
+                   help="for --instant/--compare: open_clip tag or checkpoint file (default openai); 'none' for random")
+    x.add_argument("--parser", default=None, metavar="PATH_OR_NAME",
+                   help="for --instant/--compare: face parser for L_bg (BiSeNet 79999_iter.pth or bisenet-face-parsing-79999); "
+                        "without one L_bg is 0")
+    x.add_argument("--out-resolution", default="auto",
+                   help="for --instant/--compare: render resolution for the losses (default: CLIP's size)")
     src = x.add_mutually_exclusive_group(required=True)
     src.add_argument("--source-seeds", help="source seeds, e.g. 0-3,10")
     src.add_argument("--source", help="source W/W+ latent file")
@@ -175,7 +203,26 @@ def _latents(G, seeds_text, path, truncation, first_only=False):
         return G.to_wplus(G.mapping(z_from_seeds(seeds, G.z_dim).to(G.device), truncation=truncation))
 
 
+def _check_transfer_mode(args) -> None:
+    """Refuse inconsistent flags before anything is loaded."""
+    if args.compare is not None and not args.matrix:
+        raise TargetCLIPError("--compare compares an instant mask with a trained one: pass the trained --matrix")
+    if not args.matrix and args.instant is None:
+        raise TargetCLIPError("pass a trained --matrix, or --instant STEPS to optimise a mask for each pair instead")
+    if args.init_from_matrix and not (args.matrix and (args.instant is not None or args.compare is not None)):
+        raise TargetCLIPError("--init-from-matrix starts the --instant/--compare masks from --matrix: pass both")
+    steps = args.instant if args.instant is not None else args.compare
+    if steps is not None:
+        if steps < 1:
+            raise TargetCLIPError(f"--instant/--compare need at least 1 step, got {steps}")
+        if len(args.delta) != 1:
+            raise TargetCLIPError("--instant/--compare optimise one mask for the attribute set: give one --delta")
+
+
 def cmd_sat3d_transfer(args) -> int:
+    _check_transfer_mode(args)
+    if args.instant is not None or args.compare is not None:
+        return _sat3d_transfer_instant(args)
     import torch
 
     from .images import save_png
@@ -198,6 +245,134 @@ def cmd_sat3d_transfer(args) -> int:
                                                    "delta": args.delta, "combine": args.combine}, indent=1), "utf-8")
     print(f"wrote {len(edited)} transfers of {', '.join(args.attributes)} to {out}")
     return 0
+
+
+def _descriptor_name(args, matrix) -> str:
+    if args.descriptors:
+        return args.descriptors
+    recorded = matrix.descriptors if matrix is not None else ""
+    if recorded.startswith("builtin:"):
+        return recorded.split(":", 1)[1]
+    return recorded or "faces"
+
+
+COMPARE_COLUMNS = ("pair", "source", "winner", *(f"{side}_{k}" for side in ("trained", "instant")
+                                                  for k in ("total", "ref", "src", "bg", "prob")))
+
+
+def _sat3d_transfer_instant(args) -> int:
+    """--instant (a mask per pair instead of the matrix) and --compare (both, with their losses)."""
+    import torch
+    from tqdm import tqdm
+
+    from .clip import load_clip
+    from .images import captioned_grid, save_png
+    from .loaders import load_generator
+    from .sat3d import (QMM, compare_instant_with_trained, instant_transfer, load_descriptors, load_sat3d_matrix,
+                        transfer_styles)
+
+    G = load_generator(args.generator, device=args.device)
+    matrix = (load_sat3d_matrix(args.matrix, generator=G, strict_weights=not args.allow_other_weights)
+              if args.matrix else None)
+    descriptors = load_descriptors(_descriptor_name(args, matrix))
+    for name in args.attributes:
+        descriptors[name]  # an unknown attribute fails before CLIP is loaded
+    if matrix is not None and list(matrix.attributes) != descriptors.names:
+        raise TargetCLIPError(f"{args.matrix} has attributes {', '.join(matrix.attributes)} but descriptor set "
+                              f"{descriptors.source} has {', '.join(descriptors.names)}: pass the matrix's --descriptors")
+    parser = None
+    if args.parser:
+        from .face_parsing import load_face_parser
+
+        parser = load_face_parser(args.parser, device=G.device)
+        if hasattr(parser, "check_regions"):
+            parser.check_regions(sorted({descriptors[a].region for a in args.attributes if descriptors[a].region}))
+    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device)
+    measure = QMM(C, descriptors)
+    source = _latents(G, args.source_seeds, args.source, args.truncation)
+    reference = _latents(G, args.reference_seed, args.reference, args.truncation, first_only=True)
+    labels = _source_labels(args, len(source))
+    steps = args.instant if args.instant is not None else args.compare
+    bar = tqdm(total=steps * len(source), desc="sat3d-transfer", unit="step")
+
+    def progress(i, info) -> None:
+        bar.n = i * steps + info.step
+        bar.set_postfix(pair=i, loss=f"{info.losses['total']:.4f}", refresh=False)
+        bar.refresh()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"steps": steps, "lr": args.lr, "delta": args.delta[0], "parser": parser, "out_resolution": args.out_resolution}
+    if args.compare is not None:
+        result = compare_instant_with_trained(G, measure, matrix, source, reference, args.attributes,
+                                              init_from_trained=args.init_from_matrix, callback=progress, **common)
+        bar.close()
+        styles = [(p["styles_trained"], p["styles_instant"]) for p in result.pairs]
+    else:
+        styles = []
+        for i in range(len(source)):
+            m = instant_transfer(G, measure, source[i : i + 1], reference, args.attributes,
+                                 init=matrix if args.init_from_matrix else None,
+                                 callback=lambda info, i=i: progress(i, info), **common)
+            styles.append((None, transfer_styles(G, source[i : i + 1], reference, m, args.attributes, args.delta[0],
+                                                 combine=True)))
+        bar.close()
+    with torch.no_grad():
+        ref_img = G.synthesis(reference)
+        save_png(ref_img[0], out / "reference.png")
+        for i, (src_img, (st_trained, st_instant)) in enumerate(zip(G.synthesis(source), styles)):
+            instant_img = G.synthesis_from_styles(st_instant)
+            save_png(src_img, out / f"source_{i:04d}.png")
+            if st_trained is None:
+                save_png(instant_img[0], out / f"transfer_{i:04d}.png")
+                continue
+            trained_img = G.synthesis_from_styles(st_trained)
+            save_png(trained_img[0], out / f"transfer_{i:04d}.png")
+            save_png(instant_img[0], out / f"instant_{i:04d}.png")
+            row = torch.cat([src_img[None], ref_img[:1], trained_img[:1], instant_img[:1]])
+            save_png(captioned_grid(row, 4, ["source", "reference", "trained", "instant"])[0], out / f"compare_{i:04d}.png")
+    info = {"matrix": str(args.matrix) if args.matrix else None, "attributes": args.attributes, "delta": args.delta,
+            "combine": True, "mode": "compare" if args.compare is not None else "instant", "steps": steps, "lr": args.lr,
+            "init_from_matrix": args.init_from_matrix, "descriptors": descriptors.source, "clip": args.clip,
+            "pretrained": args.pretrained, "parser": args.parser}
+    if args.compare is not None:
+        _write_comparison(out, result, labels, info)
+        s = result.summary
+        print(f"compared {s['pairs']} pairs: mean total loss trained {s['trained']['total']:.4f}, instant "
+              f"{s['instant']['total']:.4f}; instant lower on {s['instant_wins']} of {s['pairs']}")
+    (out / "transfer.json").write_text(json.dumps(info, indent=1), "utf-8")
+    print(f"wrote {len(source)} {info['mode']} transfers of {', '.join(args.attributes)} to {out}")
+    return 0
+
+
+def _source_labels(args, n) -> list[str]:
+    if args.source_seeds is not None:
+        from .cli import parse_seeds
+
+        return [f"seed {s}" for s in parse_seeds(str(args.source_seeds))]
+    return [f"{Path(args.source).name}[{i}]" for i in range(n)]
+
+
+def _write_comparison(out: Path, result, labels, info) -> None:
+    import csv
+
+    with (out / "compare.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(COMPARE_COLUMNS)
+        for p, label in zip(result.pairs, labels):
+            w.writerow([p["pair"], label, p["winner"], *(repr(p[side][k]) for side in ("trained", "instant")
+                                                          for k in ("total", "ref", "src", "bg", "prob"))])
+    s = result.summary
+    init = "the trained matrix" if info["init_from_matrix"] else "the usual initialisation"
+    lines = [f"# SAT3D: trained matrix vs instant per-pair masks ({', '.join(info['attributes'])})", "",
+             f"{s['pairs']} pairs; instant masks: {info['steps']} steps at lr {info['lr']:g} from {init}; "
+             f"delta {info['delta'][0]:g}; matrix `{info['matrix']}`; descriptors {info['descriptors']}; "
+             f"L_bg {'on (' + str(info['parser']) + ')' if info['parser'] else 'off (no --parser)'}.", "",
+             "| loss term | trained (mean) | instant (mean) |", "|---|---|---|"]
+    lines += [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in ("total", "ref", "src", "bg", "prob")]
+    lines += ["", f"Lower total loss: instant on {s['instant_wins']} pairs, trained on {s['trained_wins']}, "
+                  f"ties {s['ties']} (per pair: compare.csv).", ""]
+    (out / "compare.md").write_text("\n".join(lines), "utf-8")
 
 
 def build_standalone_parser() -> argparse.ArgumentParser:

@@ -420,6 +420,70 @@ def test_cli_train_then_transfer(tmp_path, capsys):
                  "-a", "Wings", "-o", str(out), "--device", "cpu"]) == 2
 
 
+def test_cli_transfer_instant_and_compare(tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    from essence_helpers import TINY_CLIP
+    from targetclip_core.cli import parse_seeds
+    from targetclip_core.cli_sat3d import main
+    from targetclip_core.clip import load_clip
+    from targetclip_core.latents import z_from_seeds
+    from targetclip_core.loaders import load_generator, save_generator
+
+    gen, matrix = tmp_path / "g.safetensors", tmp_path / "m.safetensors"
+    save_generator(tiny_generator(32), gen)
+    clip = _tiny_clip_dir(tmp_path / "clip")  # the same CLIP weights in every load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["sat3d-train", "-g", str(gen), "-o", str(matrix), "--clip", TINY_CLIP, "--pretrained", "none",
+                     "--steps", "3", "--n-codes", "4", "--batch-size", "1", "--out-resolution", "16", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    base = ["sat3d-transfer", "-g", str(gen), "--source-seeds", "0-2", "--reference-seed", "5", "-a", "Hairstyle",
+            "--device", "cpu", "--clip", clip, "--pretrained", "none", "--out-resolution", "16", "--lr", "0.1"]
+    out = tmp_path / "cmp"
+    assert main([*base, "-m", str(matrix), "--compare", "3", "-o", str(out)]) == 0
+    assert "compared 3 pairs" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"compare.csv", "compare.md", "reference.png", "transfer.json"} <= names
+    assert all(f"{kind}_{i:04d}.png" in names for kind in ("source", "transfer", "instant", "compare") for i in range(3))
+    rows = list(csv.DictReader((out / "compare.csv").open(encoding="utf-8")))
+    assert [r["source"] for r in rows] == ["seed 0", "seed 1", "seed 2"]
+    # the trained columns, recomputed here: the matrix on each (source seed, reference seed) pair
+    G = load_generator(gen, device="cpu")
+    m = sat3d.load_sat3d_matrix(matrix, generator=G)
+    q = sat3d.QMM(load_clip(clip, None, device="cpu"), sat3d.load_descriptors("faces"))
+    with torch.no_grad():
+        src = G.to_wplus(G.mapping(z_from_seeds(parse_seeds("0-2"), G.z_dim), truncation=0.7))
+        ref = G.to_wplus(G.mapping(z_from_seeds([5], G.z_dim), truncation=0.7))
+    for i, row in enumerate(rows):
+        want = sat3d.sat3d_losses(G, q, m.logits, src[i : i + 1], ref, ["Hairstyle"], out_resolution=16)
+        for k, v in want.items():
+            assert float(row[f"trained_{k}"]) == pytest.approx(v, rel=1e-5, abs=1e-7), (i, k)
+        assert row["winner"] in ("instant", "trained", "tie")
+    md = (out / "compare.md").read_text("utf-8")
+    mean_total = np.mean([float(r["trained_total"]) for r in rows])
+    assert f"| total | {mean_total:.6g} |" in md
+    sheet = np.asarray(Image.open(out / "compare_0000.png"))
+    assert sheet.shape[1] == 4 * 32  # source | reference | trained | instant
+
+    inst = tmp_path / "inst"  # no matrix: a mask per pair alone
+    assert main([*base, "--instant", "2", "-o", str(inst)]) == 0
+    assert sorted(p.name for p in inst.iterdir()) == [
+        "reference.png", "source_0000.png", "source_0001.png", "source_0002.png", "transfer.json",
+        "transfer_0000.png", "transfer_0001.png", "transfer_0002.png"]
+    assert json.loads((inst / "transfer.json").read_text())["mode"] == "instant"
+    capsys.readouterr()
+
+    for bad, why in ((["--compare", "2"], "--compare compares an instant mask with a trained one"),
+                     ([], "pass a trained --matrix, or --instant STEPS"),
+                     (["--instant", "2", "--init-from-matrix"], "--init-from-matrix")):
+        assert main([*base, *bad, "-o", str(tmp_path / "bad")]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 # --------------------------------------------------------------------------- scale-out (gloo on CPU)
 # The run is defined by its global batch: N processes with global batch B learn what one process
 # learns with B.  Equal up to float reduction order (DDP averages the shards' gradients, a single
