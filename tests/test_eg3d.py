@@ -464,3 +464,78 @@ def test_view_consistency_of_an_essence_by_hand(G_tiny):
                    for p in range(3) for q in range(3) if p != q]
             assert abs(float(got["per_source"][i]) - sum(cos) / 6) < 1e-4
     assert got["views"] == [(-20.0, 0.0), (0.0, 0.0), (20.0, 0.0)]
+
+
+def test_auto_ray_limits_are_the_box_intersections():
+    from targetclip_core.eg3d import ray_box_limits
+
+    origins = torch.tensor([[[0.0, 0.0, 2.7], [0.0, 0.0, 2.7], [0.3, 0.0, 2.7]]])
+    dirs = torch.nn.functional.normalize(torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, -0.1], [0.0, 0.0, -1.0]]]), dim=-1)
+    start, end = ray_box_limits(origins, dirs, 1.0)
+    # straight through the unit box (side 1): enters at z = 0.5, leaves at z = -0.5
+    assert torch.allclose(start[0, 0], torch.tensor([2.2])) and torch.allclose(end[0, 0], torch.tensor([3.2]))
+    assert torch.allclose(start[0, 2], torch.tensor([2.2])) and torch.allclose(end[0, 2], torch.tensor([3.2]))
+    # the second ray misses the box: it gets the smallest entry and the largest entry of the hits (as the reference)
+    assert float(start[0, 1]) == float(start[0, [0, 2]].min()) and float(end[0, 1]) == float(start[0, [0, 2]].max())
+
+
+def test_auto_limits_render_the_wall_where_it_is():
+    G, planes, z_wall = _wall_generator()
+    G.rendering.update(ray_start="auto", ray_end="auto")
+    c = G.camera([0.0, 10.0])
+    with torch.no_grad():
+        out = G.render_triplanes(planes.expand(2, -1, -1, -1, -1), [], c, neural_rendering_resolution=8, super_resolve=False)
+    pose, K = split_label(c)
+    origins, dirs = ray_bundle(pose, K, 8)
+    expected = (z_wall - origins[..., 2]) / dirs[..., 2]
+    assert (out["image_depth"].reshape(2, -1) - expected).abs().max() < 0.02
+
+
+def test_white_background_fills_empty_space_with_white():
+    """Empty space (no density): features composite to 0, i.e. -1; with white_back, to +1 exactly as 2(1 - 0) - 1."""
+    G = tiny_eg3d()
+    with torch.no_grad():
+        for p in G.decoder.parameters():
+            p.zero_()
+        G.decoder.net[2].bias[0] = -60 / G.decoder.net[2].bias_gain  # softplus(-61) ~ 0 everywhere
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        black = G.render(ws, G.camera(0.0))["image_raw"]
+        G.rendering["white_back"] = True
+        white = G.render(ws, G.camera(0.0))["image_raw"]
+    assert torch.allclose(black, torch.full_like(black, -1.0), atol=1e-5)
+    assert torch.allclose(white, torch.ones_like(white), atol=1e-5)
+
+
+def test_conditioning_switches_of_the_rendering_options():
+    G = tiny_eg3d()
+    z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1))
+    zero_c = G.backbone.mapping(z, torch.zeros(1, 25))
+    G.rendering["c_gen_conditioning_zero"] = True
+    torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
+    G.rendering.update(c_gen_conditioning_zero=False, c_scale=0.0)
+    torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
+
+
+def test_sampling_multiplier_is_temporary():
+    G = tiny_eg3d()
+    with G.sampling(2.0):
+        assert (G.rendering["depth_resolution"], G.rendering["depth_resolution_importance"]) == (12, 12)
+    assert (G.rendering["depth_resolution"], G.rendering["depth_resolution_importance"]) == (6, 6)
+    with pytest.raises(ValueError, match="positive"):
+        with G.sampling(0.0):
+            pass
+
+
+def test_stratified_depths_by_hand():
+    from targetclip_core.eg3d import stratified_depths
+
+    mid = stratified_depths(1, 2, 2.0, 3.0, 3, disparity=False, deterministic=True, device="cpu")
+    torch.testing.assert_close(mid[0, 0, :, 0], torch.tensor([2.25, 2.75, 3.25]))  # bin starts + half a bin
+    disp = stratified_depths(1, 1, 2.0, 3.0, 3, disparity=True, deterministic=True, device="cpu")
+    d = torch.tensor([0.25, 0.75, 1.25])  # linspace(0, 1, 3) + 0.5 / 2, then inverse-depth interpolation
+    torch.testing.assert_close(disp[0, 0, :, 0], 1 / (1 / 2.0 * (1 - d) + 1 / 3.0 * d))
+    jitter = stratified_depths(1, 4, 2.0, 3.0, 3, disparity=False, deterministic=False, device="cpu",
+                               generator=torch.Generator().manual_seed(0))
+    lo = torch.tensor([2.0, 2.5, 3.0])
+    assert ((jitter[0, :, :, 0] >= lo) & (jitter[0, :, :, 0] <= lo + 0.5)).all()
