@@ -244,7 +244,7 @@ def ffhq512_eg3d_config():
     channels = {r: min(32768 // r, 512) for r in (4, 8, 16, 32, 64, 128, 256)}
     backbone = StyleGAN2Config(resolution=256, channels=channels, c_dim=25, n_mlp=2, img_channels=96)
     rendering = {"depth_resolution": 48, "depth_resolution_importance": 48, "ray_start": 2.25, "ray_end": 3.3,
-                 "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]}
+                 "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2], "c_scale": 1.0}
     return EG3DConfig(backbone=backbone, img_resolution=512, superresolution_module="SuperresolutionHybrid8XDC",
                       sr_conv_clamp=256.0, neural_rendering_resolution=128, rendering=rendering, source_format="random")
 

@@ -60,7 +60,7 @@ RENDERING_DEFAULTS = {
     "clamp_mode": "softplus",
     "white_back": False,
     "c_gen_conditioning_zero": False,
-    "c_scale": 1.0,
+    "c_scale": 0.0,  # the reference's mapping uses rendering_kwargs.get('c_scale', 0); official pickles say 1
     "avg_camera_radius": 2.7,
     "avg_camera_pivot": [0.0, 0.0, 0.2],
     "superresolution_noise_mode": "none",
@@ -385,8 +385,6 @@ class EG3DGenerator(nn.Module):
         self.rendering = dict(cfg.rendering)  # per instance: users may raise depth_resolution etc.
         self.neural_rendering_resolution = cfg.neural_rendering_resolution
         self.ray_chunk = 2**15  # rays per volume-rendering pass: bounds memory, same result
-        r = cfg.rendering
-        self.rig = CameraRig(radius=float(r["avg_camera_radius"]), pivot=tuple(float(v) for v in r["avg_camera_pivot"]))
 
     # ---- properties shared with StyleGAN2Generator
     @property
@@ -449,6 +447,12 @@ class EG3DGenerator(nn.Module):
             self.rendering.update(saved)
 
     # ---- cameras and latents
+    @property
+    def rig(self) -> CameraRig:
+        """Where this generator's cameras sit: its training radius and pivot (rendering options)."""
+        r = self.rendering
+        return CameraRig(radius=float(r["avg_camera_radius"]), pivot=tuple(float(v) for v in r["avg_camera_pivot"]))
+
     def camera(self, yaw=0.0, pitch=0.0, fov_degrees: float | None = None) -> torch.Tensor:
         """Camera labels [B, 25] around this generator's pivot (degrees; 0, 0 = frontal)."""
         rig = self.rig if fov_degrees is None else CameraRig(self.rig.radius, self.rig.pivot, float(fov_degrees))
@@ -459,9 +463,11 @@ class EG3DGenerator(nn.Module):
         split_label(c)  # shape and finiteness
         if c.shape[0] == 1 and batch > 1:
             c = c.expand(batch, -1)
+        elif c.shape[0] != batch:
+            raise LatentError(f"{c.shape[0]} camera labels for {batch} latents: give one label or one per latent")
         if self.rendering["c_gen_conditioning_zero"]:
             c = torch.zeros_like(c)
-        return c * float(self.rendering.get("c_scale", 1.0))
+        return c * float(self.rendering["c_scale"])
 
     def mapping(self, z, c=None, truncation=1.0, truncation_latent=None, truncation_cutoff=None):
         """z [B, z_dim] (+ camera labels c [B, 25], default frontal) -> ws [B, n_latent, w_dim]."""

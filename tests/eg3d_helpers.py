@@ -14,7 +14,7 @@ from test_loaders import build_network, fake_nvlabs_modules
 
 TINY_RENDERING = {
     "depth_resolution": 6, "depth_resolution_importance": 6, "ray_start": 2.25, "ray_end": 3.3, "box_warp": 1.0,
-    "avg_camera_radius": 2.7, "avg_camera_pivot": [0.0, 0.0, 0.2], "superresolution_noise_mode": "none",
+    "avg_camera_radius": 2.7, "avg_camera_pivot": [0.0, 0.0, 0.2], "superresolution_noise_mode": "none", "c_scale": 1.0,
 }
 
 

@@ -324,6 +324,8 @@ def test_latents_of_another_generator_are_refused(G_tiny):
         G_tiny.synthesis(torch.zeros(1, 18, 16))
     with pytest.raises(LatentError, match="cameras for"):
         G_tiny.render(G_tiny.mapping(torch.randn(3, 16)), G_tiny.camera([0.0, 1.0]))
+    with pytest.raises(LatentError, match="camera labels for 3 latents"):
+        G_tiny.mapping(torch.randn(3, 16), G_tiny.camera([0.0, 1.0]))
 
 
 def test_default_conditioning_is_the_frontal_camera(G_tiny):
@@ -515,6 +517,10 @@ def test_conditioning_switches_of_the_rendering_options():
     torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
     G.rendering.update(c_gen_conditioning_zero=False, c_scale=0.0)
     torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
+    # a pickle without c_scale maps as the reference does then: rendering_kwargs.get('c_scale', 0)
+    from targetclip_core.eg3d import RENDERING_DEFAULTS
+
+    assert RENDERING_DEFAULTS["c_scale"] == 0.0
 
 
 def test_sampling_multiplier_is_temporary():
