@@ -321,10 +321,17 @@ class SAT3DTrain:
                 return True
             return False
 
+        preselection = {}
+
+        def on_preselect(done, total):  # channel pre-selection (with a parser) renders every channel: show it, allow cancel
+            if "bar" not in preselection:
+                preselection["bar"] = Progress(total)
+            preselection["bar"].update(done)
+
         matrix = train_sat3d(G, measure, steps=steps, batch_size=batch_size, lr=lr, n_codes=n_codes, truncation=truncation,
                              seed=seed, lambdas={"src": lambda_src, "prob": lambda_prob, "bg": lambda_bg if face_parser else 0.0},
                              parser=face_parser, descriptors=descriptor_set, checkpoint=_checkpoint_path(checkpoint_name),
-                             callback=on_step)
+                             callback=on_step, preselect_kwargs={"progress": on_preselect})
         mm.soft_empty_cache()
         if stopped:
             mm.throw_exception_if_processing_interrupted()  # raises (and clears the flag) unless the hook already did

@@ -165,6 +165,13 @@ def _sat3d_train(args, out: Path, device) -> int:
 
         parser = load_face_parser(args.parser, device=G.device)
     bar = tqdm(total=args.steps, desc="sat3d-train", unit="step", disable=rank != 0)
+    channels_bar = {}
+
+    def preselect_progress(done, total) -> None:  # with a parser, pre-selection renders every channel first
+        if "bar" not in channels_bar:
+            channels_bar["bar"] = tqdm(total=total, desc="pre-selection", unit="channel", disable=rank != 0, leave=False)
+        channels_bar["bar"].n = done
+        channels_bar["bar"].refresh()
 
     def progress(info) -> None:
         bar.n = info.step
@@ -174,8 +181,11 @@ def _sat3d_train(args, out: Path, device) -> int:
     lambdas = {"src": args.lambda_src, "bg": args.lambda_bg, "prob": args.lambda_prob}
     matrix = train_sat3d(G, measure, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_codes=args.n_codes,
                          truncation=args.truncation, seed=args.seed, lambdas=lambdas, parser=parser, checkpoint=args.checkpoint,
-                         checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution)
+                         checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution,
+                         preselect_kwargs={"progress": preselect_progress})
     bar.close()
+    if "bar" in channels_bar:
+        channels_bar["bar"].close()
     if rank == 0:  # every process holds the same matrix
         save_sat3d_matrix(out, matrix)
         processes = f", {dist.get_world_size()} processes" if distributed else ""

@@ -771,13 +771,15 @@ def _load_checkpoint(path, G, attributes, layout) -> dict:
 @torch.no_grad()
 def preselect_channels(G, layout: StyleLayout, latent_bank: torch.Tensor, parser: RegionParser, regions: dict,
                        n_samples: int = 4, top_k: int = 64, d_t: float = 0.5, fd_scale: float = 0.5,
-                       chunk: int = 64, seed: int = 0, out_resolution: int | None = None) -> dict:
+                       chunk: int = 64, seed: int = 0, out_resolution: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
     """Channels whose gradient maps fall inside each attribute's region: {attribute: LongTensor}.
 
     For every channel c the finite-difference gradient map |G(s + eps_c e_c) - G(s)| (eps_c =
     fd_scale * std of the channel over the bank) is summed over colour; its fraction inside
     the parser's region, averaged over n_samples codes, scores the channel.  Channels scoring
-    >= d_t are kept, the top_k best per region.  Costs n_channels * n_samples renders.
+    >= d_t are kept, the top_k best per region.  Costs n_channels * n_samples renders, so
+    `progress(done, total)` is called after every chunk of them (a UI raises from it to cancel).
     """
     pick = torch.randperm(len(latent_bank), generator=torch.Generator().manual_seed(seed))[:n_samples]
     styles = G.styles(G.to_wplus(latent_bank[pick]))
@@ -799,6 +801,8 @@ def preselect_channels(G, layout: StyleLayout, latent_bank: torch.Tensor, parser
             total = change.sum((1, 2)).clamp(min=1e-12)
             for r in names:
                 inside[r][idx] += (change * masks[r]).sum((1, 2)) / total
+            if progress is not None:
+                progress(i * layout.n_channels + int(idx[-1]) + 1, len(pick) * layout.n_channels)
     out = {}
     for attr, r in regions.items():
         score = inside[r] / len(pick)

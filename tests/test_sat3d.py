@@ -369,6 +369,28 @@ def test_preselection_picks_channels_drawn_inside_the_region():
     assert got["Top"].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
 
 
+def test_preselection_reports_progress_and_can_be_cancelled():
+    G = PlantedGenerator()
+    layout = StyleLayout.from_generator(G)
+    bank = sat3d.sample_latent_bank(G, 16)
+    calls = []
+    sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, chunk=5,
+                             progress=lambda done, total: calls.append((done, total)))
+    total = 2 * layout.n_channels
+    assert all(t == total for _, t in calls) and calls[-1][0] == total
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly increasing
+    assert len(calls) == 2 * -(-layout.n_channels // 5)  # once per chunk of channels per sample
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, progress=cancel)
+
+
 # --------------------------------------------------------------------------- files
 
 
