@@ -7,17 +7,15 @@ the SAT3D nodes work on it unchanged; Render Views adds the camera.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 import comfy.model_management as mm
 from targetclip_core.cameras import DEFAULT_FOV_DEGREES, parse_views
 from targetclip_core.eg3d import depth_to_image
-from targetclip_core.loaders import load_generator
 
-from .common import CATEGORY, Progress, cached, compute_device, file_signature, full_path, image_from_core, list_files, make_room
+from .common import CATEGORY, Progress, file_signature, image_from_core, list_files
+from .generator import cached_generator
 
 
 class LoadEG3D:
@@ -38,17 +36,11 @@ class LoadEG3D:
         return file_signature("eg3d", ckpt_name)
 
     def load(self, ckpt_name):
-        path = full_path("eg3d", ckpt_name)
-        device = compute_device()
-
-        def load():
-            make_room(device, os.path.getsize(path))
-            G = load_generator(path, device=device)
+        def check(G):
             if not getattr(G, "is_3d", False):
                 raise ValueError(f"{ckpt_name} is a 2D {G.describe()}, not EG3D: load it with Load StyleGAN2")
-            return G
 
-        return (cached(("eg3d", file_signature("eg3d", ckpt_name), str(device)), load),)
+        return (cached_generator("eg3d", ckpt_name, check),)
 
 
 class RenderViews:

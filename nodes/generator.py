@@ -29,15 +29,25 @@ class LoadStyleGAN:
         return file_signature("stylegan", ckpt_name)
 
     def load(self, ckpt_name):
-        path = full_path("stylegan", ckpt_name)
-        device = compute_device()
-        key = ("stylegan", file_signature("stylegan", ckpt_name), str(device))
+        return (cached_generator("stylegan", ckpt_name),)
 
-        def load():
-            make_room(device, os.path.getsize(path))
-            return load_generator(path, device=device)
 
-        return (cached(key, load),)
+def cached_generator(folder: str, ckpt_name: str, check=None):
+    """Load a generator file from a model folder onto ComfyUI's device, once per file version.
+
+    `check(G)` may refuse what was loaded (it raises); a refused file is not cached.
+    """
+    path = full_path(folder, ckpt_name)
+    device = compute_device()
+
+    def load():
+        make_room(device, os.path.getsize(path))
+        G = load_generator(path, device=device)
+        if check is not None:
+            check(G)
+        return G
+
+    return cached((folder, file_signature(folder, ckpt_name), str(device)), load)
 
 
 class SampleLatents:

@@ -273,13 +273,16 @@ def _make_autograd_ready(module) -> None:
                 sub._buffers[key] = b.clone()
 
 
+def smallest_render_for(G, encoder) -> int:
+    """Smallest size G renders natively that is >= what the image encoder sees (CLIP: 224 px,
+    not 1024), else G's full size: the cheap render the CLIP losses need."""
+    need = getattr(encoder, "input_size", 224)
+    return next((r for r in G.output_resolutions if r >= need), G.resolution)
+
+
 def _loss_resolution(G, C, out_resolution) -> int:
     if out_resolution == "auto" or out_resolution is None:
-        need = getattr(C, "input_size", 224)
-        for r in G.output_resolutions:
-            if r >= need:
-                return r
-        return G.resolution
+        return smallest_render_for(G, C)
     r = int(out_resolution)
     if r not in G.output_resolutions:
         raise TargetCLIPError(f"out_resolution must be one of {G.output_resolutions}, got {out_resolution}")

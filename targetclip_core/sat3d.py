@@ -457,12 +457,13 @@ def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0)
 
 
 def render_resolution(G, measure) -> int | None:
-    """Smallest generator resolution >= the measure's input size (CLIP sees 224 px, not 1024)."""
-    need = getattr(measure, "input_size", 224)
-    resolutions = getattr(G, "output_resolutions", None)  # EG3D: raw rendering, super-resolved
-    if not resolutions:
+    """The render size the losses use (optimize.smallest_render_for); None (full size) for a
+    generator without `output_resolutions`."""
+    if not getattr(G, "output_resolutions", None):
         return None
-    return next((r for r in resolutions if r >= need), resolutions[-1])
+    from .optimize import smallest_render_for
+
+    return smallest_render_for(G, measure)
 
 
 @dataclass
