@@ -106,6 +106,8 @@ def bench_generator(
     for bwd in (False, True):
         for impl in impls:
             rows.append(Row(f"ours {impl}", impl, resolution, bwd))
+        if bwd:  # what the hand-written backward (synthesis_grad) brings, against autograd
+            rows.append(Row("ours unfused, autograd backward", "unfused-autograd", resolution, bwd))
         if out_res != resolution:
             rows.append(Row(f"ours unfused, out_resolution={out_res}", "unfused", out_res, bwd))
         if with_baseline:
@@ -122,15 +124,17 @@ def bench_generator(
     log(f"min of {repeats} interleaved runs; seconds per image")
     log(f"{'configuration':<44}{'forward':>12}{'fwd+bwd':>12}")
     by_key = {(r.label, r.backward): r for r in rows}
-    for label in dict.fromkeys(r.label for r in rows):
-        f, b = by_key[(label, False)], by_key[(label, True)]
-        log(f"{label:<44}{f.per_image(batch):>12.4f}{b.per_image(batch):>12.4f}")
+    for label in dict.fromkeys(r.label for r in rows if r.backward):  # every row has a fwd+bwd figure
+        f, b = by_key.get((label, False)), by_key[(label, True)]
+        forward = f"{f.per_image(batch):>12.4f}" if f else f"{'-':>12}"
+        log(f"{label:<44}{forward}{b.per_image(batch):>12.4f}")
     summary = {}
     ours_fb = by_key[("ours unfused", True)].seconds
     if with_baseline:
         summary["speedup_vs_baseline_fwd_bwd"] = by_key[("rosinality-style baseline", True)].seconds / ours_fb
         summary["speedup_vs_baseline_fwd"] = by_key[("rosinality-style baseline", False)].seconds / by_key[("ours unfused", False)].seconds
         summary["baseline_max_rel_diff"] = mismatch
+    summary["autograd_backward_over_hand_written_fwd_bwd"] = by_key[("ours unfused, autograd backward", True)].seconds / ours_fb
     if with_fused:
         summary["fused_over_unfused_fwd_bwd"] = by_key[("ours fused", True)].seconds / ours_fb
         summary["fused_over_unfused_fwd"] = by_key[("ours fused", False)].seconds / by_key[("ours unfused", False)].seconds

@@ -26,10 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LatentError
+from .fir import depthwise_fir, fir_kernel_2d, upsample_fir  # noqa: F401 (re-exported)
+from .synthesis_grad import synthesis_layer
 
 SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
-MODCONV_IMPLS = ("auto", "fused", "unfused")
+# "unfused" uses the hand-written backward of synthesis_grad when the weights are frozen;
+# "unfused-autograd" is the same computation left to autograd (kept for comparison)
+MODCONV_IMPLS = ("auto", "fused", "unfused", "unfused-autograd")
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,6 @@ class ScaledLinear(nn.Module):
         return x
 
 
-def fir_kernel_2d(kernel_1d: tuple[int, ...]) -> torch.Tensor:
-    k = torch.tensor(kernel_1d, dtype=torch.float32)
-    k = k[:, None] * k[None, :]
-    return k / k.sum()
-
-
 class ModulatedConv(nn.Module):
     """Modulated convolution of the synthesis network, optionally upsampling by 2.
 
@@ -161,6 +159,12 @@ class ModulatedConv(nn.Module):
             mat = weight[None, :, :, 0, 0] * style[:, None, :]
             if self.demodulate:
                 mat = mat * self.demod_coefficients(weight, style)[:, :, None]
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+                # NHWC: a plain [B, HW, in] x [B, in, out] product whose backward lands in the
+                # same layout as the gradient it is summed with (no copy, no format mismatch)
+                b, _, h, w = x.shape
+                y = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * w, -1), mat.transpose(1, 2))
+                return y.view(b, h, w, -1).permute(0, 3, 1, 2), None
             return torch.einsum("bihw,boi->bohw", x, mat), None
         if impl == "fused":
             return self._forward_fused(x, style, weight), None
@@ -189,26 +193,6 @@ class ModulatedConv(nn.Module):
         return depthwise_fir(x, self.blur, self.blur_pad)
 
 
-def depthwise_fir(x, kernel_2d, pad):
-    """Filter every channel with the same 2D FIR (true convolution), zero padding (pad0, pad1)."""
-    c = x.shape[1]
-    k = kernel_2d.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *kernel_2d.shape)
-    if pad[0] == pad[1]:  # the padding argument avoids a padded copy (and its backward)
-        return F.conv2d(x, k, groups=c, padding=pad[0])
-    return F.conv2d(F.pad(x, (pad[0], pad[1], pad[0], pad[1])), k, groups=c)
-
-
-def upsample_fir(x, kernel_2d):
-    """2x upsampling by zero insertion + FIR, as one stride-2 transposed depthwise conv."""
-    c = x.shape[1]
-    taps = kernel_2d.shape[0]
-    k = (kernel_2d * 4).to(x.dtype)[None, None].expand(c, 1, taps, taps)
-    # zero insertion then padding (pad0, taps - 2 - pad0) and a true convolution equals a
-    # transposed conv with padding taps - 1 - pad0; output exactly 2H x 2W
-    pad0 = (taps - 1) // 2 + 1
-    return F.conv_transpose2d(x, k, stride=2, padding=taps - 1 - pad0, groups=c)
-
-
 class SynthesisLayer(nn.Module):
     """Modulated conv + noise + bias + leaky ReLU (+ optional clamp)."""
 
@@ -225,25 +209,42 @@ class SynthesisLayer(nn.Module):
     def affine(self):
         return self.conv.affine
 
-    def forward(self, x, style, noise_mode="const", impl="unfused"):
-        y, coef = self.conv(x, style, impl)
+    def trainable(self) -> bool:
+        return self.conv.weight.requires_grad or self.bias.requires_grad or self.noise_strength.requires_grad
+
+    def _offset(self, like, noise_mode):
         # leaky_relu(t) * sqrt2 == leaky_relu(sqrt2 * t): fold the gain into the affine part
         # so demodulation, noise, bias and gain are one addcmul and the activation is in place
         bias = self.bias[None, :, None, None] * SQRT2
+        if noise_mode == "none":
+            return bias
         if noise_mode == "const":
-            offset = torch.addcmul(bias, self.noise_const.to(y.dtype)[None, None], self.noise_strength * SQRT2)
-        elif noise_mode == "random":
-            noise = torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype)
-            offset = torch.addcmul(bias, noise, self.noise_strength * SQRT2)
+            noise = self.noise_const.to(like.dtype)[None, None]
         else:
-            offset = bias
+            noise = torch.randn(like.shape[0], 1, self.resolution, self.resolution, device=like.device, dtype=like.dtype)
+        # in the activations' memory format, or the addcmul that adds it reads across layouts
+        layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous() else torch.contiguous_format
+        if torch.is_grad_enabled() and (self.bias.requires_grad or self.noise_strength.requires_grad):
+            return torch.addcmul(bias, noise, self.noise_strength * SQRT2).contiguous(memory_format=layout)
+        offset = torch.empty(noise.shape[0], bias.shape[1], *noise.shape[2:], device=like.device, dtype=like.dtype, memory_format=layout)
+        return torch.addcmul(bias, noise, self.noise_strength * SQRT2, out=offset)
+
+    def forward(self, x, style, noise_mode="const", impl="unfused"):
+        if impl == "unfused" and not self.trainable():
+            # frozen weights (every latent optimisation): one pass with a hand-written backward
+            weight = self.conv.weight * self.conv.weight_gain
+            coef = self.conv.demod_coefficients(weight, style) * SQRT2
+            offset = self._offset(x, noise_mode)
+            return synthesis_layer(x, style, coef, offset, self.conv, self.conv_clamp)
+        y, coef = self.conv(x, style, impl)
+        offset = self._offset(y, noise_mode)
         if coef is None:
             x = torch.add(offset, y, alpha=SQRT2)
         else:
             x = torch.addcmul(offset, y, (coef * SQRT2)[:, :, None, None])
         x = F.leaky_relu_(x, 0.2)
-        if self.conv_clamp is not None:
-            x = x.clamp_(-self.conv_clamp, self.conv_clamp)
+        if self.conv_clamp is not None:  # not in place: leaky_relu_'s backward needs its output
+            x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
 
 
@@ -514,6 +515,8 @@ class StyleGAN2Generator(nn.Module):
         return styles
 
     def _pick_impl(self, batch: int, device: torch.device) -> str:
+        if self.modconv_impl not in MODCONV_IMPLS:
+            raise ValueError(f"modconv_impl must be one of {MODCONV_IMPLS}, got {self.modconv_impl!r}")
         if self.modconv_impl != "auto":
             return self.modconv_impl
         # `targetclip bench generator` measured unfused faster on CPU at batch 1 and 4 (equal

@@ -626,6 +626,7 @@ def test_tiny_safetensors_round_trip(tiny_safetensors):
     H = load_generator(path, device="cpu")
     assert H.config == G.config and not H.mapping.has_w_avg
     wp = torch.randn(2, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(0))
+    G.requires_grad_(False)  # loaded generators are frozen: the same code path on both sides
     with torch.no_grad():
         G.modconv_impl = H.modconv_impl = "unfused"
         assert torch.equal(H.synthesis(wp), G.synthesis(wp))
