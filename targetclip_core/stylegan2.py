@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import LatentError
 from .fir import depthwise_fir, fir_kernel_2d, upsample_fir  # noqa: F401 (re-exported)
-from .synthesis_grad import synthesis_layer
+from .synthesis_grad import autocast_enabled, synthesis_layer
 
 SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -230,7 +230,7 @@ class SynthesisLayer(nn.Module):
         return torch.addcmul(bias, noise, self.noise_strength * SQRT2, out=offset)
 
     def forward(self, x, style, noise_mode="const", impl="unfused"):
-        if impl == "unfused" and not self.trainable():
+        if impl == "unfused" and not self.trainable() and not autocast_enabled(x.device.type):
             # frozen weights (every latent optimisation): one pass with a hand-written backward
             weight = self.conv.weight * self.conv.weight_gain
             coef = self.conv.demod_coefficients(weight, style) * SQRT2
@@ -519,9 +519,9 @@ class StyleGAN2Generator(nn.Module):
             raise ValueError(f"modconv_impl must be one of {MODCONV_IMPLS}, got {self.modconv_impl!r}")
         if self.modconv_impl != "auto":
             return self.modconv_impl
-        # `targetclip bench generator` measured unfused faster on CPU at batch 1 and 4 (equal
-        # forward, 1.3-1.5x faster forward+backward). On CUDA, NVlabs' own choice (grouped
-        # conv for inference) is kept for single samples; not yet measured here.
+        # `targetclip bench generator` measured unfused faster on CPU at batch 1 and 4 (fused
+        # 1.1-1.4x slower forward, 1.6-2.1x slower forward+backward). On CUDA, NVlabs' own
+        # choice (grouped conv for inference) is kept for single samples; not yet measured here.
         if device.type == "cuda" and batch == 1 and not torch.is_grad_enabled():
             return "fused"
         return "unfused"

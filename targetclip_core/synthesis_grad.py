@@ -71,7 +71,7 @@ def layer_forward(x, style, coef, offset, conv, conv_clamp):
     else:
         y = F.conv2d(xs, weight, padding=conv.kernel_size // 2)
         spent = xs
-    out = _storage_as(spent, y)
+    out = _storage_as(spent, y) if y.dtype == offset.dtype == coef.dtype else None
     out = torch.addcmul(offset, y, coef[:, :, None, None], out=out) if out is not None else torch.addcmul(offset, y, coef[:, :, None, None])
     F.leaky_relu_(out, 0.2)
     if conv_clamp is not None:
@@ -126,3 +126,11 @@ def synthesis_layer(x, style, coef, offset, conv, conv_clamp):
     if torch.is_grad_enabled() and (x.requires_grad or style.requires_grad or coef.requires_grad):
         return _FrozenSynthesisLayer.apply(x, style, coef, offset, conv, conv_clamp)
     return layer_forward(x, style, coef, offset, conv, conv_clamp)[1]
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Under autocast the layer's dtypes mix; the hand-written backward is left out then."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()

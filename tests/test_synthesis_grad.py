@@ -153,3 +153,14 @@ def test_channel_dot_in_chunks_equals_a_full_product(monkeypatch):
     a = torch.randn(2, 3, 13, 5, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     b = torch.randn(2, 3, 13, 5, generator=gen, dtype=torch.float64)
     assert torch.allclose(synthesis_grad.channel_dot(a, b), (a * b).sum((2, 3)), rtol=1e-12, atol=1e-12)
+
+
+def test_autocast_uses_autograd_and_still_backpropagates():
+    G = small_generator(16).requires_grad_(False)
+    G.modconv_impl = "unfused"
+    wp = random_wplus(G, 2, seed=1)
+    _, ref = _latent_grad(G.synthesis, wp, torch.ones(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = wp.clone().requires_grad_(True)
+        G.synthesis(x).float().sum().backward()
+    assert torch.isfinite(x.grad).all() and _rel(x.grad, ref) < 0.1
