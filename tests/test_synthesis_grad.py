@@ -17,7 +17,7 @@ from targetclip_core import synthesis_grad
 from targetclip_core.bench_baseline import baseline_synthesis
 from targetclip_core.fir import depthwise_fir, depthwise_fir_adjoint
 
-from conftest import random_wplus, small_generator
+from conftest import random_wplus, rel_err, small_generator
 
 
 def _frozen64(G):
@@ -31,10 +31,6 @@ def _latent_grad(render, wp, weights):
     return img.detach(), x.grad
 
 
-def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-
 @pytest.mark.parametrize("resolution", [16, 32])
 def test_latent_gradient_equals_autograd_through_the_grouped_conv_formulation(resolution):
     G = _frozen64(small_generator(resolution))
@@ -43,8 +39,8 @@ def test_latent_gradient_equals_autograd_through_the_grouped_conv_formulation(re
     weights = torch.randn(3, 3, resolution, resolution, generator=torch.Generator().manual_seed(5)).double()
     img, grad = _latent_grad(G.synthesis, wp, weights)
     ref_img, ref_grad = _latent_grad(lambda x: baseline_synthesis(G, x), wp, weights)
-    assert _rel(img, ref_img) < 1e-12
-    assert grad.abs().max() > 0 and _rel(grad, ref_grad) < 1e-11
+    assert rel_err(img, ref_img) < 1e-12
+    assert grad.abs().max() > 0 and rel_err(grad, ref_grad) < 1e-11
 
 
 @pytest.mark.parametrize("noise_mode", ["const", "random", "none"])
@@ -64,10 +60,10 @@ def test_style_code_gradient_equals_autograd_with_clamping(noise_mode):
     (img, grads), (ref_img, ref_grads) = results["unfused"], results["unfused-autograd"]
     clamped = sum(float((layer_out.abs() >= 0.4).float().mean()) for layer_out in _activations(G, wp, noise_mode))
     assert clamped > 0.05, "the test must clamp a real share of activations"
-    assert _rel(img, ref_img) < 1e-12
+    assert rel_err(img, ref_img) < 1e-12
     for name, ref in ref_grads.items():
         assert ref.abs().max() > 0, name
-        assert _rel(grads[name], ref) < 1e-10, name
+        assert rel_err(grads[name], ref) < 1e-10, name
 
 
 def _activations(G, wp, noise_mode):
@@ -92,7 +88,7 @@ def test_float32_gradient_is_as_close_to_float64_as_autograds():
     errors = {}
     for impl in ("unfused", "unfused-autograd"):
         G.modconv_impl = impl
-        errors[impl] = _rel(_latent_grad(G.synthesis, wp, weights)[1].double(), exact)
+        errors[impl] = rel_err(_latent_grad(G.synthesis, wp, weights)[1].double(), exact)
     assert errors["unfused"] < 1e-4
     assert errors["unfused"] < 5 * errors["unfused-autograd"] + 1e-6
 
@@ -131,7 +127,7 @@ def test_forward_without_grad_equals_the_autograd_layout():
         fast = G.synthesis(wp)
         G.modconv_impl = "unfused-autograd"
         ref = G.synthesis(wp)
-    assert _rel(fast, ref) < 1e-5
+    assert rel_err(fast, ref) < 1e-5
 
 
 @pytest.mark.parametrize("pad", [(1, 1), (2, 1), (0, 2)])
@@ -163,4 +159,4 @@ def test_autocast_uses_autograd_and_still_backpropagates():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x = wp.clone().requires_grad_(True)
         G.synthesis(x).float().sum().backward()
-    assert torch.isfinite(x.grad).all() and _rel(x.grad, ref) < 0.1
+    assert torch.isfinite(x.grad).all() and rel_err(x.grad, ref) < 0.1
