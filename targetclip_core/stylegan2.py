@@ -115,6 +115,11 @@ class ScaledLinear(nn.Module):
         return x
 
 
+def is_nhwc(t: torch.Tensor) -> bool:
+    """Channels-last (and not also plain contiguous, as a single pixel or channel is)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 class ModulatedConv(nn.Module):
     """Modulated convolution of the synthesis network, optionally upsampling by 2.
 
@@ -159,7 +164,7 @@ class ModulatedConv(nn.Module):
             mat = weight[None, :, :, 0, 0] * style[:, None, :]
             if self.demodulate:
                 mat = mat * self.demod_coefficients(weight, style)[:, :, None]
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            if is_nhwc(x):
                 # NHWC: a plain [B, HW, in] x [B, in, out] product whose backward lands in the
                 # same layout as the gradient it is summed with (no copy, no format mismatch)
                 b, _, h, w = x.shape
@@ -223,7 +228,7 @@ class SynthesisLayer(nn.Module):
         else:
             noise = torch.randn(like.shape[0], 1, self.resolution, self.resolution, device=like.device, dtype=like.dtype)
         # in the activations' memory format, or the addcmul that adds it reads across layouts
-        layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous() else torch.contiguous_format
+        layout = torch.channels_last if is_nhwc(like) else torch.contiguous_format
         if torch.is_grad_enabled() and (self.bias.requires_grad or self.noise_strength.requires_grad):
             return torch.addcmul(bias, noise, self.noise_strength * SQRT2).contiguous(memory_format=layout)
         offset = torch.empty(noise.shape[0], bias.shape[1], *noise.shape[2:], device=like.device, dtype=like.dtype, memory_format=layout)
@@ -235,7 +240,7 @@ class SynthesisLayer(nn.Module):
             weight = self.conv.weight * self.conv.weight_gain
             coef = self.conv.demod_coefficients(weight, style) * SQRT2
             offset = self._offset(x, noise_mode)
-            return synthesis_layer(x, style, coef, offset, self.conv, self.conv_clamp)
+            return synthesis_layer(x, style, coef, offset, weight, self.conv, self.conv_clamp)
         y, coef = self.conv(x, style, impl)
         offset = self._offset(y, noise_mode)
         if coef is None:

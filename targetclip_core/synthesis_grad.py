@@ -32,8 +32,8 @@ _CHUNK_ELEMENTS = 1 << 21
 
 
 def _row_chunks(t: torch.Tensor):
-    rows = t.shape[2]
-    step = max(1, _CHUNK_ELEMENTS // max(1, t[:, :, :1].numel()))
+    batch, channels, rows, width = t.shape
+    step = max(1, _CHUNK_ELEMENTS // max(1, batch * channels * width))
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
@@ -59,10 +59,9 @@ def _storage_as(buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None
     return like.new_empty(0).set_(buffer.untyped_storage(), 0, like.shape, like.stride())
 
 
-def layer_forward(x, style, coef, offset, conv, conv_clamp):
+def layer_forward(x, style, coef, offset, weight, conv, conv_clamp):
     """(y, out): the conv output before demodulation (kept for the backward) and the
     layer's activation, written over a buffer the conv no longer needs."""
-    weight = conv.weight * conv.weight_gain
     xs = x * style[:, :, None, None]
     if conv.up:
         spent = F.conv_transpose2d(xs, weight.transpose(0, 1), stride=2)
@@ -72,7 +71,7 @@ def layer_forward(x, style, coef, offset, conv, conv_clamp):
         y = F.conv2d(xs, weight, padding=conv.kernel_size // 2)
         spent = xs
     out = _storage_as(spent, y) if y.dtype == offset.dtype == coef.dtype else None
-    out = torch.addcmul(offset, y, coef[:, :, None, None], out=out) if out is not None else torch.addcmul(offset, y, coef[:, :, None, None])
+    out = torch.addcmul(offset, y, coef[:, :, None, None], out=out)
     F.leaky_relu_(out, 0.2)
     if conv_clamp is not None:
         out.clamp_(-conv_clamp, conv_clamp)
@@ -81,10 +80,10 @@ def layer_forward(x, style, coef, offset, conv, conv_clamp):
 
 class _FrozenSynthesisLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, style, coef, offset, conv, conv_clamp):
-        y, out = layer_forward(x, style, coef, offset, conv, conv_clamp)
+    def forward(ctx, x, style, coef, offset, weight, conv, conv_clamp):
+        y, out = layer_forward(x, style, coef, offset, weight, conv, conv_clamp)
         ctx.conv, ctx.conv_clamp, ctx.spent = conv, conv_clamp, False
-        ctx.save_for_backward(x, style, coef, y, out)
+        ctx.save_for_backward(x, style, coef, weight, y, out)
         return out
 
     @staticmethod
@@ -96,7 +95,7 @@ class _FrozenSynthesisLayer(torch.autograd.Function):
                 "so retain_graph=True cannot backpropagate it twice (render again instead)"
             )
         ctx.spent = True
-        x, style, coef, y, out = ctx.saved_tensors
+        x, style, coef, weight, y, out = ctx.saved_tensors
         conv = ctx.conv
         # y becomes dL/dy in place; dL/dcoef is reduced chunk by chunk on the way
         grad_coef = y.new_zeros(coef.shape)
@@ -106,26 +105,24 @@ class _FrozenSynthesisLayer(torch.autograd.Function):
             if ctx.conv_clamp is not None:  # out at a bound was clamped: no gradient
                 g = g.masked_fill_(out[:, :, rows].abs() >= ctx.conv_clamp, 0)
             grad_coef += (g * y[:, :, rows]).sum((2, 3))
-            torch.mul(g, scale, out=y[:, :, rows])
-        grad_y = y
-        weight = conv.weight * conv.weight_gain
+            torch.mul(g, scale, out=y[:, :, rows])  # y now holds dL/dy
         if conv.up:
-            grad_xs = F.conv2d(depthwise_fir_adjoint(grad_y, conv.blur, conv.blur_pad), weight.transpose(0, 1), stride=2)
+            grad_xs = F.conv2d(depthwise_fir_adjoint(y, conv.blur, conv.blur_pad), weight.transpose(0, 1), stride=2)
         else:
-            grad_xs = F.conv_transpose2d(grad_y, weight, padding=conv.kernel_size // 2)
-        del grad_y, y
+            grad_xs = F.conv_transpose2d(y, weight, padding=conv.kernel_size // 2)
         grad_style = channel_dot(grad_xs, x) if ctx.needs_input_grad[1] else None
         grad_x = grad_xs.mul_(style[:, :, None, None]) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_style, grad_coef if ctx.needs_input_grad[2] else None, None, None, None
+        return grad_x, grad_style, grad_coef if ctx.needs_input_grad[2] else None, None, None, None, None
 
 
-def synthesis_layer(x, style, coef, offset, conv, conv_clamp):
-    """out = clamp(leaky_relu(conv(x * style) * coef + offset)), coef/offset already
-    folding the sqrt(2) gain. Gradients flow to x, style and coef; the conv's weights
-    and the offset must not require grad (the caller falls back to autograd then)."""
+def synthesis_layer(x, style, coef, offset, weight, conv, conv_clamp):
+    """out = clamp(leaky_relu(conv(x * style, weight) * coef + offset)), coef/offset already
+    folding the sqrt(2) gain, weight the gain-scaled conv weight and `conv` the ModulatedConv
+    (its up/blur settings). Gradients flow to x, style and coef; weight and offset must not
+    require grad (the caller falls back to autograd then)."""
     if torch.is_grad_enabled() and (x.requires_grad or style.requires_grad or coef.requires_grad):
-        return _FrozenSynthesisLayer.apply(x, style, coef, offset, conv, conv_clamp)
-    return layer_forward(x, style, coef, offset, conv, conv_clamp)[1]
+        return _FrozenSynthesisLayer.apply(x, style, coef, offset, weight, conv, conv_clamp)
+    return layer_forward(x, style, coef, offset, weight, conv, conv_clamp)[1]
 
 
 def autocast_enabled(device_type: str) -> bool:
