@@ -12,11 +12,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
+import torch
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 CATEGORY = "TargetCLIP"
@@ -112,7 +111,7 @@ def preview(img: torch.Tensor, max_size: int = 512):
     """A ('JPEG', PIL image, max_size) tuple for ProgressBar.update_absolute."""
     from PIL import Image
 
-    from targetclip_core.images import to_uint8
+    from targetclip_core.io.images import to_uint8
 
     return ("JPEG", Image.fromarray(to_uint8(img[:1])[0]), max_size)
 
@@ -169,7 +168,7 @@ class StyleCodes:
                 f"these style codes were made with a {self.generator.get('resolution')}px generator "
                 f"({self.generator.get('arch', '?')}); this one is {G.identity.get('resolution')}px ({G.identity.get('arch', '?')})"
             )
-        from targetclip_core.stylespace import StyleLayout
+        from targetclip_core.generators.stylespace import StyleLayout
 
         mine, theirs = StyleLayout.from_styles(self.styles), StyleLayout.from_generator(G)
         if mine != theirs:

@@ -7,12 +7,12 @@ the SAT3D nodes work on it unchanged; Render Views adds the camera.
 
 from __future__ import annotations
 
+import comfy.model_management as mm
 import torch
 import torch.nn.functional as F
 
-import comfy.model_management as mm
-from targetclip_core.cameras import DEFAULT_FOV_DEGREES, parse_views
-from targetclip_core.eg3d import depth_to_image
+from targetclip_core.generators.cameras import DEFAULT_FOV_DEGREES, parse_views
+from targetclip_core.generators.eg3d import depth_to_image
 
 from .common import CATEGORY, Progress, file_signature, image_from_core, list_files
 from .generator import cached_generator

@@ -5,18 +5,37 @@ from __future__ import annotations
 import os
 import re
 
+import comfy.model_management as mm
+import folder_paths
 import torch
 import torch.nn.functional as F
 
-import comfy.model_management as mm
-import folder_paths
-from targetclip_core.clip import load_clip
-from targetclip_core.essence import edit_latents, essence_grid_latents, essence_sheet, load_essence, mix_essences, save_essence
-from targetclip_core.images import captioned_grid
-from targetclip_core.optimize import optimize_essence, sample_sources
+from targetclip_core.encoders.clip import load_clip
+from targetclip_core.io.images import captioned_grid
+from targetclip_core.methods.targetclip.essence import (
+    edit_latents,
+    essence_grid_latents,
+    essence_sheet,
+    load_essence,
+    mix_essences,
+    save_essence,
+)
+from targetclip_core.methods.targetclip.optimize import optimize_essence, sample_sources
 
-from .common import (CATEGORY, Progress, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
-                     image_from_core, image_to_core, list_files, make_room)
+from .common import (
+    CATEGORY,
+    Progress,
+    WPlus,
+    cached,
+    check_interrupted,
+    compute_device,
+    file_signature,
+    full_path,
+    image_from_core,
+    image_to_core,
+    list_files,
+    make_room,
+)
 from .generator import render_batches
 
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]

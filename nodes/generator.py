@@ -6,10 +6,21 @@ import os
 
 import torch
 
-from targetclip_core.latents import z_from_seeds
-from targetclip_core.loaders import load_generator
+from targetclip_core.generators.latents import z_from_seeds
+from targetclip_core.generators.load import load_generator
 
-from .common import CATEGORY, make_room, Progress, WPlus, cached, compute_device, file_signature, full_path, image_from_core, list_files
+from .common import (
+    CATEGORY,
+    Progress,
+    WPlus,
+    cached,
+    compute_device,
+    file_signature,
+    full_path,
+    image_from_core,
+    list_files,
+    make_room,
+)
 
 
 class LoadStyleGAN:

@@ -6,12 +6,22 @@ import os
 
 import torch
 
-from targetclip_core.arcface import load_arcface
-from targetclip_core.evaluation import sources_from_seeds
-from targetclip_core.interpret import interpret_essence, load_vocabulary
-from targetclip_core.metrics import score_edits
+from targetclip_core.encoders.arcface import load_arcface
+from targetclip_core.metrics.evaluation import sources_from_seeds
+from targetclip_core.metrics.interpret import interpret_essence, load_vocabulary
+from targetclip_core.metrics.scores import score_edits
 
-from .common import CATEGORY, cached, check_interrupted, compute_device, file_signature, full_path, image_to_core, list_files, make_room
+from .common import (
+    CATEGORY,
+    cached,
+    check_interrupted,
+    compute_device,
+    file_signature,
+    full_path,
+    image_to_core,
+    list_files,
+    make_room,
+)
 
 ARCFACE_FOLDER = "e4e"  # model_ir_se50.pth sits beside the e4e/pSp checkpoints it comes with
 
@@ -118,7 +128,7 @@ class IdentityScore:
         }
 
     def score(self, arcface, images, sources=None, target=None):
-        from targetclip_core.metrics import arcface_embeddings, identity_scores
+        from targetclip_core.metrics.scores import arcface_embeddings, identity_scores
 
         if sources is None and target is None:
             raise ValueError("connect the sources, the target, or both: identity is measured against them")

@@ -6,11 +6,22 @@ import os
 
 import torch
 
-from targetclip_core.essence_encoder import EssenceEncoder
-from targetclip_core.inversion import load_inverter
+from targetclip_core.encoders.inversion import load_inverter
+from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
 
-from .common import (CATEGORY, WPlus, cached, check_interrupted, compute_device, file_signature, full_path,
-                     image_from_core, image_to_core, list_files, make_room)
+from .common import (
+    CATEGORY,
+    WPlus,
+    cached,
+    check_interrupted,
+    compute_device,
+    file_signature,
+    full_path,
+    image_from_core,
+    image_to_core,
+    list_files,
+    make_room,
+)
 
 ROLES = ["inverter", "essence encoder"]
 
@@ -45,7 +56,7 @@ class LoadE4E:
             make_room(device, os.path.getsize(path))
             if role == "inverter":
                 return load_inverter(path, device=device)
-            from targetclip_core.essence_encoder import load_essence_encoder
+            from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
             return load_essence_encoder(path, device=device)
 
@@ -124,7 +135,7 @@ class AlignFace:
         }}
 
     def align(self, photos, detector, output_size):
-        from targetclip_core.alignment import align_face
+        from targetclip_core.faces.alignment import align_face
 
         if detector.startswith("dlib:"):
             detector = "dlib:" + full_path("e4e", detector[len("dlib:"):])
@@ -156,7 +167,7 @@ class PasteBack:
         }}
 
     def paste(self, photos, edited, alignment, feather):
-        from targetclip_core.alignment import paste_back
+        from targetclip_core.faces.alignment import paste_back
 
         x = image_to_core(photos, torch.device("cpu"))
         e = image_to_core(edited, torch.device("cpu"))

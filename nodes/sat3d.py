@@ -16,18 +16,39 @@ import re
 import weakref
 from collections import OrderedDict
 
-import torch
-
 import comfy.model_management as mm
 import folder_paths
-from targetclip_core.images import captioned_grid, grid
-from targetclip_core.latents import z_from_seeds
-from targetclip_core.sat3d import (BUILTIN_DESCRIPTORS, DELTA_RANGE, QMM, attribute_mask, generator_fingerprint, load_descriptors,
-                                   load_sat3d_matrix, render_resolution, save_sat3d_matrix, train_sat3d, transfer_styles)
-from targetclip_core.stylespace import StyleLayout, edit_styles
+import torch
 
-from .common import (CATEGORY, Progress, StyleCodes, cached, compute_device, file_signature, full_path, image_from_core,
-                     list_files, make_room)
+from targetclip_core.generators.latents import z_from_seeds
+from targetclip_core.generators.stylespace import StyleLayout, edit_styles
+from targetclip_core.io.images import captioned_grid, grid
+from targetclip_core.methods.sat3d import (
+    BUILTIN_DESCRIPTORS,
+    DELTA_RANGE,
+    QMM,
+    attribute_mask,
+    generator_fingerprint,
+    load_descriptors,
+    load_sat3d_matrix,
+    render_resolution,
+    save_sat3d_matrix,
+    train_sat3d,
+    transfer_styles,
+)
+
+from .common import (
+    CATEGORY,
+    Progress,
+    StyleCodes,
+    cached,
+    compute_device,
+    file_signature,
+    full_path,
+    image_from_core,
+    list_files,
+    make_room,
+)
 
 FOLDER = "sat3d"
 PARSER_FOLDER = "facedetection"
@@ -164,7 +185,7 @@ class LoadFaceParser:
         return f"{file_signature(PARSER_FOLDER, parser_name)}:{input_size}"
 
     def load(self, parser_name, input_size):
-        from targetclip_core.face_parsing import FaceParser, load_face_parser
+        from targetclip_core.faces.parsing import FaceParser, load_face_parser
 
         path = full_path(PARSER_FOLDER, parser_name)
         device = compute_device()

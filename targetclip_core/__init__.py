@@ -3,19 +3,32 @@
 Public API (see DESIGN.md); names appear here as their capability lands.
 """
 
-from .alignment import AlignedFace, PasteResult, align_face, face_mask, paste_back
-from .arcface import ArcFace, load_arcface
-from .clip import CLIPEncoder, load_clip
-from .errors import CheckpointError, LatentError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
-from .essence import Essence, apply_essence, edit_latents, load_essence, mix_essences, save_essence
-from .essence_encoder import EssenceEncoder, load_essence_encoder
-from .face_parsing import FaceParser, load_face_parser
-from .inversion import Inverter, load_inverter
-from .landmarks import detect_faces, detect_landmarks
-from .latents import load_latents, save_latents, z_from_seeds
-from .loaders import load_generator, save_generator
-from .optimize import optimize_essence
-from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.encoders.arcface import ArcFace, load_arcface
+from targetclip_core.encoders.clip import CLIPEncoder, load_clip
+from targetclip_core.encoders.inversion import Inverter, load_inverter
+from targetclip_core.errors import (
+    CheckpointError,
+    LatentError,
+    TargetCLIPError,
+    UnsafePickleError,
+    WeightsUnavailableError,
+)
+from targetclip_core.faces.alignment import AlignedFace, PasteResult, align_face, face_mask, paste_back
+from targetclip_core.faces.landmarks import detect_faces, detect_landmarks
+from targetclip_core.faces.parsing import FaceParser, load_face_parser
+from targetclip_core.generators.latents import load_latents, save_latents, z_from_seeds
+from targetclip_core.generators.load import load_generator, save_generator
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.methods.targetclip.essence import (
+    Essence,
+    apply_essence,
+    edit_latents,
+    load_essence,
+    mix_essences,
+    save_essence,
+)
+from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder, load_essence_encoder
+from targetclip_core.methods.targetclip.optimize import optimize_essence
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `pytest` run from elsewhere still finds targetclip_core
     sys.path.insert(0, str(REPO_ROOT))
 
-from targetclip_core.stylegan2 import StyleGAN2Config, StyleGAN2Generator  # noqa: E402
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator  # noqa: E402
 
 SHARED_ENV = "TARGETCLIP_SHARED"
 ROSINALITY_FIXTURE = "stylegan2_rosinality_32"

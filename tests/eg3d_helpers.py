@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import torch
-
-from targetclip_core.eg3d import EG3DConfig, EG3DGenerator
-from targetclip_core.stylegan2 import StyleGAN2Config
 from test_loaders import build_network, fake_nvlabs_modules
+
+from targetclip_core.generators.eg3d import EG3DConfig, EG3DGenerator
+from targetclip_core.generators.stylegan2 import StyleGAN2Config
 
 TINY_RENDERING = {
     "depth_resolution": 6, "depth_resolution_importance": 6, "ray_start": 2.25, "ray_end": 3.3, "box_warp": 1.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from targetclip_core.encoders import EncoderConfig, StyleEncoder
+from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder
 
 TINY_STAGES = ((8, 8, 1), (8, 16, 2), (16, 24, 2), (24, 32, 1))  # stage widths must differ (see encoders)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from targetclip_core.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 TESTS_DIR = Path(__file__).resolve().parent
 CLIP_CONFIG_DIR = TESTS_DIR / "data" / "clip_configs"
@@ -43,7 +43,7 @@ def register_tiny_clip() -> None:
 
 def tiny_clip(seed: int = 1):
     """The tiny open_clip model with random weights drawn under `seed`, on CPU."""
-    from targetclip_core.clip import load_clip
+    from targetclip_core.encoders.clip import load_clip
 
     register_tiny_clip()
     torch.manual_seed(seed)

@@ -15,16 +15,15 @@ import torch
 from conftest import require_shared
 from PIL import Image, ImageDraw
 
-from targetclip_core.alignment import (
+from targetclip_core.errors import TargetCLIPError
+from targetclip_core.faces.alignment import (
     AlignedFace,
     align_face,
     face_mask,
     gaussian_filter,
     paste_back,
 )
-from targetclip_core.errors import TargetCLIPError
-from targetclip_core.images import load_image
-from targetclip_core.landmarks import (
+from targetclip_core.faces.landmarks import (
     Face,
     clear_detector_cache,
     detect_faces,
@@ -33,6 +32,7 @@ from targetclip_core.landmarks import (
     five_points,
     load_mtcnn,
 )
+from targetclip_core.io.images import load_image
 
 PHOTOS = [  # photographs of people: a face must be found
     "beyonce", "doc_brown", "dumbledore", "ed_sheeran", "grindelwald", "joker",

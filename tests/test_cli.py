@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, small_generator
 from PIL import Image
 
-from conftest import REPO_ROOT, small_generator
-from targetclip_core.cli import main, parse_seeds
-from targetclip_core.latents import z_from_seeds
-from targetclip_core.loaders import load_generator, save_generator, sniff_format
+from targetclip_core.cli.main import main, parse_seeds
+from targetclip_core.generators.latents import z_from_seeds
+from targetclip_core.generators.load import load_generator, save_generator, sniff_format
 
 
 def _expected_uint8(img) -> np.ndarray:

@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from essence_helpers import TINY_CLIP, register_tiny_clip, tiny_generator, truncated_sources
 from PIL import Image
 
-from essence_helpers import TINY_CLIP, register_tiny_clip, tiny_generator, truncated_sources
-from targetclip_core.cli import main
-from targetclip_core.essence import Essence, load_essence, save_essence
-from targetclip_core.latents import save_latents
-from targetclip_core.loaders import load_generator, save_generator
+from targetclip_core.cli.main import main
+from targetclip_core.generators.latents import save_latents
+from targetclip_core.generators.load import load_generator, save_generator
+from targetclip_core.methods.targetclip.essence import Essence, load_essence, save_essence
 
 RES = 32
 CLIP_ARGS = ["--clip", TINY_CLIP, "--pretrained", "none", "--device", "cpu"]
@@ -243,7 +243,7 @@ def test_apply_essence_of_another_generator_exits_2(tmp_path, gen_file, capsys):
 def test_bench_optimize_prints_table_and_speedups(monkeypatch, capsys):
     """The command's plumbing and report; the 512-channel random network it normally times is
     swapped for a tiny one of the requested resolution to keep the test fast."""
-    import targetclip_core.bench as bench
+    import targetclip_core.bench.benchmarks as bench
 
     asked = []
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import random_rosinality_state, require_shared
 from encoder_helpers import official_checkpoint, tiny_encoder
-from targetclip_core.cli import main
-from targetclip_core.essence import Essence, load_essence, save_essence
-from targetclip_core.latents import load_latents
+from PIL import Image
+
+from targetclip_core.cli.main import main
+from targetclip_core.generators.latents import load_latents
+from targetclip_core.methods.targetclip.essence import Essence, load_essence, save_essence
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from essence_helpers import TINY_CLIP, TINY_CLIP_DIM, TINY_CLIP_INPUT, register_tiny_clip, tiny_clip
-from targetclip_core.clip import load_clip
+
+from targetclip_core.encoders.clip import load_clip
 from targetclip_core.errors import CheckpointError, TargetCLIPError
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import fixture_state_dict, rel_err
 from eg3d_helpers import tiny_eg3d, write_eg3d_pickle
+
 from targetclip_core import load_generator
-from targetclip_core.cameras import CameraRig, camera_labels, fov_to_intrinsics, orbit, split_label
-from targetclip_core.eg3d import EG3DGenerator, ray_bundle
 from targetclip_core.errors import CheckpointError, LatentError
-from targetclip_core.loaders import save_generator
-from targetclip_core.stylespace import StyleLayout
+from targetclip_core.generators.cameras import CameraRig, camera_labels, fov_to_intrinsics, orbit, split_label
+from targetclip_core.generators.eg3d import EG3DGenerator, ray_bundle
+from targetclip_core.generators.load import save_generator
+from targetclip_core.generators.stylespace import StyleLayout
 
 FIXTURE = "eg3d_128"
 
@@ -348,7 +348,7 @@ def test_unsupported_superresolution_is_a_clear_error(eg3d_ref, fixtures_dir, tm
 
 
 def test_parse_views():
-    from targetclip_core.cameras import parse_views
+    from targetclip_core.generators.cameras import parse_views
 
     assert parse_views("4", 20, 0) == orbit(4, 20, 0)
     assert parse_views("-30:5, 0 ,30") == ([-30.0, 0.0, 30.0], [5.0, 0.0, 0.0])
@@ -367,7 +367,7 @@ def tiny_eg3d_file(tmp_path_factory):
 def test_cli_render_views_writes_every_view_and_depth(tiny_eg3d_file, tmp_path):
     from PIL import Image
 
-    from targetclip_core.cli import main
+    from targetclip_core.cli.main import main
 
     out = tmp_path / "views"
     assert main(["render", "-g", str(tiny_eg3d_file), "--seeds", "0-1", "--views", "3", "--depth", "-o", str(out),
@@ -383,7 +383,7 @@ def test_cli_render_views_writes_every_view_and_depth(tiny_eg3d_file, tmp_path):
 def test_cli_views_need_a_3d_generator(tmp_path, capsys):
     from essence_helpers import tiny_generator
 
-    from targetclip_core.cli import main
+    from targetclip_core.cli.main import main
 
     path = tmp_path / "flat.safetensors"
     save_generator(tiny_generator(), path)
@@ -392,7 +392,7 @@ def test_cli_views_need_a_3d_generator(tmp_path, capsys):
 
 
 def test_cli_bench_eg3d_on_a_checkpoint(tiny_eg3d_file, capsys):
-    from targetclip_core.cli import main
+    from targetclip_core.cli.main import main
 
     assert main(["bench", "eg3d", "--checkpoint", str(tiny_eg3d_file), "--frames", "2", "--repeats", "1",
                  "--neural-resolution", "8"]) == 0
@@ -423,7 +423,7 @@ def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
 
     from essence_helpers import tiny_clip
 
-    from targetclip_core import sat3d
+    from targetclip_core.methods import sat3d
 
     G = G_tiny
     q = sat3d.QMM(tiny_clip(), sat3d.load_descriptors("faces"))
@@ -445,8 +445,8 @@ def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
 def test_view_consistency_of_an_essence_by_hand(G_tiny):
     from essence_helpers import tiny_clip
 
-    from targetclip_core.essence import Essence
-    from targetclip_core.metrics import view_consistency
+    from targetclip_core.methods.targetclip.essence import Essence
+    from targetclip_core.metrics.scores import view_consistency
 
     G, C = G_tiny, tiny_clip()
     b = torch.randn(1, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(3)) * 0.5
@@ -469,7 +469,7 @@ def test_view_consistency_of_an_essence_by_hand(G_tiny):
 
 
 def test_auto_ray_limits_are_the_box_intersections():
-    from targetclip_core.eg3d import ray_box_limits
+    from targetclip_core.generators.eg3d import ray_box_limits
 
     origins = torch.tensor([[[0.0, 0.0, 2.7], [0.0, 0.0, 2.7], [0.3, 0.0, 2.7]]])
     dirs = torch.nn.functional.normalize(torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, -0.1], [0.0, 0.0, -1.0]]]), dim=-1)
@@ -518,7 +518,7 @@ def test_conditioning_switches_of_the_rendering_options():
     G.rendering.update(c_gen_conditioning_zero=False, c_scale=0.0)
     torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
     # a pickle without c_scale maps as the reference does then: rendering_kwargs.get('c_scale', 0)
-    from targetclip_core.eg3d import RENDERING_DEFAULTS
+    from targetclip_core.generators.eg3d import RENDERING_DEFAULTS
 
     assert RENDERING_DEFAULTS["c_scale"] == 0.0
 
@@ -534,7 +534,7 @@ def test_sampling_multiplier_is_temporary():
 
 
 def test_stratified_depths_by_hand():
-    from targetclip_core.eg3d import stratified_depths
+    from targetclip_core.generators.eg3d import stratified_depths
 
     mid = stratified_depths(1, 2, 2.0, 3.0, 3, disparity=False, deterministic=True, device="cpu")
     torch.testing.assert_close(mid[0, 0, :, 0], torch.tensor([2.25, 2.75, 3.25]))  # bin starts + half a bin

@@ -10,11 +10,14 @@ import signal
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import random_rosinality_state, write_rosinality_checkpoint
 from essence_helpers import TINY_CLIP, register_tiny_clip, tiny_clip
-from targetclip_core.encoder_training import (
+from PIL import Image
+
+from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder
+from targetclip_core.errors import CheckpointError, LatentError, TargetCLIPError
+from targetclip_core.generators.load import load_generator
+from targetclip_core.methods.targetclip.encoder_training import (
     EncoderTrainingConfig,
     EssenceObjective,
     batch_indices,
@@ -25,10 +28,7 @@ from targetclip_core.encoder_training import (
     read_training_image,
     train_essence_encoder,
 )
-from targetclip_core.encoders import EncoderConfig, StyleEncoder
-from targetclip_core.errors import CheckpointError, LatentError, TargetCLIPError
-from targetclip_core.essence_encoder import load_essence_encoder
-from targetclip_core.loaders import load_generator
+from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
 STAGES = ((8, 8, 1), (8, 16, 1), (16, 24, 1), (24, 32, 1))  # distinct widths: the loader finds stages by width
 RES, W_DIM, N_LATENT, INPUT = 32, 32, 8, 32
@@ -283,7 +283,7 @@ def test_existing_runs_are_not_overwritten_and_resume_keeps_settings(tmp_path, e
 
 
 def test_cli_trains_and_resumes(tmp_path, e4e_file, image_dir, capsys):
-    from targetclip_core import cli_train
+    from targetclip_core.cli import train as cli_train
 
     register_tiny_clip()
     parser = argparse.ArgumentParser(prog="targetclip")
@@ -300,7 +300,7 @@ def test_cli_trains_and_resumes(tmp_path, e4e_file, image_dir, capsys):
 
 
 def test_first_ctrl_c_asks_to_stop_and_the_second_aborts():
-    from targetclip_core.cli_train import _StopOnInterrupt
+    from targetclip_core.cli.train import _StopOnInterrupt
 
     before = signal.getsignal(signal.SIGINT)
     with _StopOnInterrupt() as interrupt:

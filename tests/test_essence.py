@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from essence_helpers import require_shared, tiny_generator
+
 from targetclip_core.errors import LatentError, TargetCLIPError
-from targetclip_core.essence import (
+from targetclip_core.methods.targetclip.essence import (
     Essence,
     apply_essence,
     edit_latents,

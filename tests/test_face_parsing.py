@@ -12,12 +12,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-
 from essence_helpers import tiny_clip, tiny_generator
-from targetclip_core import sat3d
-from targetclip_core import face_parsing as fp
+
 from targetclip_core.errors import CheckpointError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
-from targetclip_core.stylespace import StyleLayout
+from targetclip_core.faces import parsing as fp
+from targetclip_core.generators.stylespace import StyleLayout
+from targetclip_core.methods import sat3d
 
 torch.set_num_threads(1)
 
@@ -399,8 +399,9 @@ def test_unknown_regions_fail_before_training(state):
 
 def test_cli_sat3d_train_with_parser(tmp_path, ckpt, capsys, monkeypatch):
     from essence_helpers import TINY_CLIP, register_tiny_clip
-    from targetclip_core.cli_sat3d import main
-    from targetclip_core.loaders import save_generator
+
+    from targetclip_core.cli.sat3d import main
+    from targetclip_core.generators.load import save_generator
 
     real_load = fp.load_face_parser
     used = {}

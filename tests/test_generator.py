@@ -12,13 +12,13 @@ import re
 
 import pytest
 import torch
+from conftest import OURS_TO_ROSINALITY_32, random_wplus, rel_err, small_config, small_generator
 
-import targetclip_core.stylegan2 as stylegan2_module
-from conftest import OURS_TO_ROSINALITY_32, rel_err, small_config, small_generator, random_wplus
-from targetclip_core.bench_baseline import baseline_synthesis
+import targetclip_core.generators.stylegan2 as stylegan2_module
+from targetclip_core.bench.baselines import baseline_synthesis
 from targetclip_core.errors import LatentError
-from targetclip_core.loaders import load_generator
-from targetclip_core.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.generators.load import load_generator
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 TOL = 1e-4  # shared/fixtures/README.md: max |ours - ref| / max |ref| below 1e-4 in float32
 IMPLS = ["fused", "unfused"]

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import fixture_state_dict, rel_err, small_generator
 from encoder_helpers import TINY_STAGES, official_checkpoint, tiny_encoder
-from targetclip_core.arcface import ArcFace, load_arcface
-from targetclip_core.encoders import EncoderConfig, StyleEncoder
+
+from targetclip_core.encoders.arcface import ArcFace, load_arcface
+from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder
+from targetclip_core.encoders.inversion import load_inverter
 from targetclip_core.errors import CheckpointError, TargetCLIPError, UnsafePickleError
-from targetclip_core.essence import apply_essence
-from targetclip_core.essence_encoder import load_essence_encoder
-from targetclip_core.inversion import load_inverter
-from targetclip_core.loaders import load_generator
+from targetclip_core.generators.load import load_generator
+from targetclip_core.methods.targetclip.essence import apply_essence
+from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
 # --------------------------------------------------------------------------- conformance (shared fixtures)
 

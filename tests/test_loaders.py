@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
     OURS_TO_ROSINALITY_32,
     random_rosinality_state,
@@ -35,10 +34,11 @@ from conftest import (
     small_generator,
     write_rosinality_checkpoint,
 )
+
 from targetclip_core.errors import CheckpointError, LatentError, UnsafePickleError, WeightsUnavailableError
-from targetclip_core.latents import load_latents
-from targetclip_core.loaders import load_generator, save_generator, sniff_format
-from targetclip_core.stylegan2 import SynthesisLayer, ToRGBLayer
+from targetclip_core.generators.latents import load_latents
+from targetclip_core.generators.load import load_generator, save_generator, sniff_format
+from targetclip_core.generators.stylegan2 import SynthesisLayer, ToRGBLayer
 
 TOL = 1e-4
 FIR = torch.outer(torch.tensor([1.0, 3.0, 3.0, 1.0]), torch.tensor([1.0, 3.0, 3.0, 1.0])) / 64  # setup_filter([1,3,3,1])

@@ -13,17 +13,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from essence_helpers import TINY_CLIP, hand_consistency, register_tiny_clip, require_shared, tiny_clip, tiny_generator
 from PIL import Image
 
-from essence_helpers import TINY_CLIP, hand_consistency, register_tiny_clip, require_shared, tiny_clip, tiny_generator
-from targetclip_core.arcface import ArcFace
+from targetclip_core.encoders.arcface import ArcFace
 from targetclip_core.errors import LatentError, TargetCLIPError, UnsafePickleError, WeightsUnavailableError
-from targetclip_core.essence import Essence, save_essence
-from targetclip_core.evaluation import evaluate, read_results_csv, resolve_essences, sources_from_seeds
-from targetclip_core.interpret import (NEUTRAL_PROMPT, load_vocabulary, mean_normalised_delta, rank_phrases,
-                                       read_vocabulary, text_directions)
-from targetclip_core.metrics import (background_change, consistency_score, default_face_mask, identity_scores,
-                                     load_blip, quantize_8bit, score_edits, semantic_scores)
+from targetclip_core.methods.targetclip.essence import Essence, save_essence
+from targetclip_core.metrics.evaluation import evaluate, read_results_csv, resolve_essences, sources_from_seeds
+from targetclip_core.metrics.interpret import (
+    NEUTRAL_PROMPT,
+    load_vocabulary,
+    mean_normalised_delta,
+    rank_phrases,
+    read_vocabulary,
+    text_directions,
+)
+from targetclip_core.metrics.scores import (
+    background_change,
+    consistency_score,
+    default_face_mask,
+    identity_scores,
+    load_blip,
+    quantize_8bit,
+    score_edits,
+    semantic_scores,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCFACE_STAGES = ((8, 8, 1), (8, 16, 2), (16, 24, 2), (24, 32, 1))
@@ -254,7 +268,7 @@ def test_resume_skips_finished_targets_and_refuses_other_settings(G, C, tmp_path
 
 
 def test_official_directions_and_sources_load_for_eval(G, C):
-    from targetclip_core.latents import load_latents
+    from targetclip_core.generators.latents import load_latents
 
     folder = require_shared("data", "targetclip", "directions")
     files = sorted(folder.glob("*.npy"))
@@ -292,7 +306,7 @@ def test_interpretation_ranks_a_planted_phrase_first(C):
 
 
 def test_interpret_essence_runs_on_tiny_models(G, C):
-    from targetclip_core.interpret import interpret_essence
+    from targetclip_core.metrics.interpret import interpret_essence
 
     ranked = interpret_essence(G, C, _essences(G, 1)[0], vocabulary=["red hair", "a beard", "glasses"], top_k=2, n_sources=3)
     assert len(ranked) == 2 and all(-1 <= s <= 1 for _, s in ranked) and ranked[0][1] >= ranked[1][1]
@@ -317,7 +331,7 @@ def test_fid_of_given_features_matches_scipy_by_hand():
     pytest.importorskip("torchmetrics", reason="FID is an optional extra: pip install torchmetrics")
     from scipy import linalg
 
-    from targetclip_core.fid import frechet_distance_of_features
+    from targetclip_core.metrics.fid import frechet_distance_of_features
 
     gen = np.random.default_rng(1)
     a = gen.normal(0, 1, (24, 5))
@@ -330,7 +344,7 @@ def test_fid_of_given_features_matches_scipy_by_hand():
 
 
 def test_fid_weights_missing_or_unsafe_give_clear_messages(tmp_path, monkeypatch):
-    from targetclip_core import fid
+    from targetclip_core.metrics import fid
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(WeightsUnavailableError) as err:
@@ -371,7 +385,7 @@ def test_blip_features_are_the_class_token_of_a_local_folder(tmp_path):
         pytest.skip(f"transformers with BLIP is not importable here: {type(e).__name__}")
     import torch.nn.functional as F
 
-    from targetclip_core.metrics import blip_features
+    from targetclip_core.metrics.scores import blip_features
 
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     cfg = BlipConfig(vision_config=dict(small, image_size=64, patch_size=16), projection_dim=16,
@@ -394,8 +408,8 @@ def test_blip_features_are_the_class_token_of_a_local_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_files(tmp_path_factory, G, A):
-    from targetclip_core.latents import save_latents
-    from targetclip_core.loaders import save_generator
+    from targetclip_core.generators.latents import save_latents
+    from targetclip_core.generators.load import save_generator
 
     root = tmp_path_factory.mktemp("metrics_cli")
     save_generator(G, root / "gen.safetensors")
@@ -418,7 +432,7 @@ CLIP_ARGS = ["--clip", TINY_CLIP, "--pretrained", "none", "--device", "cpu"]
 
 
 def test_cli_eval_writes_results_and_resumes(cli_files, capsys):
-    from targetclip_core.cli import main
+    from targetclip_core.cli.main import main
 
     out = cli_files["root"] / "eval"
     base = ["eval", "-g", str(cli_files["gen"]), "--sources", str(cli_files["sources"]), "--out", str(out),
@@ -435,7 +449,7 @@ def test_cli_eval_writes_results_and_resumes(cli_files, capsys):
 
 
 def test_cli_score_interpret_and_fid(cli_files, G, capsys, tmp_path, monkeypatch):
-    from targetclip_core.cli import main
+    from targetclip_core.cli.main import main
 
     paths = []
     with torch.no_grad():

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-
-from essence_helpers import register_tiny_clip, tiny_generator
-
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
-
 import comfy.model_management as mm  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
+from essence_helpers import register_tiny_clip, tiny_generator
 
 
 @pytest.fixture(scope="module")
 def generator_file(models_dir, pack):
-    from targetclip_core.loaders import save_generator
+    from targetclip_core.generators.load import save_generator
 
     folder = Path(folder_paths.get_folder_paths("stylegan")[0])
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +79,7 @@ def test_load_sample_render(pack, generator_file):
 
 
 def test_latents_of_another_generator_are_refused(pack, generator_file):
-    from targetclip_core.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+    from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
     (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load(generator_file)
     other = StyleGAN2Generator(StyleGAN2Config(resolution=16, channels={4: 32, 8: 32, 16: 16}, w_dim=64, z_dim=64, n_mlp=2))

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
-
-from eg3d_helpers import tiny_eg3d
-from essence_helpers import tiny_generator
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
-
 import comfy.model_management as mm  # noqa: E402  (available once the harness is imported)
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
+import pytest
+import torch
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
+from eg3d_helpers import tiny_eg3d
+from essence_helpers import tiny_generator
 
 
 @pytest.fixture(scope="module")
 def eg3d_file(models_dir, pack):
-    from targetclip_core.loaders import save_generator
+    from targetclip_core.generators.load import save_generator
 
     folder = Path(folder_paths.get_folder_paths("eg3d")[0])
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,7 +59,7 @@ def test_render_views_orbit_is_latent_major_and_matches_the_engine(pack, eg3d_fi
     assert images.shape == (6, 128, 128, 3) and depth.shape == (6, 128, 128) and depth_image.shape == (6, 128, 128, 3)
     assert updates[-1] == (6, 6)
     assert float(depth.min()) >= 0 and float(depth.max()) <= 1
-    from targetclip_core.cameras import orbit
+    from targetclip_core.generators.cameras import orbit
 
     yaws, pitches = orbit(3, 30.0, 10.0)
     with torch.no_grad():

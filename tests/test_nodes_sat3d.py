@@ -13,20 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from essence_helpers import register_tiny_clip, tiny_generator
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
-
 import comfy.model_management as mm  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 
-from targetclip_core import sat3d as engine  # noqa: E402
-from targetclip_core.essence import Essence, edit_latents  # noqa: E402
+from targetclip_core.methods import sat3d as engine  # noqa: E402
+from targetclip_core.methods.targetclip.essence import Essence, edit_latents  # noqa: E402
 
 SAT3D_NODES = {
     "TargetCLIP_LoadSAT3DMatrix": ("TargetCLIP/loaders", "Load SAT3D Matrix (TargetCLIP)"),
@@ -42,7 +40,7 @@ TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, trun
 
 @pytest.fixture(scope="module")
 def G(pack):
-    from targetclip_core.loaders import save_generator
+    from targetclip_core.generators.load import save_generator
 
     folder = Path(folder_paths.get_folder_paths("stylegan")[0])
     folder.mkdir(parents=True, exist_ok=True)

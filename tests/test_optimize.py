@@ -9,8 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from essence_helpers import (
     hand_consistency,
     hand_l2,
@@ -21,9 +19,18 @@ from essence_helpers import (
     tiny_generator,
     truncated_sources,
 )
+from PIL import Image
+
 from targetclip_core.errors import LatentError, TargetCLIPError
-from targetclip_core.essence import Essence
-from targetclip_core.optimize import LOSS_TERMS, StepInfo, consistency_loss, essence_losses, official_lr, optimize_essence
+from targetclip_core.methods.targetclip.essence import Essence
+from targetclip_core.methods.targetclip.optimize import (
+    LOSS_TERMS,
+    StepInfo,
+    consistency_loss,
+    essence_losses,
+    official_lr,
+    optimize_essence,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from essence_helpers import tiny_clip, tiny_generator
 from torch import nn
 
-from essence_helpers import tiny_clip, tiny_generator
-from targetclip_core import sat3d
 from targetclip_core.errors import LatentError, TargetCLIPError
-from targetclip_core.stylespace import StyleLayout, edit_styles, flatten_styles, is_torgb, unflatten
+from targetclip_core.generators.stylespace import StyleLayout, edit_styles, flatten_styles, is_torgb, unflatten
+from targetclip_core.methods import sat3d
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention
 
@@ -418,8 +418,9 @@ def test_matrix_round_trip_and_refusal_of_another_generator(G32, tmp_path):
 
 def test_cli_train_then_transfer(tmp_path, capsys):
     from essence_helpers import TINY_CLIP, register_tiny_clip
-    from targetclip_core.cli_sat3d import main
-    from targetclip_core.loaders import save_generator
+
+    from targetclip_core.cli.sat3d import main
+    from targetclip_core.generators.load import save_generator
 
     register_tiny_clip()
     gen = tmp_path / "g.safetensors"
@@ -445,14 +446,14 @@ def test_cli_train_then_transfer(tmp_path, capsys):
 def test_cli_transfer_instant_and_compare(tmp_path, capsys):
     import csv
 
+    from essence_helpers import TINY_CLIP
     from PIL import Image
 
-    from essence_helpers import TINY_CLIP
-    from targetclip_core.cli import parse_seeds
-    from targetclip_core.cli_sat3d import main
-    from targetclip_core.clip import load_clip
-    from targetclip_core.latents import z_from_seeds
-    from targetclip_core.loaders import load_generator, save_generator
+    from targetclip_core.cli.main import parse_seeds
+    from targetclip_core.cli.sat3d import main
+    from targetclip_core.encoders.clip import load_clip
+    from targetclip_core.generators.latents import z_from_seeds
+    from targetclip_core.generators.load import load_generator, save_generator
 
     gen, matrix = tmp_path / "g.safetensors", tmp_path / "m.safetensors"
     save_generator(tiny_generator(32), gen)
@@ -622,8 +623,8 @@ def test_cli_under_torchrun_equals_one_process(tmp_path, capsys):
     import subprocess
     from pathlib import Path
 
-    from targetclip_core.cli import main
-    from targetclip_core.loaders import save_generator
+    from targetclip_core.cli.main import main
+    from targetclip_core.generators.load import save_generator
 
     gen = tmp_path / "g.safetensors"
     save_generator(tiny_generator(32), gen)

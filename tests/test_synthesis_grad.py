@@ -12,12 +12,11 @@ import copy
 
 import pytest
 import torch
-
-from targetclip_core import synthesis_grad
-from targetclip_core.bench_baseline import baseline_synthesis
-from targetclip_core.fir import depthwise_fir, depthwise_fir_adjoint
-
 from conftest import random_wplus, rel_err, small_generator
+
+from targetclip_core.bench.baselines import baseline_synthesis
+from targetclip_core.generators import synthesis_grad
+from targetclip_core.generators.fir import depthwise_fir, depthwise_fir_adjoint
 
 
 def _frozen64(G):

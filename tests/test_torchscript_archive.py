@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from targetclip_core.errors import CheckpointError, UnsafePickleError
-from targetclip_core.torchscript_archive import (
-    OPENAI_EXTRA_KEYS,
+from targetclip_core.formats.torchscript import (
     _ALLOWED,
+    OPENAI_EXTRA_KEYS,
     is_torchscript_archive,
     read_torchscript_state_dict,
 )
@@ -441,7 +441,7 @@ def test_load_clip_from_openai_archive(openai_archive, no_jit_load):
     import open_clip
     from open_clip.model import build_model_from_openai_state_dict
 
-    from targetclip_core.clip import CLIPEncoder, load_clip
+    from targetclip_core.encoders.clip import CLIPEncoder, load_clip
 
     path, reference = openai_archive
     enc = load_clip(TINY_OPENAI, pretrained=str(path), device="cpu")
@@ -464,7 +464,7 @@ def test_load_clip_from_openai_archive(openai_archive, no_jit_load):
 
 
 def test_load_clip_archive_of_wrong_architecture(openai_archive, tmp_path, no_jit_load):
-    from targetclip_core.clip import load_clip
+    from targetclip_core.encoders.clip import load_clip
 
     path, _ = openai_archive
     with pytest.raises(CheckpointError, match=r"embed_dim is 32, but 'ViT-B-32' has 512"):

@@ -14,9 +14,9 @@ from typing import Iterator
 
 import pytest
 
-from targetclip_core import weights
 from targetclip_core.errors import WeightsUnavailableError
-from targetclip_core.weights import ManifestError, WeightEntry
+from targetclip_core.io import weights
+from targetclip_core.io.weights import ManifestError, WeightEntry
 
 PAYLOAD = random.Random(0).randbytes(3 * (1 << 20) + 123)  # several read chunks, odd tail
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -388,7 +388,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from targetclip_core.fileio import atomic_path
+    from targetclip_core.io.files import atomic_path
 
     with atomic_path(tmp_path / "atomic.bin") as tmp:
         tmp.write_bytes(b"x")

@@ -1,0 +1,1 @@
+"""Benchmarks, and the baselines they are timed against in the same run."""

@@ -1,0 +1,164 @@
+"""Semantic encoder: open_clip models behind one differentiable, frozen interface.
+
+`load_clip(name, pretrained)` accepts anything `open_clip.create_model` accepts
+(built-in names with a pretrained tag or checkpoint path, "local-dir:/path",
+"hf-hub:org/repo"), plus a checkpoint file given as `pretrained` with an
+architecture name.  CLIP is never trained here: weights are frozen and in eval mode,
+and gradients only flow through `encode_image` into the images.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from targetclip_core.errors import CheckpointError, TargetCLIPError
+
+PREPROCESS_MODES = ("default", "paper")
+
+
+class CLIPEncoder(nn.Module):
+    """Frozen CLIP with generator-friendly image input.
+
+    encode_image(img): img [B,3,H,W] in [-1,1], any size; returns L2-normalised [B, D].
+      "default": antialiased resize of the short side to the model's input size, centre
+                 crop, the model's own mean/std normalisation.
+      "paper":   the official TargetCLIP code's preprocessing, for reproduction: nearest
+                 upsampling x7, average pooling with kernel 7H/224 (1024 -> 224), and no
+                 mean/std normalisation (the official code feeds [-1, 1] as is).
+    encode_text(texts): list of strings -> L2-normalised [T, D].
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, pretrained: str | None, preprocess: str = "default"):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name, self.pretrained = name, pretrained
+        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = cfg.get("size", getattr(model.visual, "image_size", 224))
+        self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.interpolation = cfg.get("interpolation", "bicubic")
+        mean = cfg.get("mean", getattr(model.visual, "image_mean", (0.48145466, 0.4578275, 0.40821073)))
+        std = cfg.get("std", getattr(model.visual, "image_std", (0.26862954, 0.26130258, 0.27577711)))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.preprocess = preprocess
+
+    @property
+    def identity(self) -> dict:
+        return {"name": self.name, "pretrained": self.pretrained or ""}
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def train(self, mode: bool = True):  # CLIP stays in eval mode whatever a caller does
+        return super().train(False)
+
+    def preprocess_images(self, img: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        mode = mode or self.preprocess
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
+        if img.dim() != 4 or img.shape[1] != 3:
+            raise TargetCLIPError(f"expected images [B, 3, H, W] in [-1, 1], got shape {list(img.shape)}")
+        s = self.input_size
+        if mode == "paper":
+            # the official code feeds generated images in [-1, 1] without CLIP's mean/std
+            # (a quirk kept for reproduction), after nearest x7 upsampling and average
+            # pooling; that pair is the separable linear map A X A^T, far cheaper than the
+            # 7x upsampled intermediate
+            a = _paper_pool_matrix(img.shape[-1], s, img.device)
+            b = a if img.shape[-2] == img.shape[-1] else _paper_pool_matrix(img.shape[-2], s, img.device)
+            return torch.einsum("oh,bchw,pw->bcop", b, img.float(), a)
+        x = (img.float() + 1) / 2  # [0, 1], what CLIP's mean/std expect
+        h, w = x.shape[-2:]
+        if (h, w) != (s, s):
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            mode_ = self.interpolation if self.interpolation in ("bilinear", "bicubic") else "bicubic"
+            x = F.interpolate(x, size=(nh, nw), mode=mode_, align_corners=False, antialias=True)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            x = x[..., top : top + s, left : left + s]
+        return (x - self.mean) / self.std
+
+    def encode_image(self, img: torch.Tensor, preprocess: str | None = None) -> torch.Tensor:
+        x = self.preprocess_images(img.to(self.device), preprocess)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_text(self, texts) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+
+def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=None, preprocess: str = "default") -> CLIPEncoder:
+    """Create a frozen CLIP encoder.
+
+    name: an open_clip architecture ("ViT-B-32"), "local-dir:/path" or "hf-hub:org/repo".
+    pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k"), a checkpoint file
+      (open_clip .bin/.pt state dict or .safetensors; OpenAI's original TorchScript .pt is read
+      as data, see torchscript_archive), or None for random weights.
+    Downloads go through open_clip's own cache when online; offline, a missing tag gives an
+    error saying which file to provide.
+    """
+    import open_clip
+
+    from targetclip_core.generators.load import default_device
+
+    device = default_device(device)
+    if pretrained and Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") and not Path(pretrained).is_file():
+        raise CheckpointError(f"{pretrained}: no such CLIP checkpoint file")
+    schema = name.startswith(("local-dir:", "hf-hub:"))
+    if not schema and name not in open_clip.list_models():
+        raise TargetCLIPError(f"unknown CLIP architecture {name!r}; known: {', '.join(open_clip.list_models()[:8])}, ...")
+    if pretrained and not schema and Path(pretrained).is_file():
+        from targetclip_core.formats.torchscript import is_torchscript_archive, openai_clip_from_torchscript
+
+        if is_torchscript_archive(pretrained):  # OpenAI's original .pt: read as data, never torch.jit.load
+            model = openai_clip_from_torchscript(pretrained, name)
+            return CLIPEncoder(model, open_clip.get_tokenizer(name), name, pretrained, preprocess=preprocess).to(device)
+    from safetensors import SafetensorError
+
+    try:
+        model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}. Offline? Put the checkpoint file on disk and pass its "
+            "path as `pretrained`, or use 'local-dir:/folder' with open_clip_config.json + open_clip_model.safetensors."
+        ) from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # corrupt/truncated files
+        raise CheckpointError(f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}") from None
+    tokenizer = open_clip.get_tokenizer(name)
+    return CLIPEncoder(model, tokenizer, name, pretrained, preprocess=preprocess).to(device)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _paper_pool_matrix(n: int, out: int, device) -> torch.Tensor:
+    """[out, n] matrix equal to nearest upsampling by 7 then average pooling by 7n/out.
+
+    Row o averages the upsampled span [k*o, k*o + k) with k = 7n/out; input pixel i covers
+    [7i, 7i + 7) of it, so A[o, i] = |overlap| / k.
+    """
+    up = 7 * n
+    if up % out:
+        raise TargetCLIPError(f"paper preprocessing needs 7*{n} to be a multiple of {out}")
+    k = up // out
+    lo = torch.arange(out, dtype=torch.float64)[:, None] * k
+    i0 = torch.arange(n, dtype=torch.float64)[None, :] * 7
+    overlap = (torch.minimum(lo + k, i0 + 7) - torch.maximum(lo, i0)).clamp(min=0)
+    return (overlap / k).to(device=device, dtype=torch.float32)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cos(a, b) along the last dim (inputs need not be normalised)."""
+    return 1 - F.cosine_similarity(a, b, dim=-1)

@@ -1,0 +1,1 @@
+"""Faces in photos: landmarks, FFHQ alignment and paste-back, face parsing."""

@@ -1,0 +1,1 @@
+"""One module per foreign checkpoint layout, each translating it into our parameter names."""

@@ -1,0 +1,85 @@
+"""Latent files: W+ codes (and plain W) read from the formats people have, written as safetensors.
+
+Accepted for reading: our `.safetensors` (tensor `wplus`, or `w`), `.npy` (the official
+TargetCLIP / e4e dumps), and `.pt`/`.pth` tensors or dicts of one tensor (read with
+weights_only=True).  Everything comes back as float32 on CPU; shape checks against a
+generator happen in `StyleGAN2Generator.to_wplus`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from targetclip_core.errors import LatentError
+from targetclip_core.io.files import atomic_path
+
+LATENT_FORMAT = "targetclip.latents"
+
+
+def load_latents(path: str | os.PathLike) -> torch.Tensor:
+    """Read W ([B, w_dim]) or W+ ([B, n_latent, w_dim]) latents from a file."""
+    p = Path(path)
+    if not p.is_file():
+        raise LatentError(f"{p}: no such latent file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            t = torch.from_numpy(np.load(p, allow_pickle=False))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(p))
+            t = _pick_tensor(tensors, p)
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            t = obj if torch.is_tensor(obj) else _pick_tensor(obj, p)
+        else:
+            raise LatentError(f"{p}: unsupported latent file type {suffix!r} (use .safetensors, .npy or .pt)")
+    except LatentError:
+        raise
+    except Exception as e:  # numpy/safetensors/torch each raise their own types for corrupt files
+        raise LatentError(f"{p}: cannot read latents ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not torch.is_tensor(t) or not t.is_floating_point():
+        raise LatentError(f"{p}: latents must be a floating-point tensor")
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() not in (2, 3):
+        raise LatentError(f"{p}: latents of shape {list(t.shape)}; expected [B, w_dim] or [B, n_latent, w_dim]")
+    if not torch.isfinite(t).all():
+        raise LatentError(f"{p}: latents contain NaN or infinite values")
+    return t.float()
+
+
+def save_latents(path: str | os.PathLike, wplus: torch.Tensor, generator_identity: dict | None = None) -> Path:
+    """Write W+ latents as safetensors (tensor `wplus`), with the generator identity as metadata."""
+    from safetensors.torch import save_file
+
+    meta = {"format": LATENT_FORMAT, "format_version": "1"}
+    if generator_identity:
+        meta["generator"] = json.dumps(generator_identity)
+    with atomic_path(path) as tmp:
+        save_file({"wplus": wplus.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def z_from_seeds(seeds, z_dim: int) -> torch.Tensor:
+    """One z per seed, drawn as NVlabs' generate.py does (numpy RandomState(seed).randn), so
+    "seed 85" shows the same face here as in the official scripts for the same network."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def _pick_tensor(obj, p) -> torch.Tensor:
+    if not isinstance(obj, dict):
+        raise LatentError(f"{p}: expected a tensor or a dict of tensors, found {type(obj).__name__}")
+    for key in ("wplus", "latents", "w", "latent"):
+        if key in obj and torch.is_tensor(obj[key]):
+            return obj[key]
+    tensors = [v for v in obj.values() if torch.is_tensor(v)]
+    if len(tensors) == 1:
+        return tensors[0]
+    raise LatentError(f"{p}: cannot tell which tensor holds the latents (keys: {', '.join(map(str, list(obj)[:6]))})")

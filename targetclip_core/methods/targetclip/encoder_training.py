@@ -1,0 +1,645 @@
+"""Training the TargetCLIP essence encoder (paper Sec. 4, "Essence Encoder").
+
+An e4e network is fine-tuned so that its output for a target image I_t is the essence b_t
+of that target, used as G(w + b_t) for any source w.  The objective per target is the
+optimiser's own (`optimize.essence_losses`), with the encoder's output as b:
+
+    L = L_similarity + 0.5 L_consistency + 0.003 ||b||   over N = 5 fixed sources,
+
+averaged over the batch; Ranger, lr 1e-4, constant, 3000 steps (the official coach).
+
+Choices, and where they differ from TargetCLIP's `training/coach.py`:
+* The encoder output is b itself: `start_from_latent_avg` is False, the default of the
+  official option (its pSp wrapper adds latent_avg only when the option is set).  It is
+  recorded in the checkpoint's opts, which `load_essence_encoder` reads.  At the start
+  b = e4e's inversion of the target minus latent_avg: the target's offset from the mean
+  face, the encoder's analogue of the optimiser's inverted-target initialisation.
+* lambda_consistency 0.5 as in the paper (the coach's option defaults to 0.6).
+* Edits render at the reduced resolution CLIP needs and the sources' CLIP codes are
+  computed once (the coach renders 1024 px and re-encodes the sources every step).
+* Target photos get CLIP's own preprocessing, as in `optimize_essence`.
+* The L2 term is ||b_t|| per target; the coach adds the norm of the whole batch for every
+  target (batch_size times heavier).
+* Ranger keeps the SGD warm-up of the Ranger the coach used (`degenerated_to_sgd=True`):
+  pytorch_optimizer's default would step uphill in the first steps.
+* Batch order and flips are functions of (seed, step), so resuming from `last.pt` replays
+  the uninterrupted run exactly with no generator state to carry.
+* Validation runs at step 0 (the e4e starting point), every `val_every` steps and at the
+  end; `global_step` counts finished steps (the coach saves it one lower).
+
+Files in `out_dir`: `best_model.pt` (lowest validation loss), `last.pt` (every
+`save_every` steps, at the end, and when stopped), `loss_log.csv`.  Both checkpoints use
+the official e4e layout and load with `torch.load(weights_only=True)`; `best_model.pt`
+carries no optimizer state (it is for inference, `last.pt` is for resuming).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
+from targetclip_core.encoders.inversion import inverter_from_checkpoint
+from targetclip_core.errors import CheckpointError, TargetCLIPError
+from targetclip_core.generators.load import (
+    _resolve_path,
+    default_device,
+    load_state_checked,
+    sniff_format,
+    torch_load_safely,
+)
+from targetclip_core.io.files import atomic_path
+from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
+from targetclip_core.methods.targetclip.optimize import (
+    LOSS_TERMS,
+    _loss_resolution,
+    _make_autograd_ready,
+    essence_losses,
+    sample_sources,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+BEST_NAME, LAST_NAME, LOG_NAME = "best_model.pt", "last.pt", "loss_log.csv"
+CHECKPOINT_FORMAT = "targetclip.essence_encoder"
+RESUMABLE_CHANGES = ("steps", "val_every", "save_every")  # may differ on resume: they do not change the updates
+_SPLIT, _ORDER, _FLIP = 1, 2, 3  # stream tags of the seeded random draws
+
+
+@dataclass(frozen=True)
+class EncoderTrainingConfig:
+    steps: int = 3000
+    lr: float = 1e-4
+    batch_size: int = 4  # the coach's default; every step renders batch_size * n_sources edits
+    n_sources: int = 5  # when sources are sampled from the generator
+    truncation: float = 0.7  # of sampled sources
+    lambdas: tuple = (1.0, 0.5, 0.003)  # similarity, consistency, l2
+    optimizer: str = "ranger"  # or "adam"
+    out_resolution: int | str = "auto"  # render resolution of the loss; auto = what CLIP needs
+    val_fraction: float = 0.05  # held out of the training folder when no val_images are given
+    max_val_images: int = 50  # the coach validates on at most ~50 batches
+    val_every: int = 250
+    save_every: int = 500
+    flip: bool = True  # random horizontal flips of training images (e4e's transforms)
+    start_from_latent_avg: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "lambdas", tuple(float(x) for x in self.lambdas))
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.n_sources >= 1, "n_sources must be >= 1"),
+            (len(self.lambdas) == 3, "lambdas are (similarity, consistency, l2)"),
+            (self.optimizer in ("ranger", "adam"), f"optimizer must be 'ranger' or 'adam', got {self.optimizer!r}"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.max_val_images >= 1, "max_val_images must be >= 1"),
+            (self.val_every >= 1 and self.save_every >= 1, "val_every and save_every must be >= 1"),
+            (self.seed >= 0, "seed must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TargetCLIPError(message)
+
+
+@dataclass
+class TrainProgress:
+    """What the callback receives after every training step."""
+
+    step: int  # finished steps (1..steps)
+    steps: int
+    losses: dict  # term -> float, this step's batch mean
+    val_losses: dict | None  # term -> float when this step validated
+    best_val_loss: float | None
+    best_step: int | None
+    seconds: float  # wall time of this step (validation and saving included)
+
+
+@dataclass
+class TrainResult:
+    encoder: EssenceEncoder  # the weights of the last finished step, in eval mode
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    log_path: Path
+    global_step: int
+    best_val_loss: float | None
+    best_step: int | None
+    stopped: bool  # True when the callback stopped the run early
+
+
+# --------------------------------------------------------------------------- data
+
+
+def list_images(source) -> list[Path]:
+    """Image files of a folder (recursive, sorted, hidden entries skipped) or an explicit list."""
+    if isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise TargetCLIPError(f"no such image file: {', '.join(missing[:5])}")
+        where = "the image list"
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise TargetCLIPError(f"{root}: no such folder of images")
+        files = sorted(
+            p for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        where = str(root)
+    if not files:
+        raise TargetCLIPError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES)} files, searched recursively)")
+    return files
+
+
+def check_readable(files) -> None:
+    """Open every file's header up front, so a bad file is named before hours of training."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as e:  # PIL's decoders raise many types (OSError, SyntaxError, DecompressionBombError...)
+            raise TargetCLIPError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def read_training_image(path, size: int) -> torch.Tensor:
+    """[3, size, size] in [-1, 1]: RGB, PIL bilinear resize, as e4e's Resize/ToTensor/Normalize(0.5, 0.5)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+    except Exception as e:
+        raise TargetCLIPError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+
+
+def _rng(seed: int, *keys: int) -> torch.Generator:
+    """An independent random stream per (seed, keys): batches and flips never depend on history."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+def split_holdout(files: list[Path], fraction: float, max_val: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, val): a seeded random `fraction` held out (at least one image, at most max_val)."""
+    if fraction <= 0 or len(files) < 2:
+        return files, []
+    n_val = min(max(1, round(len(files) * fraction)), max_val, len(files) - 1)
+    held = set(torch.randperm(len(files), generator=_rng(seed, _SPLIT)).tolist()[:n_val])
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+
+
+def _subset(files: list[Path], k: int, seed: int) -> list[Path]:
+    if len(files) <= k:
+        return list(files)
+    keep = sorted(torch.randperm(len(files), generator=_rng(seed, _SPLIT, 1)).tolist()[:k])
+    return [files[i] for i in keep]
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Images of training step `step` (0-based): a fresh shuffle per epoch, incomplete batches dropped."""
+    per_epoch = n // batch_size
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=_rng(seed, _ORDER, epoch))
+    return order[i * batch_size : (i + 1) * batch_size].tolist()
+
+
+def flip_mask(step: int, batch_size: int, seed: int) -> torch.Tensor:
+    return torch.rand(batch_size, generator=_rng(seed, _FLIP, step)) < 0.5
+
+
+def _data_digest(train: list[Path], val: list[Path], root) -> str:
+    """Fingerprint of the split, by paths relative to the folder (a moved folder still matches)."""
+    def rel(p):
+        try:
+            return p.relative_to(root).as_posix() if root is not None else p.name
+        except ValueError:
+            return p.name
+
+    text = "\n".join(map(rel, train)) + "\n--val--\n" + "\n".join(map(rel, val))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass
+class _Data:
+    train: list[Path]
+    val: list[Path]
+    val_source: str  # held-out | folder | train
+    digest: str
+    description: str
+
+    def summary(self) -> dict:
+        return {"images": self.description, "n_train": len(self.train), "n_val": len(self.val),
+                "val_source": self.val_source, "data_digest": self.digest}
+
+
+def _prepare_data(images, val_images, cfg: EncoderTrainingConfig) -> _Data:
+    """Training and validation files, verified up front; pixels are read lazily (large folders need not fit in memory)."""
+    files = list_images(images)
+    check_readable(files)
+    if val_images is not None:
+        train, val, val_source = files, list_images(val_images), "folder"
+        check_readable(val)
+    else:
+        train, val = split_holdout(files, cfg.val_fraction, cfg.max_val_images, cfg.seed)
+        val_source = "held-out" if val else "train"
+    val = _subset(val or train, cfg.max_val_images, cfg.seed)
+    from_folder = not isinstance(images, (list, tuple))
+    digest = _data_digest(train, val, Path(images) if from_folder else None)
+    return _Data(train, val, val_source, digest, str(images) if from_folder else f"{len(files)} files")
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class EssenceObjective:
+    """The per-target essence loss of (target, b) pairs against fixed sources (paper Eqs. 5-7)."""
+
+    def __init__(self, G, C, sources: torch.Tensor, lambdas, out_resolution="auto"):
+        self.G, self.C, self.lambdas = G, C, lambdas
+        self.resolution = _loss_resolution(G, C, out_resolution)
+        self.sources = sources
+        with torch.no_grad():  # constant through the run
+            self.source_codes = C.encode_image(G.synthesis(sources, out_resolution=self.resolution))
+
+    @torch.no_grad()
+    def target_codes(self, targets: torch.Tensor) -> torch.Tensor:
+        return self.C.encode_image(targets, preprocess="default")  # photos: CLIP's own preprocessing
+
+    def __call__(self, vectors: torch.Tensor, target_codes: torch.Tensor) -> dict:
+        """vectors b [T, n_latent, w_dim] -> term -> [T] (differentiable in b)."""
+        n_targets, n = vectors.shape[0], self.sources.shape[0]
+        edits = self.sources[None] + vectors[:, None]  # G(w_s + b_t) for every pair
+        images = self.G.synthesis(edits.flatten(0, 1), out_resolution=self.resolution)
+        edit_codes = self.C.encode_image(images).view(n_targets, n, -1)
+        return essence_losses(target_codes, self.source_codes, edit_codes, vectors, self.lambdas)
+
+
+@torch.no_grad()
+def evaluate(encoder: EssenceEncoder, objective: EssenceObjective, images, target_codes, batch_size) -> dict:
+    """Mean loss terms over `images` in eval mode (no flips): the validation loss."""
+    was_training = encoder.training
+    encoder.eval()
+    per_target = {k: [] for k in LOSS_TERMS}
+    for i in range(0, images.shape[0], batch_size):
+        losses = objective(encoder(images[i : i + batch_size]), target_codes[i : i + batch_size])
+        for k in LOSS_TERMS:
+            per_target[k].append(losses[k])
+    encoder.train(was_training)
+    return {k: float(torch.cat(v).mean()) for k, v in per_target.items()}
+
+
+# --------------------------------------------------------------------------- log and checkpoints
+
+
+class LossLog:
+    """loss_log.csv: step, split, total, similarity, consistency, l2 — one row per train step and validation."""
+
+    COLUMNS = ("step", "split") + LOSS_TERMS
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None or not path.is_file():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(self.COLUMNS)
+        else:  # rows a stopped run wrote after its last save are replayed: drop them
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def append(self, step: int, split: str, losses: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([step, split] + [f"{losses[k]:.8g}" for k in LOSS_TERMS])
+
+
+def read_loss_log(path) -> list[dict]:
+    """The rows of a loss_log.csv, numbers as int/float."""
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), "split": r["split"], **{k: float(r[k]) for k in LOSS_TERMS}} for r in csv.DictReader(f)]
+
+
+@dataclass
+class _RunFiles:
+    """What every checkpoint of the run repeats besides the encoder weights."""
+
+    decoder_state: dict | None  # rosinality-layout generator weights, when the generator came from such a file
+    latent_avg: torch.Tensor | None
+    opts: dict
+    sources: torch.Tensor
+
+
+def _checkpoint(encoder: EssenceEncoder, run: _RunFiles, step: int, best, best_step, optimizer=None) -> dict:
+    state = {f"encoder.{k}": v.detach().cpu() for k, v in encoder.net.encoder.state_dict().items()}
+    if run.decoder_state:
+        state.update({f"decoder.{k}": v for k, v in run.decoder_state.items()})
+    ckpt = {"state_dict": state, "opts": run.opts, "global_step": step, "best_val_loss": best, "best_step": best_step,
+            "sources": run.sources}
+    if run.latent_avg is not None:
+        ckpt["latent_avg"] = run.latent_avg
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
+    return ckpt
+
+
+def _save(path: Path, ckpt: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _generator_and_decoder(generator, init: EncoderCheckpoint, init_file: Path, device):
+    """(G, rosinality decoder weights or None, where G came from); device None = the default device
+    (a loaded generator module then stays where it is)."""
+    from targetclip_core.generators.load import _from_torch_checkpoint, build_generator, load_generator
+
+    if generator is None:
+        decoder = _decoder_entries(init.raw["state_dict"])
+        if not decoder:
+            raise CheckpointError(f"{init_file}: the checkpoint holds no generator ('decoder.*'); pass the generator explicitly")
+        # what load_generator(init_file) does, from the checkpoint already in memory (e4e files are ~1 GB)
+        G = build_generator(*_from_torch_checkpoint(init.raw, init_file), source=init_file)
+        return G.to(default_device(device)), decoder, str(init_file)
+    if isinstance(generator, torch.nn.Module):
+        return (generator.to(device) if device is not None else generator), None, ""
+    file = _resolve_path(generator)
+    return load_generator(file, device=device), _rosinality_state_of(file), str(file)
+
+
+def _decoder_entries(state: dict) -> dict:
+    return {k[len("decoder.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("decoder.")}
+
+
+def _rosinality_state_of(file: Path) -> dict | None:
+    """The generator weights of a rosinality / e4e file, as stored (None for other formats)."""
+    if sniff_format(file) not in ("torch-zip", "torch-legacy"):
+        return None  # NVlabs pickles and our safetensors would need converting: the opts name the generator instead
+    ckpt = torch_load_safely(file)
+    if not isinstance(ckpt, dict):
+        return None
+    if isinstance(ckpt.get("g_ema"), dict):
+        return dict(ckpt["g_ema"])
+    if isinstance(ckpt.get("state_dict"), dict):
+        return _decoder_entries(ckpt["state_dict"]) or None
+    return dict(ckpt) if any(isinstance(k, str) and k.startswith("style.") for k in ckpt) else None
+
+
+def _check_fits(cfg, G, init_file) -> None:
+    if (cfg.n_styles, cfg.w_dim) != (G.n_latent, G.w_dim):
+        raise TargetCLIPError(
+            f"{init_file}: the encoder predicts {cfg.n_styles}x{cfg.w_dim} W+ codes, but the generator has "
+            f"{G.n_latent}x{G.w_dim} ({G.resolution}px): use the e4e trained for this generator"
+        )
+
+
+def _training_sources(sources, G, cfg: EncoderTrainingConfig) -> tuple[torch.Tensor, str]:
+    """(W+ sources [N, n_latent, w_dim] on G's device, how they were chosen)."""
+    if sources is None:
+        return sample_sources(G, cfg.n_sources, cfg.truncation, cfg.seed), f"sampled(n={cfg.n_sources}, truncation={cfg.truncation}, seed={cfg.seed})"
+    described = ""
+    if not torch.is_tensor(sources):
+        from targetclip_core.generators.latents import (
+            load_latents,  # the official file was saved on CUDA: read to CPU, weights only
+        )
+
+        described = str(sources)
+        sources = load_latents(sources)
+    return G.to_wplus(sources.detach().to(G.device).float().clone()), described or "tensor"
+
+
+def _make_optimizer(name: str, params, lr: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    from pytorch_optimizer import Ranger
+
+    # the Ranger of the coach (lessw2020's): SGD steps until the variance estimate is usable
+    return Ranger(params, lr=lr, degenerated_to_sgd=True)
+
+
+def _read_resume(path: Path) -> dict:
+    if not path.is_file():
+        raise TargetCLIPError(f"{path}: nothing to resume (no last.pt in the output folder)")
+    ckpt = torch_load_safely(path)
+    opts = ckpt.get("opts") if isinstance(ckpt, dict) else None
+    if not isinstance(opts, dict) or opts.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
+        raise CheckpointError(f"{path}: not a resumable essence-encoder training checkpoint")
+    return ckpt
+
+
+def _check_same_run(saved: dict, cfg: EncoderTrainingConfig, digest: str, models: dict, path: Path) -> None:
+    """Refuse to resume with settings, data or models that would make a different run."""
+    mine = asdict(cfg)
+    theirs = saved["opts"]["targetclip_train"]
+    changed = [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items()
+               if k not in RESUMABLE_CHANGES and _plain(theirs.get(k)) != _plain(v)]
+    if changed:
+        raise TargetCLIPError(f"{path}: resume with the run's own settings (changed: {'; '.join(changed)}), or use a new output folder")
+    if saved["opts"].get("data_digest") != digest:
+        raise TargetCLIPError(f"{path}: the training or validation images differ from the run being resumed")
+    for what, identity in models.items():
+        if saved["opts"].get(what) != identity:
+            raise TargetCLIPError(f"{path}: the run used {what} {saved['opts'].get(what)}, not {identity}")
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _run_opts(init: EncoderCheckpoint, init_file, cfg, G, C, batch_size, n_sources, sources_from, generator_from, data) -> dict:
+    """The checkpoint's opts: the official option names the e4e/TargetCLIP code reads, plus ours."""
+    official = {
+        "encoder_type": {"e4e": "Encoder4Editing", "psp": "GradualStyleEncoder"}[init.cfg.kind],
+        "stylegan_size": G.resolution,
+        "start_from_latent_avg": cfg.start_from_latent_avg,
+        "learning_rate": cfg.lr,
+        "optim_name": cfg.optimizer,
+        "batch_size": batch_size,
+        "max_steps": cfg.steps,
+        "num_consistency": int(n_sources),
+        "lambda_consistency": cfg.lambdas[1],
+        "lambda_reg": cfg.lambdas[2],
+        "val_interval": cfg.val_every,
+        "save_interval": cfg.save_every,
+        "checkpoint_path": str(init_file),
+        "stylegan_weights": generator_from,
+        "sources": sources_from,
+        "train_decoder": False,
+    }
+    ours = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "lambda_similarity": cfg.lambdas[0],
+        "generator": dict(G.identity),
+        "clip": dict(C.identity),
+        "loss_resolution": _loss_resolution(G, C, cfg.out_resolution),
+        "targetclip_train": asdict(cfg),
+        **data,
+    }
+    return {**init.opts, **official, **ours}
+
+
+# --------------------------------------------------------------------------- training
+
+
+# callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
+@torch.inference_mode(False)
+@torch.enable_grad()
+def train_essence_encoder(
+    init,
+    images,
+    out_dir,
+    *,
+    generator=None,
+    clip=None,
+    sources=None,
+    val_images=None,
+    config: EncoderTrainingConfig | None = None,
+    resume: bool = False,
+    device=None,
+    callback: Callable[[TrainProgress], bool | None] | None = None,
+    **overrides,
+) -> TrainResult:
+    """Fine-tune an e4e checkpoint into a TargetCLIP essence encoder.
+
+    init: an e4e checkpoint (official layout, e.g. e4e_ffhq_encode.pt) or a manifest name;
+      the encoder starts from its weights, the generator defaults to the decoder stored in it.
+    images: a folder (every .jpg/.jpeg/.png/.webp under it) or a list of image files.
+    out_dir: where best_model.pt, last.pt and loss_log.csv go.
+    generator: a checkpoint path or a loaded generator (default: the one in `init`).
+    clip: a CLIPEncoder (default: ViT-B-32 openai).
+    sources: W+ latents [N, n_latent, w_dim] or a latent file (e.g. the official
+      encoder_sources_5.pt); default: config.n_sources truncated samples of the generator.
+    val_images: a folder or list for validation; default: config.val_fraction held out of
+      `images` (the training images themselves when too few to hold any out).
+    config / **overrides: EncoderTrainingConfig, or its fields as keywords (steps=..., lr=...).
+    resume: continue the run in out_dir from last.pt (same settings; `steps` may grow).
+    callback: called after every step with a TrainProgress; returning False stops the run
+      (last.pt is written first); an exception raised in it also writes last.pt, then propagates.
+    """
+    cfg = replace(config or EncoderTrainingConfig(), **overrides)
+    out = Path(out_dir)
+    last_path, best_path, log_path = out / LAST_NAME, out / BEST_NAME, out / LOG_NAME
+    if not resume and last_path.exists():
+        raise TargetCLIPError(f"{out} already holds a training run (last.pt): resume it, or choose another output folder")
+    saved = _read_resume(last_path) if resume else None
+
+    init_file = _resolve_path(init)
+    init_ckpt = read_encoder_checkpoint(init_file)
+    G, decoder_state, generator_from = _generator_and_decoder(
+        generator, init_ckpt, init_file, None if device is None else default_device(device))
+    _check_fits(init_ckpt.cfg, G, init_file)
+    if clip is None:
+        from targetclip_core.encoders.clip import load_clip
+
+        clip = load_clip("ViT-B-32", "openai", device=G.device)
+    C = clip.to(G.device)
+    for module in (G, C):
+        _make_autograd_ready(module)
+    G.requires_grad_(False)  # the generator stays frozen, as in the coach (train_decoder False)
+
+    data = _prepare_data(images, val_images, cfg)
+    size, batch_size = init_ckpt.cfg.input_size, min(cfg.batch_size, len(data.train))
+    if saved is not None:  # the run's own sources, whatever is passed now
+        _check_same_run(saved, cfg, data.digest, {"generator": G.identity, "clip": C.identity}, last_path)
+        source_latents, sources_from = saved["sources"].to(G.device).float(), saved["opts"]["sources"]
+    else:
+        source_latents, sources_from = _training_sources(sources, G, cfg)
+    objective = EssenceObjective(G, C, source_latents, cfg.lambdas, cfg.out_resolution)
+
+    inverter = inverter_from_checkpoint(init_ckpt, init_file, add_latent_avg=cfg.start_from_latent_avg)
+    encoder = EssenceEncoder(inverter).to(G.device).requires_grad_(True)
+    optimizer = _make_optimizer(cfg.optimizer, list(encoder.parameters()), cfg.lr)
+
+    opts = _run_opts(init_ckpt, init_file, cfg, G, C, batch_size, source_latents.shape[0], sources_from, generator_from,
+                     {**data.summary(), "input_size": size})
+    raw_avg = init_ckpt.raw.get("latent_avg")
+    run = _RunFiles(decoder_state, raw_avg.detach().cpu() if torch.is_tensor(raw_avg) else None, opts,
+                    source_latents.detach().cpu())
+
+    step, best, best_step = 0, None, None
+    if saved is not None:
+        load_state_checked(encoder.net.encoder, {k[len("encoder.") :]: v for k, v in saved["state_dict"].items()
+                                                 if k.startswith("encoder.")}, f"{last_path} (encoder)")
+        optimizer.load_state_dict(saved["optimizer"])
+        step, best, best_step = int(saved["global_step"]), saved["best_val_loss"], saved["best_step"]
+    out.mkdir(parents=True, exist_ok=True)
+    log = LossLog(log_path, step if saved is not None else None)
+
+    val_targets = torch.stack([read_training_image(f, size) for f in data.val]).to(G.device)
+    val_codes = objective.target_codes(val_targets)
+
+    def validate(at: int) -> dict:
+        nonlocal best, best_step
+        losses = evaluate(encoder, objective, val_targets, val_codes, batch_size)
+        log.append(at, "val", losses)
+        if best is None or losses["total"] < best:
+            best, best_step = losses["total"], at
+            _save(best_path, _checkpoint(encoder, run, at, best, best_step))
+        return losses
+
+    def save_last(at: int) -> None:
+        _save(last_path, _checkpoint(encoder, run, at, best, best_step, optimizer))
+
+    if step == 0:
+        validate(0)  # the e4e starting point, as a baseline
+    stopped = False
+    encoder.train()  # BatchNorm on batch statistics, as the coach trains
+    while step < cfg.steps:
+        started = time.perf_counter()
+        targets = _training_batch(data.train, step, batch_size, size, cfg).to(G.device)
+        train_losses = _train_step(encoder, objective, optimizer, targets)
+        step += 1
+        log.append(step, "train", train_losses)
+        val_losses = validate(step) if (step % cfg.val_every == 0 or step == cfg.steps) else None
+        saved_now = step % cfg.save_every == 0 or step == cfg.steps
+        if saved_now:
+            save_last(step)
+        if callback is None:
+            continue
+        progress = TrainProgress(step, cfg.steps, train_losses, val_losses, best, best_step, time.perf_counter() - started)
+        try:
+            keep_going = callback(progress)
+        except BaseException:
+            if not saved_now:
+                save_last(step)
+            raise
+        if keep_going is False:
+            if not saved_now:
+                save_last(step)
+            stopped = True
+            break
+
+    encoder.eval()
+    return TrainResult(encoder, out, best_path, last_path, log_path, step, best, best_step, stopped)
+
+
+def _train_step(encoder, objective: EssenceObjective, optimizer, targets: torch.Tensor) -> dict:
+    """One update on a batch of targets; returns the batch-mean loss terms before it."""
+    losses = objective(encoder(targets), objective.target_codes(targets))
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].mean().backward()
+    optimizer.step()
+    return {k: float(v.detach().mean()) for k, v in losses.items()}
+
+
+def _training_batch(files, step: int, batch_size: int, size: int, cfg: EncoderTrainingConfig) -> torch.Tensor:
+    """The (flipped) images of training step `step` (0-based): [B, 3, size, size] in [-1, 1]."""
+    batch = torch.stack([read_training_image(files[i], size) for i in batch_indices(step, len(files), batch_size, cfg.seed)])
+    if cfg.flip:
+        flips = flip_mask(step, batch_size, cfg.seed)
+        batch[flips] = batch[flips].flip(-1)
+    return batch

@@ -1,0 +1,300 @@
+"""Essences: the W+ offset b that carries a target's look, how to apply, combine and store it.
+
+An essence is applied as G(w + strength * b) (TargetCLIP, Sec. 4), optionally only on a
+range of W+ entries.  Files are `.safetensors` (vector, optional target thumbnail and
+per-source coefficients; metadata: generator identity, CLIP model, losses, steps,
+recommended strength).  The official TargetCLIP directions (`.npy`, (1, 18, 512)) import
+directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.io.files import atomic_path
+
+ESSENCE_FORMAT = "targetclip.essence"
+LAYER_RANGES = ("all", "coarse", "middle", "fine")
+
+
+@dataclass
+class Essence:
+    vector: torch.Tensor  # b, [1, n_latent, w_dim]
+    generator: dict  # identity of the generator it was made for (StyleGAN2Generator.identity)
+    clip: dict | None = None  # CLIP model used to find it
+    thumbnail: torch.Tensor | None = None  # target image, uint8 [H, W, 3]
+    losses: dict = field(default_factory=dict)  # term -> per-step history
+    steps: int = 0
+    strength: float = 1.0  # recommended strength
+    name: str = ""
+    source: str = "optimized"  # optimized | official-npy | encoder | mix
+    coefficients: torch.Tensor | None = None  # learned per-source coefficients, if any
+
+    def __post_init__(self):
+        v = self.vector
+        if not torch.is_tensor(v) or v.dim() != 3 or v.shape[0] != 1:
+            raise LatentError(f"an essence vector has shape [1, n_latent, w_dim], got {list(getattr(v, 'shape', []))}")
+        if not torch.isfinite(v).all():
+            raise LatentError("essence vector contains NaN or infinite values")
+
+    @property
+    def n_latent(self) -> int:
+        return self.vector.shape[1]
+
+    @property
+    def w_dim(self) -> int:
+        return self.vector.shape[2]
+
+    def to(self, device) -> "Essence":
+        return replace(self, vector=self.vector.to(device))
+
+    def check_compatible(self, G) -> None:
+        """Refuse an essence made for another generator layout, with both layouts named."""
+        mine, theirs = self.generator or {}, G.identity
+        shape_ok = (self.n_latent, self.w_dim) == (theirs["n_latent"], theirs["w_dim"])
+        res_ok = mine.get("resolution") in (None, theirs["resolution"])
+        if not (shape_ok and res_ok):
+            raise LatentError(
+                f"essence {self.name or ''} was made for a {_describe(mine, self)} generator; this one is "
+                f"{_describe(theirs)}: W+ offsets do not carry over between generator layouts"
+            )
+
+    # arithmetic: weighted sums and negation stay essences of the same generator
+    def __mul__(self, k: float) -> "Essence":
+        return replace(self, vector=self.vector * float(k), source="mix", name=f"{k:g}*{self.name}")
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Essence":
+        return self * -1.0
+
+    def __add__(self, other: "Essence") -> "Essence":
+        return mix_essences([self, other])
+
+
+def target_thumbnails(targets: torch.Tensor, size: int = 64) -> np.ndarray:
+    """The small uint8 [T, size, size, 3] previews of target images that essence files carry."""
+    from targetclip_core.io.images import to_uint8
+
+    small = F.interpolate(targets.detach().float().cpu(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return to_uint8(small)
+
+
+def _describe(identity: dict, essence: Essence | None = None) -> str:
+    res = identity.get("resolution", "?")
+    n = identity.get("n_latent", essence.n_latent if essence else "?")
+    w = identity.get("w_dim", essence.w_dim if essence else "?")
+    return f"{res}px, {n}x{w} W+"
+
+
+def mix_essences(essences, weights=None) -> Essence:
+    """Weighted sum of essences made for the same generator (weights default to 1 each)."""
+    essences = list(essences)
+    if not essences:
+        raise TargetCLIPError("mix_essences needs at least one essence")
+    weights = [1.0] * len(essences) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(essences):
+        raise TargetCLIPError(f"{len(essences)} essences but {len(weights)} weights")
+    first = essences[0]
+    for e in essences[1:]:
+        if e.vector.shape != first.vector.shape or e.generator.get("resolution") != first.generator.get("resolution"):
+            raise LatentError(f"cannot mix essences of different generators ({_describe(first.generator, first)} vs {_describe(e.generator, e)})")
+    vector = sum(w * e.vector.to(first.vector.device) for w, e in zip(weights, essences))
+    name = " + ".join(f"{w:g}*{e.name or '?'}" for w, e in zip(weights, essences))
+    strength = sum(abs(w) * e.strength for w, e in zip(weights, essences)) / max(sum(abs(w) for w in weights), 1e-8)
+    return Essence(vector=vector, generator=dict(first.generator), clip=first.clip, name=name, source="mix", strength=strength)
+
+
+def layer_mask(n_latent: int, layers=None) -> torch.Tensor:
+    """[n_latent] 0/1 mask of the W+ entries an edit touches.
+
+    layers: None or "all"; "coarse" (entries 0-3: pose, face shape), "middle" (4-7:
+    features, hair style), "fine" (8+: colour, texture) — the StyleGAN convention for
+    18 entries, kept by index for smaller generators; or explicit indices / a range.
+    """
+    mask = torch.zeros(n_latent)
+    if layers is None or layers == "all":
+        mask[:] = 1
+    elif isinstance(layers, str):
+        spans = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, n_latent)}
+        names = [p.strip() for p in layers.split(",") if p.strip()]
+        for name in names:
+            if name not in spans:
+                raise TargetCLIPError(f"unknown layer range {name!r}: use {', '.join(LAYER_RANGES)} or indices")
+            lo, hi = spans[name]
+            mask[lo:min(hi, n_latent)] = 1
+        if not mask.any():
+            raise TargetCLIPError(f"layer range {layers!r} selects no W+ entry of a generator with {n_latent} entries")
+    else:
+        idx = list(layers)
+        bad = [i for i in idx if not 0 <= int(i) < n_latent]
+        if bad:
+            raise TargetCLIPError(f"layer indices {bad} out of range for {n_latent} W+ entries")
+        mask[[int(i) for i in idx]] = 1
+    return mask
+
+
+def edit_latents(wp: torch.Tensor, essence: Essence, strength: float = 1.0, layers=None) -> torch.Tensor:
+    """w + strength * b (on the chosen W+ entries): [B, n_latent, w_dim]."""
+    if wp.dim() != 3 or wp.shape[1:] != essence.vector.shape[1:]:
+        raise LatentError(
+            f"latents of shape {list(wp.shape)} do not fit essence {essence.name!r} "
+            f"made for {_describe(essence.generator, essence)}"
+        )
+    b = essence.vector.to(wp.device, wp.dtype)
+    if layers is not None and layers != "all":
+        b = b * layer_mask(wp.shape[1], layers).to(wp.device, wp.dtype)[None, :, None]
+    return wp + float(strength) * b
+
+
+def apply_essence(G, wp: torch.Tensor, essence: Essence, strength: float = 1.0, layers=None, noise_mode="const", out_resolution=None):
+    """Render G(w + strength * b): [B, 3, H, W]."""
+    essence.check_compatible(G)
+    G.check_wplus(wp)
+    return G.synthesis(edit_latents(wp, essence, strength, layers), noise_mode=noise_mode, out_resolution=out_resolution)
+
+
+def essence_sheet(G, essence: Essence, sources: torch.Tensor, target: torch.Tensor, source_images=None) -> torch.Tensor:
+    """The result grid: [target | sources] over [blank | edits], as one [1, 3, 2H, (N+1)W] image.
+
+    sources: W+ latents [N, n_latent, w_dim]; target: [1, 3, h, w] in [-1, 1]; pass the
+    renders of the sources as `source_images` when several essences share them.
+    """
+    from targetclip_core.io.images import grid
+
+    with torch.no_grad():
+        if source_images is None:
+            source_images = G.synthesis(sources)
+        edits = G.synthesis(edit_latents(sources, essence))
+        tgt = F.interpolate(target.to(source_images.device).float(), size=source_images.shape[-2:], mode="bilinear",
+                            antialias=True, align_corners=False)
+        cells = torch.cat([tgt, source_images, torch.full_like(tgt, -1), edits])
+    return grid(cells, cols=len(sources) + 1)
+
+
+def essence_grid_latents(wp: torch.Tensor, essences, strength: float = 1.0, layers=None) -> torch.Tensor:
+    """Each source followed by its edit with every essence: [N * (K + 1), n_latent, w_dim].
+
+    Row i of the grid (cols = K + 1) is [w_i, w_i + s b_1, ..., w_i + s b_K], the layout of
+    an essences x sources comparison sheet.
+    """
+    essences = list(essences)
+    if not essences:
+        raise TargetCLIPError("an essence grid needs at least one essence")
+    cells = [wp] + [edit_latents(wp, e, strength, layers) for e in essences]  # each [N, ...]
+    return torch.stack(cells, dim=1).reshape(-1, *wp.shape[1:])
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_essence(path: str | os.PathLike, essence: Essence) -> Path:
+    """Write `.safetensors` atomically; the loss history is stored as JSON metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {"essence": essence.vector.detach().float().cpu().contiguous()}
+    if essence.thumbnail is not None:
+        tensors["thumbnail"] = essence.thumbnail.detach().to(torch.uint8).cpu().contiguous()
+    if essence.coefficients is not None:
+        tensors["coefficients"] = essence.coefficients.detach().float().cpu().contiguous()
+    meta = {
+        "format": ESSENCE_FORMAT,
+        "format_version": "1",
+        "generator": json.dumps(essence.generator),
+        "clip": json.dumps(essence.clip),
+        "losses": json.dumps({k: [float(x) for x in v] for k, v in essence.losses.items()}),
+        "steps": str(int(essence.steps)),
+        "strength": repr(float(essence.strength)),
+        "name": essence.name,
+        "source": essence.source,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_essence(path: str | os.PathLike, generator=None) -> Essence:
+    """Read our `.safetensors` or an official TargetCLIP `.npy` direction.
+
+    With `generator`, an essence made for another layout is refused right away.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TargetCLIPError(f"{p}: no such essence file")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        essence = _load_official_npy(p)
+    elif suffix == ".safetensors":
+        essence = _load_safetensors(p)
+    else:
+        raise TargetCLIPError(f"{p}: unsupported essence file type {suffix!r} (use .safetensors or an official .npy)")
+    if generator is not None:
+        essence.check_compatible(generator)
+    return essence
+
+
+def _load_official_npy(p: Path) -> Essence:
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise TargetCLIPError(f"{p}: not a readable .npy essence ({e})") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != 1 or not np.issubdtype(arr.dtype, np.floating):
+        raise LatentError(f"{p}: an official direction is a float array of shape (1, n_latent, w_dim), got {arr.shape} {arr.dtype}")
+    n_latent = arr.shape[1]
+    resolution = 2 ** ((n_latent + 2) // 2) if n_latent % 2 == 0 else None
+    return _named(p, lambda: Essence(
+        vector=torch.from_numpy(arr.astype(np.float32)),
+        generator={"arch": "stylegan2", "resolution": resolution, "n_latent": n_latent, "w_dim": arr.shape[2]},
+        name=p.stem,
+        source="official-npy",
+        strength=1.0,  # the official README: 0.5-1 (Joker 0.9-1.3); its evaluation used 1.2
+    ))
+
+
+def _named(path: Path, build):
+    """Build an Essence, prefixing the file name to any error about its contents."""
+    try:
+        return build()
+    except LatentError as e:
+        raise LatentError(f"{path}: {e}") from None
+
+
+def _load_safetensors(p: Path) -> Essence:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != ESSENCE_FORMAT:
+                raise TargetCLIPError(f"{p}: a safetensors file, but not a TargetCLIP essence (format={meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        essence = _named(p, lambda: Essence(
+            vector=tensors["essence"].float(),
+            generator=json.loads(meta.get("generator", "{}")),
+            clip=json.loads(meta.get("clip", "null")),
+            thumbnail=tensors.get("thumbnail"),
+            coefficients=tensors.get("coefficients"),
+            losses=json.loads(meta.get("losses", "{}")),
+            steps=int(meta.get("steps", "0")),
+            strength=float(meta.get("strength", "1.0")),
+            name=meta.get("name", p.stem),
+            source=meta.get("source", "optimized"),
+        ))
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+        if isinstance(e, TargetCLIPError):
+            raise
+        raise TargetCLIPError(f"{p}: corrupt or incomplete essence file ({type(e).__name__}: {e})") from None
+    if not math.isfinite(essence.strength):
+        raise TargetCLIPError(f"{p}: recommended strength is not a finite number")
+    return essence

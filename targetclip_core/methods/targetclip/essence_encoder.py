@@ -1,0 +1,68 @@
+"""The essence encoder (TargetCLIP Sec. 4): an e4e network fine-tuned to map a target image to its essence b.
+
+Same architecture and checkpoint layout as e4e (`encoders.py`); its output is used as b
+directly (G(w + b) for any source w), with `latent_avg` added only if the checkpoint was
+trained with `start_from_latent_avg` (TargetCLIP's own coach honours that option too).
+Training lives in `encoder_training.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from targetclip_core.encoders.e4e import read_encoder_checkpoint
+from targetclip_core.encoders.inversion import Inverter, check_images, inverter_from_checkpoint
+from targetclip_core.generators.load import _resolve_path, default_device
+from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
+
+
+class EssenceEncoder(nn.Module):
+    """Target image(s) -> essence vector(s) b in one forward pass."""
+
+    def __init__(self, inverter: Inverter):
+        super().__init__()
+        self.net = inverter  # resizing to the input size and the optional latent_avg live there
+        self.name = inverter.name
+
+    @property
+    def cfg(self):
+        return self.net.cfg
+
+    @property
+    def generator_identity(self) -> dict:
+        return self.net.generator_identity
+
+    def forward(self, targets: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> b [B, n_latent, w_dim]; differentiable (training uses it)."""
+        return self.net(targets)
+
+    @torch.no_grad()
+    def encode(self, target: torch.Tensor, name: str = "") -> Essence | list[Essence]:
+        """One target [1,3,H,W] -> an Essence; a batch -> a list of Essences (one per target)."""
+        targets = check_images(target, "target images")
+        vectors = self(targets).float().cpu()
+        thumbs = target_thumbnails(targets)
+        essences = [
+            Essence(
+                vector=v[None],
+                generator=self.generator_identity,
+                thumbnail=torch.from_numpy(t),
+                name=name if targets.shape[0] == 1 else f"{name}{i}",
+                source="encoder",
+                losses={},
+            )
+            for i, (v, t) in enumerate(zip(vectors, thumbs))
+        ]
+        return essences[0] if len(essences) == 1 else essences
+
+
+def load_essence_encoder(path, device=None) -> EssenceEncoder:
+    """Load a TargetCLIP essence encoder (e4e checkpoint layout), e.g. one `targetclip train-encoder` wrote."""
+    file = _resolve_path(path)
+    ckpt = read_encoder_checkpoint(file)
+    inverter = inverter_from_checkpoint(ckpt, file, add_latent_avg=bool(ckpt.opts.get("start_from_latent_avg", False)))
+    inverter.name = Path(file).stem
+    return EssenceEncoder(inverter).to(default_device(device)).eval()

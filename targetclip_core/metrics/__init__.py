@@ -1,0 +1,1 @@
+"""Measuring edits: CLIP / identity / background scores, FID, the evaluation protocol, essence interpretation."""
