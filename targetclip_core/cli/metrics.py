@@ -150,7 +150,7 @@ def _same_size(images, what):
 
 
 def cmd_score(args) -> int:
-    from targetclip_core.generators.load import default_device
+    from targetclip_core.devices import default_device
     from targetclip_core.io.images import load_image
     from targetclip_core.metrics.scores import score_edits
 

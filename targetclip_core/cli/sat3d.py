@@ -126,7 +126,7 @@ def _join_torchrun(device):
     import torch
     import torch.distributed as dist
 
-    from targetclip_core.generators.load import default_device
+    from targetclip_core.devices import default_device
 
     if not dist.is_available():
         raise TargetCLIPError(f"WORLD_SIZE={world} but this PyTorch build has no torch.distributed")

@@ -48,8 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from targetclip_core.devices import default_device
     from targetclip_core.encoders.clip import load_clip
-    from targetclip_core.generators.load import default_device
     from targetclip_core.methods.targetclip.encoder_training import EncoderTrainingConfig, train_essence_encoder
 
     config = EncoderTrainingConfig(

@@ -13,17 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from targetclip_core.devices import default_device
 from targetclip_core.encoders import irse
 from targetclip_core.encoders.e4e import _infer_stages
 from targetclip_core.encoders.inversion import check_images
 from targetclip_core.errors import CheckpointError
-from targetclip_core.generators.load import (
-    _require,
-    _resolve_path,
-    default_device,
-    load_state_checked,
-    torch_load_safely,
-)
+from targetclip_core.formats.checkpoints import require_keys
+from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, torch_load_safely
 
 ALIGNED_CROP = (35, 223, 32, 220)  # rows, cols of the face inside a 256 px FFHQ-aligned image (IDLoss)
 
@@ -66,14 +62,14 @@ class ArcFace(nn.Module):
 
 def load_arcface(path="arcface-ir-se50", device=None) -> ArcFace:
     """Load an InsightFace_Pytorch IR-SE50 state dict (`model_ir_se50.pth`) or a manifest name."""
-    file = _resolve_path(path)
+    file = resolve_checkpoint(path)
     sd = torch_load_safely(file)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{file}: expected a state dict, found {type(sd).__name__}")
     sd = {k[len("module.") :] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in sd.items()}
-    _require(sd, ["input_layer.0.weight", "output_layer.3.weight"], file, "ArcFace IR-SE")
+    require_keys(sd, ["input_layer.0.weight", "output_layer.3.weight"], file, "ArcFace IR-SE")
     stages = _infer_stages(sd, file)
     flat = sd["output_layer.3.weight"].shape[1] // stages[-1][1]
     side = int(round(flat**0.5))

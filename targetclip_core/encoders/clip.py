@@ -109,7 +109,7 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
     """
     import open_clip
 
-    from targetclip_core.generators.load import default_device
+    from targetclip_core.devices import default_device
 
     device = default_device(device)
     if pretrained and Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") and not Path(pretrained).is_file():

@@ -25,7 +25,8 @@ from torch import nn
 
 from targetclip_core.encoders import irse
 from targetclip_core.errors import CheckpointError
-from targetclip_core.generators.load import _few, _require, load_state_checked, torch_load_safely
+from targetclip_core.formats.checkpoints import few_keys, require_keys
+from targetclip_core.generators.load import load_state_checked, torch_load_safely
 
 COARSE_END, MIDDLE_END = 3, 7  # W+ entries [0,3) coarse, [3,7) middle, [7,n) fine
 ENCODER_KINDS = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}
@@ -148,7 +149,7 @@ def read_encoder_checkpoint(path) -> EncoderCheckpoint:
     sd = ckpt["state_dict"]
     state = {k[len("encoder.") :]: v for k, v in sd.items() if isinstance(k, str) and k.startswith("encoder.")}
     if not state:
-        raise CheckpointError(f"{file}: the checkpoint has no 'encoder.*' weights (it has {_few(sd)})")
+        raise CheckpointError(f"{file}: the checkpoint has no 'encoder.*' weights (it has {few_keys(sd)})")
     opts = _plain_opts(ckpt.get("opts"))
     cfg = infer_encoder_config(state, opts, file)
     latent_avg = ckpt.get("latent_avg")
@@ -160,7 +161,7 @@ def read_encoder_checkpoint(path) -> EncoderCheckpoint:
 
 
 def infer_encoder_config(state: dict, opts: dict, file) -> EncoderConfig:
-    _require(state, ["input_layer.0.weight", "styles.0.linear.weight", "latlayer1.weight"], file, "e4e/pSp encoder")
+    require_keys(state, ["input_layer.0.weight", "styles.0.linear.weight", "latlayer1.weight"], file, "e4e/pSp encoder")
     encoder_type = opts.get("encoder_type", "Encoder4Editing")
     if encoder_type not in ENCODER_KINDS:
         raise CheckpointError(

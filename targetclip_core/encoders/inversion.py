@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, build_encoder, read_encoder_checkpoint
 from targetclip_core.errors import TargetCLIPError
-from targetclip_core.generators.load import _resolve_path, default_device
+from targetclip_core.generators.load import resolve_checkpoint
 
 
 class Inverter(nn.Module):
@@ -103,7 +104,7 @@ def check_images(images, what: str) -> torch.Tensor:
 
 def load_inverter(path, device=None) -> Inverter:
     """Load `e4e_ffhq_encode.pt` / `psp_ffhq_encode.pt` (or a manifest name) as an Inverter."""
-    file = _resolve_path(path)
+    file = resolve_checkpoint(path)
     ckpt = read_encoder_checkpoint(file)
     inverter = inverter_from_checkpoint(ckpt, file, add_latent_avg=ckpt.opts.get("start_from_latent_avg", True))
     return inverter.to(default_device(device))

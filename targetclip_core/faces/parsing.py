@@ -47,15 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from targetclip_core.devices import default_device
 from targetclip_core.encoders.inversion import check_images
 from targetclip_core.errors import CheckpointError, TargetCLIPError
-from targetclip_core.generators.load import (
-    _require,
-    _resolve_path,
-    default_device,
-    load_state_checked,
-    torch_load_safely,
-)
+from targetclip_core.formats.checkpoints import require_keys
+from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, torch_load_safely
 
 __all__ = ["BiSeNet", "CLASSES", "FaceParser", "REGIONS", "load_face_parser"]
 
@@ -321,9 +317,9 @@ def _state_dict(ckpt, file) -> dict:
 def load_face_parser(path: str | os.PathLike = DEFAULT_WEIGHTS, device=None, input_size: int = INPUT_SIZE) -> FaceParser:
     """Load `79999_iter.pth` (face-parsing.PyTorch; facexlib's `parsing_bisenet.pth` is the
     same file) or a manifest name as a FaceParser on `device` (default: the best available)."""
-    file = _resolve_path(path)
+    file = resolve_checkpoint(path)
     sd = _state_dict(torch_load_safely(file), file)
-    _require(sd, ["cp.resnet.conv1.weight", "cp.arm32.conv.conv.weight", "ffm.convblk.conv.weight",
+    require_keys(sd, ["cp.resnet.conv1.weight", "cp.arm32.conv.conv.weight", "ffm.convblk.conv.weight",
                   "conv_out.conv_out.weight"], file, "BiSeNet face-parsing")
     head = sd["conv_out.conv_out.weight"]
     if torch.is_tensor(head) and head.dim() == 4 and head.shape[0] != len(CLASSES):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from targetclip_core.errors import CheckpointError
+
 
 def fir_kernel_2d(kernel_1d: tuple[int, ...]) -> torch.Tensor:
     k = torch.tensor(kernel_1d, dtype=torch.float32)
@@ -41,3 +43,9 @@ def upsample_fir(x, kernel_2d):
     # transposed conv with padding taps - 1 - pad0; output exactly 2H x 2W
     pad0 = (taps - 1) // 2 + 1
     return F.conv_transpose2d(x, k, stride=2, padding=taps - 1 - pad0, groups=c)
+
+
+def check_fir_kernel(kernel, expected, key, file):
+    """The resampling filter stored in a checkpoint must be the one the network is built with."""
+    if kernel.shape != expected.shape or not torch.allclose(kernel.float(), expected, atol=1e-6):
+        raise CheckpointError(f"{file}: {key} is not the [1,3,3,1] FIR kernel this implementation supports")

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from targetclip_core.errors import TargetCLIPError, WeightsUnavailableError
+from targetclip_core.errors import CheckpointError, TargetCLIPError, WeightsUnavailableError
 
 __all__ = [
     "ENV_VAR",
@@ -261,6 +261,16 @@ def resolve(name_or_path: str | os.PathLike, search_dirs: Iterable[str | os.Path
         f"Checkpoint {entry.name!r} ({entry.filename}) is not on disk (looked in: {looked}). "
         + _how_to_get(entry, folder)
     )
+
+
+def resolve_checkpoint(path) -> Path:
+    """An existing checkpoint file, else a manifest or file name looked up in the store (see `resolve`)."""
+    p = Path(os.fspath(path)).expanduser()
+    if p.exists():
+        if p.is_dir():
+            raise CheckpointError(f"{p} is a directory, not a checkpoint file")
+        return p
+    return resolve(str(path))
 
 
 # --------------------------------------------------------------------------- download

@@ -137,7 +137,7 @@ def fid(edits, reference, *, inception_weights=None, download: bool = False, bat
     """FID of `edits` (a folder, a list of image files or a [-1, 1] tensor [B,3,H,W]) against `reference`
     (a folder or list of files).  Images of any size; the Inception resizes to 299 itself.
     """
-    from targetclip_core.generators.load import default_device
+    from targetclip_core.devices import default_device
 
     FrechetInceptionDistance = _torchmetrics_fid()
     weights = inception_weights_path(inception_weights, download)

@@ -209,7 +209,7 @@ class BLIPImageFeatures(torch.nn.Module):
 
 def load_blip(path: str | os.PathLike, device=None) -> BLIPImageFeatures:
     """BLIP image features from a local Hugging Face folder, through `transformers` if installed."""
-    from targetclip_core.generators.load import default_device
+    from targetclip_core.devices import default_device
 
     folder = Path(path).expanduser()
     if not (folder.is_dir() and (folder / "config.json").is_file()):

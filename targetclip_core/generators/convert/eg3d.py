@@ -18,13 +18,9 @@ from collections import OrderedDict
 import numpy as np
 
 from targetclip_core.errors import CheckpointError
+from targetclip_core.generators.convert.nvlabs import nvlabs_layer_key, nvlabs_stylegan2_config, nvlabs_stylegan2_state
 from targetclip_core.generators.eg3d import PLANE_CHANNELS, RENDERING_DEFAULTS, EG3DConfig
-from targetclip_core.generators.load import (
-    _require_fir,
-    nvlabs_layer_key,
-    nvlabs_stylegan2_config,
-    nvlabs_stylegan2_state,
-)
+from targetclip_core.generators.fir import check_fir_kernel
 from targetclip_core.generators.stylegan2 import fir_kernel_2d
 
 BACKBONE_RESOLUTION = 256  # TriPlaneGenerator builds its backbone at 256px whatever the output size
@@ -77,7 +73,7 @@ def _head_state(sd, file) -> dict:
         if k.startswith("backbone."):
             continue
         if k.endswith("resample_filter"):
-            _require_fir(v, expected_filter, k, file)
+            check_fir_kernel(v, expected_filter, k, file)
             continue
         m = re.fullmatch(r"superresolution\.(block[01])\.(conv0|conv1|torgb)\.(.+)", k)
         out[nvlabs_layer_key(f"superresolution.{m.group(1)}.{m.group(2)}", m.group(3)) if m else k] = v

@@ -457,11 +457,11 @@ def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0)
 
 
 def render_resolution(G, measure) -> int | None:
-    """The render size the losses use (optimize.smallest_render_for); None (full size) for a
+    """The render size the losses use (methods.optimization.smallest_render_for); None (full size) for a
     generator without `output_resolutions`."""
     if not getattr(G, "output_resolutions", None):
         return None
-    from targetclip_core.methods.targetclip.optimize import smallest_render_for
+    from targetclip_core.methods.optimization import smallest_render_for
 
     return smallest_render_for(G, measure)
 
@@ -550,11 +550,11 @@ def _descriptor_info(measure, descriptors):
 
 
 def _make_ready(G, measure):
-    from targetclip_core.methods.targetclip.optimize import _make_autograd_ready
+    from targetclip_core.methods.optimization import make_autograd_ready
 
-    _make_autograd_ready(G)
+    make_autograd_ready(G)
     if isinstance(measure, nn.Module):
-        _make_autograd_ready(measure)
+        make_autograd_ready(measure)
 
 
 # callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)

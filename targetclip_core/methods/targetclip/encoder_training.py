@@ -45,25 +45,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
 from targetclip_core.encoders.inversion import inverter_from_checkpoint
 from targetclip_core.errors import CheckpointError, TargetCLIPError
-from targetclip_core.generators.load import (
-    _resolve_path,
-    default_device,
-    load_state_checked,
-    sniff_format,
-    torch_load_safely,
-)
+from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, sniff_format, torch_load_safely
 from targetclip_core.io.files import atomic_path
+from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
-from targetclip_core.methods.targetclip.optimize import (
-    LOSS_TERMS,
-    _loss_resolution,
-    _make_autograd_ready,
-    essence_losses,
-    sample_sources,
-)
+from targetclip_core.methods.targetclip.optimize import LOSS_TERMS, essence_losses, sample_sources
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 BEST_NAME, LAST_NAME, LOG_NAME = "best_model.pt", "last.pt", "loss_log.csv"
@@ -267,7 +257,7 @@ class EssenceObjective:
 
     def __init__(self, G, C, sources: torch.Tensor, lambdas, out_resolution="auto"):
         self.G, self.C, self.lambdas = G, C, lambdas
-        self.resolution = _loss_resolution(G, C, out_resolution)
+        self.resolution = loss_resolution(G, C, out_resolution)
         self.sources = sources
         with torch.no_grad():  # constant through the run
             self.source_codes = C.encode_image(G.synthesis(sources, out_resolution=self.resolution))
@@ -365,18 +355,18 @@ def _save(path: Path, ckpt: dict) -> None:
 def _generator_and_decoder(generator, init: EncoderCheckpoint, init_file: Path, device):
     """(G, rosinality decoder weights or None, where G came from); device None = the default device
     (a loaded generator module then stays where it is)."""
-    from targetclip_core.generators.load import _from_torch_checkpoint, build_generator, load_generator
+    from targetclip_core.generators.load import build_generator, load_generator, stylegan2_from_torch_checkpoint
 
     if generator is None:
         decoder = _decoder_entries(init.raw["state_dict"])
         if not decoder:
             raise CheckpointError(f"{init_file}: the checkpoint holds no generator ('decoder.*'); pass the generator explicitly")
         # what load_generator(init_file) does, from the checkpoint already in memory (e4e files are ~1 GB)
-        G = build_generator(*_from_torch_checkpoint(init.raw, init_file), source=init_file)
+        G = build_generator(*stylegan2_from_torch_checkpoint(init.raw, init_file), source=init_file)
         return G.to(default_device(device)), decoder, str(init_file)
     if isinstance(generator, torch.nn.Module):
         return (generator.to(device) if device is not None else generator), None, ""
-    file = _resolve_path(generator)
+    file = resolve_checkpoint(generator)
     return load_generator(file, device=device), _rosinality_state_of(file), str(file)
 
 
@@ -485,7 +475,7 @@ def _run_opts(init: EncoderCheckpoint, init_file, cfg, G, C, batch_size, n_sourc
         "lambda_similarity": cfg.lambdas[0],
         "generator": dict(G.identity),
         "clip": dict(C.identity),
-        "loss_resolution": _loss_resolution(G, C, cfg.out_resolution),
+        "loss_resolution": loss_resolution(G, C, cfg.out_resolution),
         "targetclip_train": asdict(cfg),
         **data,
     }
@@ -537,7 +527,7 @@ def train_essence_encoder(
         raise TargetCLIPError(f"{out} already holds a training run (last.pt): resume it, or choose another output folder")
     saved = _read_resume(last_path) if resume else None
 
-    init_file = _resolve_path(init)
+    init_file = resolve_checkpoint(init)
     init_ckpt = read_encoder_checkpoint(init_file)
     G, decoder_state, generator_from = _generator_and_decoder(
         generator, init_ckpt, init_file, None if device is None else default_device(device))
@@ -548,7 +538,7 @@ def train_essence_encoder(
         clip = load_clip("ViT-B-32", "openai", device=G.device)
     C = clip.to(G.device)
     for module in (G, C):
-        _make_autograd_ready(module)
+        make_autograd_ready(module)
     G.requires_grad_(False)  # the generator stays frozen, as in the coach (train_decoder False)
 
     data = _prepare_data(images, val_images, cfg)

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import read_encoder_checkpoint
 from targetclip_core.encoders.inversion import Inverter, check_images, inverter_from_checkpoint
-from targetclip_core.generators.load import _resolve_path, default_device
+from targetclip_core.generators.load import resolve_checkpoint
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
 
@@ -61,7 +62,7 @@ class EssenceEncoder(nn.Module):
 
 def load_essence_encoder(path, device=None) -> EssenceEncoder:
     """Load a TargetCLIP essence encoder (e4e checkpoint layout), e.g. one `targetclip train-encoder` wrote."""
-    file = _resolve_path(path)
+    file = resolve_checkpoint(path)
     ckpt = read_encoder_checkpoint(file)
     inverter = inverter_from_checkpoint(ckpt, file, add_latent_avg=bool(ckpt.opts.get("start_from_latent_avg", False)))
     inverter.name = Path(file).stem

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
 LOSS_TERMS = ("total", "similarity", "consistency", "l2")
@@ -176,8 +177,8 @@ def optimize_essence(
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
-    _make_autograd_ready(G)
-    _make_autograd_ready(C)
+    make_autograd_ready(G)
+    make_autograd_ready(C)
     if torch.is_tensor(target_image):
         target_image = target_image.clone()  # inference-mode tensors cannot enter autograd
     if torch.is_tensor(init):
@@ -190,7 +191,7 @@ def optimize_essence(
     else:
         sources = G.to_wplus(sources.to(device).float().clone())
     n = sources.shape[0]
-    res = _loss_resolution(G, C, out_resolution)
+    res = loss_resolution(G, C, out_resolution)
     lambdas = (lambda_similarity, lambda_consistency, lambda_l2)
 
     with torch.no_grad():  # constant through the run: computed once
@@ -261,29 +262,3 @@ def optimize_essence(
             coefficients=None if best.coefficients is None else best.coefficients[t].clone(),
         ))
     return result[0] if n_targets == 1 else result
-
-def _make_autograd_ready(module) -> None:
-    """Weights created under inference_mode cannot take part in autograd: copy them out once."""
-    for sub in module.modules():
-        for key, p in sub._parameters.items():
-            if p is not None and p.is_inference():
-                sub._parameters[key] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
-        for key, b in sub._buffers.items():
-            if b is not None and b.is_inference():
-                sub._buffers[key] = b.clone()
-
-
-def smallest_render_for(G, encoder) -> int:
-    """Smallest size G renders natively that is >= what the image encoder sees (CLIP: 224 px,
-    not 1024), else G's full size: the cheap render the CLIP losses need."""
-    need = getattr(encoder, "input_size", 224)
-    return next((r for r in G.output_resolutions if r >= need), G.resolution)
-
-
-def _loss_resolution(G, C, out_resolution) -> int:
-    if out_resolution == "auto" or out_resolution is None:
-        return smallest_render_for(G, C)
-    r = int(out_resolution)
-    if r not in G.output_resolutions:
-        raise TargetCLIPError(f"out_resolution must be one of {G.output_resolutions}, got {out_resolution}")
-    return r
