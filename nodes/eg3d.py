@@ -37,7 +37,7 @@ class LoadEG3D:
 
     def load(self, ckpt_name):
         def check(G):
-            if not getattr(G, "is_3d", False):
+            if not G.is_3d:
                 raise ValueError(f"{ckpt_name} is a 2D {G.describe()}, not EG3D: load it with Load StyleGAN2")
 
         return (cached_generator("eg3d", ckpt_name, check),)
@@ -86,7 +86,7 @@ class RenderViews:
     def render(self, generator, views, yaw_range, pitch_range, fov, neural_rendering_resolution, sampling_multiplier,
                deterministic, latents=None, styles=None):
         G = generator
-        if not getattr(G, "is_3d", False):
+        if not G.is_3d:
             raise ValueError(f"Render Views needs a 3D-aware generator (Load EG3D); this is a {G.describe()}")
         if (latents is None) == (styles is None):
             raise ValueError("connect either latents (WPLUS) or styles (STYLESPACE), exactly one")

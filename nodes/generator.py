@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from targetclip_core.generators.latents import z_from_seeds
+from targetclip_core.generators.latents import wplus_from_seeds
 from targetclip_core.generators.load import load_generator
 
 from .common import (
@@ -81,11 +81,9 @@ class SampleLatents:
 
     def sample(self, generator, seed, count, truncation):
         G = generator
-        if G.c_dim and not getattr(G, "is_3d", False):  # EG3D's label is a camera: mapping uses the frontal one
+        if G.c_dim and not G.is_3d:  # EG3D's label is a camera: mapping uses the frontal one
             raise ValueError("this generator is class-conditional; conditional sampling is not supported by this node yet")
-        with torch.no_grad():
-            z = z_from_seeds(range(seed, seed + count), G.z_dim).to(G.device)
-            wp = G.to_wplus(G.mapping(z, truncation=truncation)).clone()
+        wp = wplus_from_seeds(G, range(seed, seed + count), truncation)
         return (WPlus(wp, G.identity),)
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from targetclip_core.cli.main import main, parse_seeds
 from targetclip_core.generators.latents import z_from_seeds
-from targetclip_core.generators.load import load_generator, save_generator, sniff_format
+from targetclip_core.generators.load import load_generator, save_generator
+from targetclip_core.formats.checkpoints import sniff_format
 
 
 def _expected_uint8(img) -> np.ndarray:

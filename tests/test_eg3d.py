@@ -14,8 +14,10 @@ from eg3d_helpers import tiny_eg3d, write_eg3d_pickle
 from targetclip_core import load_generator
 from targetclip_core.errors import CheckpointError, LatentError
 from targetclip_core.generators.cameras import CameraRig, camera_labels, fov_to_intrinsics, orbit, split_label
-from targetclip_core.generators.eg3d import EG3DGenerator, ray_bundle
+from targetclip_core.generators.eg3d import EG3DGenerator
+from targetclip_core.generators.volume_rendering import ray_bundle
 from targetclip_core.generators.load import save_generator
+from targetclip_core.generators.latents import wplus_from_z
 from targetclip_core.generators.stylespace import StyleLayout
 
 FIXTURE = "eg3d_128"
@@ -55,7 +57,7 @@ def test_pickle_loads_as_eg3d(G_fixture):
 
 def test_mapping_matches_reference(G_fixture, eg3d_ref):
     with torch.no_grad():
-        ws = G_fixture.mapping(eg3d_ref["z"], eg3d_ref["c"])
+        ws = G_fixture.to_wplus(G_fixture.mapping(eg3d_ref["z"], eg3d_ref["c"]))
     assert rel_err(ws, eg3d_ref["ws"]) < 1e-4
 
 
@@ -81,9 +83,9 @@ def test_safetensors_round_trip_renders_the_same(G_fixture, eg3d_ref, tmp_path):
 def test_truncated_mapping_moves_toward_w_avg(G_fixture, eg3d_ref):
     G, z, c = G_fixture, eg3d_ref["z"], eg3d_ref["c"]
     with torch.no_grad():
-        full = G.mapping(z, c)
-        half = G.mapping(z, c, truncation=0.5)
-        cut = G.mapping(z, c, truncation=0.5, truncation_cutoff=4)
+        full = G.to_wplus(G.mapping(z, c))
+        half = G.to_wplus(G.mapping(z, c, truncation=0.5))
+        cut = wplus_from_z(G, z, c, truncation=0.5, truncation_cutoff=4)
     w_avg = G.backbone.mapping.w_avg
     torch.testing.assert_close(half, w_avg + 0.5 * (full - w_avg))
     torch.testing.assert_close(cut[:, :4], half[:, :4])
@@ -157,7 +159,7 @@ def G_tiny():
 
 def test_deterministic_mode_repeats_exactly(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1)))
+    ws = G.to_wplus(G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1))))
     c = G.camera([10.0, -20.0], [5.0, 0.0])
     with torch.no_grad():
         a, b = G.render(ws, c), G.render(ws, c)
@@ -169,7 +171,7 @@ def test_deterministic_mode_repeats_exactly(G_tiny):
 
 def test_stochastic_mode_jitters_and_is_seedable(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(2)))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(2))))
     c = G.camera(0.0)
     with torch.no_grad():
         det = G.render(ws, c)["image_depth"]
@@ -182,7 +184,7 @@ def test_stochastic_mode_jitters_and_is_seedable(G_tiny):
 
 def test_ray_chunks_do_not_change_the_result(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)))
+    ws = G.to_wplus(G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3))))
     c = G.camera(15.0)
     with torch.no_grad():
         whole = G.render(ws, c)
@@ -197,7 +199,7 @@ def test_ray_chunks_do_not_change_the_result(G_tiny):
 
 def test_orbit_from_cached_planes_equals_separate_renders(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(4)))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(4))))
     styles = G.styles(ws)
     n = len(G.backbone.layer_names())
     codes = list(styles.values())
@@ -290,7 +292,7 @@ def test_stylespace_is_the_backbone_convs(G_tiny):
 
 def test_synthesis_from_styles_equals_synthesis_and_frontal_render(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(5)))
+    ws = G.to_wplus(G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(5))))
     with torch.no_grad():
         a = G.synthesis(ws)
         b = G.synthesis_from_styles(G.styles(ws))
@@ -305,7 +307,7 @@ def test_synthesis_from_styles_equals_synthesis_and_frontal_render(G_tiny):
 
 def test_edited_backbone_codes_change_geometry_but_sr_codes_do_not_enter_edits(G_tiny):
     G = G_tiny
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(6)))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(6))))
     styles = G.styles(ws)
     layout = StyleLayout.from_styles(styles)
     flat = layout.flatten(styles)
@@ -323,7 +325,7 @@ def test_latents_of_another_generator_are_refused(G_tiny):
     with pytest.raises(LatentError, match="EG3D"):
         G_tiny.synthesis(torch.zeros(1, 18, 16))
     with pytest.raises(LatentError, match="cameras for"):
-        G_tiny.render(G_tiny.mapping(torch.randn(3, 16)), G_tiny.camera([0.0, 1.0]))
+        G_tiny.render(G_tiny.to_wplus(G_tiny.mapping(torch.randn(3, 16))), G_tiny.camera([0.0, 1.0]))
     with pytest.raises(LatentError, match="camera labels for 3 latents"):
         G_tiny.mapping(torch.randn(3, 16), G_tiny.camera([0.0, 1.0]))
 
@@ -410,7 +412,7 @@ def test_essence_optimisation_and_application_on_eg3d(G_tiny):
     E = optimize_essence(G, tiny_clip(), target, steps=3, n_sources=2, lr=0.1)
     assert E.vector.shape == (1, G.n_latent, G.w_dim) and torch.isfinite(E.vector).all()
     assert E.generator == G.identity
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(9)))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(9))))
     with torch.no_grad():
         edited = apply_essence(G, ws, E, strength=1.0)
         views = [out["image"] for _, out in G.render_views(ws + E.vector.to(ws), G.camera([-20.0, 20.0]))]
@@ -431,7 +433,7 @@ def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
         warnings.simplefilter("ignore")
         m = sat3d.train_sat3d(G, q, steps=3, batch_size=1, n_codes=4, lr=0.1)
     assert m.layout == StyleLayout.from_generator(G) and m.generator == G.identity
-    src, ref = (G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    src, ref = (G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s)))) for s in (1, 2))
     styles = sat3d.transfer_styles(G, src, ref, m, [m.attributes[0]], delta=1.0)
     source_styles = G.styles(src)
     for name in G.layer_names():  # super-resolution and toRGB codes stay the source's
@@ -451,7 +453,7 @@ def test_view_consistency_of_an_essence_by_hand(G_tiny):
     G, C = G_tiny, tiny_clip()
     b = torch.randn(1, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(3)) * 0.5
     E = Essence(vector=b, generator=G.identity, strength=0.8)
-    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(4)))
+    ws = G.to_wplus(G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(4))))
     got = view_consistency(C, G, ws, E, [-20.0, 0.0, 20.0])
     # by hand: CLIP deltas per view, mean cosine over the 6 ordered pairs of views, per source
     with torch.no_grad():
@@ -469,7 +471,7 @@ def test_view_consistency_of_an_essence_by_hand(G_tiny):
 
 
 def test_auto_ray_limits_are_the_box_intersections():
-    from targetclip_core.generators.eg3d import ray_box_limits
+    from targetclip_core.generators.volume_rendering import ray_box_limits
 
     origins = torch.tensor([[[0.0, 0.0, 2.7], [0.0, 0.0, 2.7], [0.3, 0.0, 2.7]]])
     dirs = torch.nn.functional.normalize(torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, -0.1], [0.0, 0.0, -1.0]]]), dim=-1)
@@ -500,7 +502,7 @@ def test_white_background_fills_empty_space_with_white():
         for p in G.decoder.parameters():
             p.zero_()
         G.decoder.net[2].bias[0] = -60 / G.decoder.net[2].bias_gain  # softplus(-61) ~ 0 everywhere
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0))))
     with torch.no_grad():
         black = G.render(ws, G.camera(0.0))["image_raw"]
         G.rendering["white_back"] = True
@@ -514,9 +516,9 @@ def test_conditioning_switches_of_the_rendering_options():
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1))
     zero_c = G.backbone.mapping(z, torch.zeros(1, 25))
     G.rendering["c_gen_conditioning_zero"] = True
-    torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
+    torch.testing.assert_close(G.mapping(z, G.camera(25.0)), zero_c)
     G.rendering.update(c_gen_conditioning_zero=False, c_scale=0.0)
-    torch.testing.assert_close(G.mapping(z, G.camera(25.0))[:, 0], zero_c)
+    torch.testing.assert_close(G.mapping(z, G.camera(25.0)), zero_c)
     # a pickle without c_scale maps as the reference does then: rendering_kwargs.get('c_scale', 0)
     from targetclip_core.generators.eg3d import RENDERING_DEFAULTS
 
@@ -534,7 +536,7 @@ def test_sampling_multiplier_is_temporary():
 
 
 def test_stratified_depths_by_hand():
-    from targetclip_core.generators.eg3d import stratified_depths
+    from targetclip_core.generators.volume_rendering import stratified_depths
 
     mid = stratified_depths(1, 2, 2.0, 3.0, 3, disparity=False, deterministic=True, device="cpu")
     torch.testing.assert_close(mid[0, 0, :, 0], torch.tensor([2.25, 2.75, 3.25]))  # bin starts + half a bin

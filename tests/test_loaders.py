@@ -37,7 +37,8 @@ from conftest import (
 
 from targetclip_core.errors import CheckpointError, LatentError, UnsafePickleError, WeightsUnavailableError
 from targetclip_core.generators.latents import load_latents
-from targetclip_core.generators.load import load_generator, save_generator, sniff_format
+from targetclip_core.generators.load import load_generator, save_generator
+from targetclip_core.formats.checkpoints import sniff_format
 from targetclip_core.generators.stylegan2 import SynthesisLayer, ToRGBLayer
 
 TOL = 1e-4

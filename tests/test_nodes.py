@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import comfy.model_management as mm  # noqa: E402
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
 import numpy as np
 import pytest
 import torch
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 from essence_helpers import register_tiny_clip, tiny_generator
+
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+
+import comfy.model_management as mm  # noqa: E402, I001
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
 
 
 @pytest.fixture(scope="module")

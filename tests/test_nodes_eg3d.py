@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import comfy.model_management as mm  # noqa: E402  (available once the harness is imported)
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
 import pytest
 import torch
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 from eg3d_helpers import tiny_eg3d
 from essence_helpers import tiny_generator
+
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+
+import comfy.model_management as mm  # noqa: E402, I001  (available once the harness is imported)
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
 
 
 @pytest.fixture(scope="module")

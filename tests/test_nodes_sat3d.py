@@ -18,10 +18,11 @@ from essence_helpers import register_tiny_clip, tiny_generator
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
-import comfy.model_management as mm  # noqa: E402
+from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+
+import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API
 
 from targetclip_core.methods import sat3d as engine  # noqa: E402
 from targetclip_core.methods.targetclip.essence import Essence, edit_latents  # noqa: E402

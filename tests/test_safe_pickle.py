@@ -29,7 +29,8 @@ import pytest
 import torch
 
 from targetclip_core.errors import CheckpointError, UnsafePickleError
-from targetclip_core.formats.network_pickle import ModuleRecord, PersistentRecord, PickledEasyDict, load_network_pickle
+from targetclip_core.formats.network_pickle import load_network_pickle
+from targetclip_core.formats.pickle_records import ModuleRecord, PersistentRecord, PickledEasyDict
 
 FAKE_TOP_LEVEL = ("torch_utils", "dnnlib", "training")
 

@@ -163,7 +163,7 @@ def reference_volume_render(G, planes, origins, directions):
     concatenated and gathered into depth order.  Baseline of `targetclip bench eg3d`;
     returns (features [N, M, 32] in [-1, 1], depth [N, M, 1]) like `G._volume_render`.
     """
-    from targetclip_core.generators.eg3d import importance_depths, march, stratified_depths
+    from targetclip_core.generators.volume_rendering import importance_depths, march, stratified_depths
 
     opts = G.rendering
     n, m, _ = origins.shape

@@ -269,7 +269,7 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
     log(f"EG3D {G.resolution}px, neural rendering {neural_resolution}px, {r['depth_resolution']}+"
         f"{r['depth_resolution_importance']} samples per ray, {device.type}: {machine_description(device)}")
     log(f"min of {repeats} runs after a warm-up; deterministic sampling")
-    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)).to(device))
+    ws = G.to_wplus(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)).to(device)))
     styles = G.styles(ws)
     backbone_styles, sr_styles = G._split_styles(styles)
     cams = G.camera(*orbit(frames))
@@ -290,7 +290,7 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
         if not G.rendering["white_back"] and G.rendering["ray_start"] != "auto" and not G.rendering["disparity_space_sampling"]:
             from targetclip_core.bench.baselines import reference_volume_render
             from targetclip_core.generators.cameras import split_label
-            from targetclip_core.generators.eg3d import ray_bundle
+            from targetclip_core.generators.volume_rendering import ray_bundle
 
             pose, K = split_label(cams[:1])
             origins, dirs = ray_bundle(pose, K, neural_resolution)

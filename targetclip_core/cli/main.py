@@ -219,30 +219,23 @@ def cmd_render(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from targetclip_core.generators.latents import load_latents, z_from_seeds
+    from targetclip_core.generators.latents import load_latents, wplus_from_seeds
     from targetclip_core.generators.load import load_generator
     from targetclip_core.io.images import save_png
 
     G = load_generator(args.generator, device=args.device)
-    is_3d = getattr(G, "is_3d", False)
-    if not is_3d and (args.views or args.depth):
+    if not G.is_3d and (args.views or args.depth):
         raise TargetCLIPError(f"--views/--depth need a 3D-aware generator (EG3D); this is a {G.describe()}")
     out = Path(args.out)
     if args.seeds is not None:
         names = [f"seed{s:04d}" for s in args.seeds]
-        c = None
-        if G.c_dim and not is_3d:  # EG3D's label is its camera: the frontal one conditions mapping
-            if args.class_idx is None:
-                raise TargetCLIPError(f"this generator is class-conditional ({G.c_dim} classes): pass --class-idx")
-            c = torch.zeros(1, G.c_dim, device=G.device)
-            c[0, args.class_idx] = 1
-        with torch.no_grad():
-            z = z_from_seeds(args.seeds, G.z_dim).to(G.device)
-            wp = G.to_wplus(G.mapping(z, None if c is None else c.expand(len(z), -1), truncation=args.truncation))
+        if G.c_dim and not G.is_3d and args.class_idx is None:  # EG3D's label is a camera, not a class
+            raise TargetCLIPError(f"this generator is class-conditional ({G.c_dim} classes): pass --class-idx")
+        wp = wplus_from_seeds(G, args.seeds, args.truncation, class_idx=args.class_idx)
     else:
         wp = G.to_wplus(load_latents(args.latent).to(G.device))
         names = [f"{Path(args.latent).stem}_{i:04d}" for i in range(len(wp))]
-    if is_3d:
+    if G.is_3d:
         _render_views(G, wp, names, out, args)
         return 0
     with torch.no_grad():
@@ -295,7 +288,7 @@ def cmd_bench(args) -> int:
         from targetclip_core.generators.load import load_generator
 
         G = load_generator(args.checkpoint, device=args.device) if args.checkpoint else None
-        if G is not None and not getattr(G, "is_3d", False):
+        if G is not None and not G.is_3d:
             raise TargetCLIPError(f"{args.checkpoint}: not an EG3D generator")
         bench_eg3d(frames=args.frames, neural_resolution=args.neural_resolution, repeats=args.repeats,
                    device=args.device, G=G)
@@ -404,7 +397,7 @@ def cmd_apply(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from targetclip_core.generators.latents import load_latents, z_from_seeds
+    from targetclip_core.generators.latents import load_latents, wplus_from_seeds
     from targetclip_core.generators.load import load_generator
     from targetclip_core.io.images import save_png
     from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
@@ -413,7 +406,7 @@ def cmd_apply(args) -> int:
     essences = [load_essence(e, G) for e in args.essence]
     with torch.no_grad():
         if args.seeds is not None:
-            wp = G.to_wplus(G.mapping(z_from_seeds(args.seeds, G.z_dim).to(G.device), truncation=args.truncation))
+            wp = wplus_from_seeds(G, args.seeds, args.truncation)
             names = [f"seed{s:04d}" for s in args.seeds]
         else:
             wp = G.to_wplus(load_latents(args.latent).to(G.device))

@@ -19,7 +19,8 @@ from targetclip_core.encoders.e4e import _infer_stages
 from targetclip_core.encoders.inversion import check_images
 from targetclip_core.errors import CheckpointError
 from targetclip_core.formats.checkpoints import require_keys
-from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, torch_load_safely
+from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
+from targetclip_core.io.weights import resolve_checkpoint
 
 ALIGNED_CROP = (35, 223, 32, 220)  # rows, cols of the face inside a 256 px FFHQ-aligned image (IDLoss)
 

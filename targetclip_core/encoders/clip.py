@@ -103,7 +103,7 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
     name: an open_clip architecture ("ViT-B-32"), "local-dir:/path" or "hf-hub:org/repo".
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k"), a checkpoint file
       (open_clip .bin/.pt state dict or .safetensors; OpenAI's original TorchScript .pt is read
-      as data, see torchscript_archive), or None for random weights.
+      as data, see formats.torchscript), or None for random weights.
     Downloads go through open_clip's own cache when online; offline, a missing tag gives an
     error saying which file to provide.
     """

@@ -26,7 +26,7 @@ from torch import nn
 from targetclip_core.encoders import irse
 from targetclip_core.errors import CheckpointError
 from targetclip_core.formats.checkpoints import few_keys, require_keys
-from targetclip_core.generators.load import load_state_checked, torch_load_safely
+from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
 
 COARSE_END, MIDDLE_END = 3, 7  # W+ entries [0,3) coarse, [3,7) middle, [7,n) fine
 ENCODER_KINDS = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}

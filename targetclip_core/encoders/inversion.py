@@ -19,7 +19,7 @@ from torch import nn
 from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, build_encoder, read_encoder_checkpoint
 from targetclip_core.errors import TargetCLIPError
-from targetclip_core.generators.load import resolve_checkpoint
+from targetclip_core.io.weights import resolve_checkpoint
 
 
 class Inverter(nn.Module):

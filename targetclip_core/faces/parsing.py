@@ -51,7 +51,8 @@ from targetclip_core.devices import default_device
 from targetclip_core.encoders.inversion import check_images
 from targetclip_core.errors import CheckpointError, TargetCLIPError
 from targetclip_core.formats.checkpoints import require_keys
-from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, torch_load_safely
+from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
+from targetclip_core.io.weights import resolve_checkpoint
 
 __all__ = ["BiSeNet", "CLASSES", "FaceParser", "REGIONS", "load_face_parser"]
 

@@ -14,11 +14,12 @@ calling or running anything the file chooses:
   imports: every entry is either a value (a ``torch.dtype``) or a stand-in
   written here.  Any other global raises ``UnsafePickleError`` naming it.
 * REDUCE, NEWOBJ and BUILD are re-implemented so they only ever reach those
-  stand-ins (or records/stubs defined here); INST and OBJ are refused, and
-  APPEND/SETITEM/ADDITEMS only touch plain lists, dicts and sets.  The
-  pure-Python unpickler is used because the C one cannot be restricted per
-  opcode (its BUILD would call any object's ``__setstate__``); those opcodes
-  live in ``restricted_unpickler``, shared with ``torchscript_archive``.
+  stand-ins (or the records of ``pickle_records`` and the stubs of
+  ``pickle_arrays``); INST and OBJ are refused, and APPEND/SETITEM/ADDITEMS
+  only touch plain lists, dicts and sets.  The pure-Python unpickler is used
+  because the C one cannot be restricted per opcode (its BUILD would call any
+  object's ``__setstate__``); those opcodes live in ``formats.unpickler``,
+  shared with ``formats.torchscript``.
 * A persistent NVlabs object becomes a ``PersistentRecord``: its class name,
   version, ``state`` (the object's ``__dict__``) and ``module_src`` as text,
   which is kept for diagnostics only and never run.  Allow-listed plain
@@ -26,7 +27,8 @@ calling or running anything the file chooses:
   ``ModuleRecord``\\ s, again data only.
 * Tensor storages are pickled by torch as the bytes of a ``torch.save``; they
   are read with ``torch.load(weights_only=True)``, torch's own restricted
-  loader, and must come back as a storage.
+  loader, and must come back as a storage (``pickle_arrays``, with the
+  checked tensor views and numpy values).
 * Forged length fields cannot make the reader allocate more than the file
   holds (``_BoundedReader``).
 
@@ -35,37 +37,45 @@ globals the host process added with ``torch.serialization.add_safe_globals``),
 and numpy/torch to build arrays from validated buffers.  Tensors come back as
 plain CPU tensors (parameters too, ``requires_grad`` off).  The result is
 data; what the caller builds from it is up to the caller.
+
+Here: the allow-list, the restricted unpickler subclass, the bounded reader
+and ``load_network_pickle``.  The record types are re-exported from
+``pickle_records`` so callers can take them from here too.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import pickle
 import re
-import warnings
-from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
 from targetclip_core.errors import CheckpointError, TargetCLIPError, UnsafePickleError
-from targetclip_core.formats.unpickler import (
-    _NOTHING_RAN,
-    RestrictedUnpickler,
-    _call_stand_ins,
-    _int_tuple,
-    _is_int,
-    _rebuild_parameter,
-    _StandIn,
-    _unlisted_global,
-    _view_geometry,
-    _view_last_index,
+from targetclip_core.formats.pickle_arrays import (
+    NDARRAY,
+    TORCH_DTYPES,
+    BuildStub,
+    load_storage,
+    np_dtype,
+    np_frombuffer,
+    np_reconstruct,
+    np_scalar,
+    rebuild_tensor,
+    torch_device,
 )
-from targetclip_core.formats.unpickler import _describe as _describe_any
+from targetclip_core.formats.pickle_records import ModuleRecord, PersistentRecord, PickledEasyDict
+from targetclip_core.formats.unpickler import (
+    NOTHING_RAN,
+    RestrictedUnpickler,
+    StandIn,
+    call_stand_ins,
+    describe_object,
+    is_int,
+    rebuild_parameter,
+    unlisted_global,
+)
 
 __all__ = [
     "load_network_pickle",
@@ -76,182 +86,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------
-# Records: what networks become.
-
-
-class _Record(ABC):
-    """Common part of persistent and plain module records: a module's __dict__."""
-
-    state: dict
-
-    def state_dict(self, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
-        """Tensors in ``torch.nn.Module.state_dict()`` order and naming.
-
-        Own parameters, then persistent buffers, then each child with a
-        ``name.`` prefix; None entries are skipped like torch does.
-        """
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        _collect_tensors(self, prefix, out, set())
-        return out
-
-    @property
-    def init_kwargs(self) -> dict:
-        """Constructor keyword arguments as plain (recursively plain) dicts; {} if absent."""
-        # NVlabs stores them as `_init_kwargs`; the public `init_kwargs` is a property there.
-        raw = self.state.get("_init_kwargs", self.state.get("init_kwargs"))
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{self._label()}: init_kwargs is a {type(raw).__name__}, not a dict")
-        return _plain(raw)
-
-    @property
-    def init_args(self) -> tuple:
-        """Constructor positional arguments (plain data); () if absent."""
-        raw = self.state.get("_init_args", self.state.get("init_args"))
-        if raw is None:
-            return ()
-        if not isinstance(raw, (tuple, list)):
-            raise CheckpointError(f"{self._label()}: init_args is a {type(raw).__name__}, not a tuple")
-        return tuple(_plain(list(raw)))
-
-    @abstractmethod
-    def _label(self) -> str:
-        """How error messages name this record."""
-
-
-class PersistentRecord(_Record):
-    """One NVlabs persistent object (``@persistence.persistent_class``) as plain data."""
-
-    def __init__(self, class_name: str, version: int, module_src: str, state: dict,
-                 module_name: str | None = None) -> None:
-        self.module_name = module_name  # the meta has no such field in NVlabs pickles: usually None
-        self.class_name = class_name
-        self.version = version
-        self.module_src = module_src  # text for diagnostics only: never run
-        self.state = state
-
-    def _label(self) -> str:
-        return f"persistent {self.class_name}"
-
-    def __repr__(self) -> str:
-        return f"PersistentRecord(class_name={self.class_name!r}, version={self.version!r})"
-
-
-class ModuleRecord(_Record):
-    """An allow-listed non-persistent module (e.g. ``torch.nn.Sequential``) as plain data."""
-
-    def __init__(self, class_path: str) -> None:
-        self.class_path = class_path
-        self.module_name, _, self.class_name = class_path.rpartition(".")
-        self.state: dict = {}
-        self._built = False
-
-    def _pickle_build(self, state: Any) -> "ModuleRecord":
-        if self._built:
-            raise CheckpointError(f"{self.class_path}: state given twice")
-        if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
-            state = state[0]  # (dict_state, no slot state) form
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{self.class_path}: state is a {type(state).__name__}, not a dict")
-        self.state = state
-        self._built = True
-        return self
-
-    def _label(self) -> str:
-        return self.class_path
-
-    def __repr__(self) -> str:
-        return f"ModuleRecord({self.class_path!r})"
-
-
-class PickledEasyDict(dict):
-    """What a pickled ``dnnlib.EasyDict`` becomes: a dict with read-only attribute access."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def _pickle_build(self, state: Any) -> "PickledEasyDict":
-        # EasyDict keeps everything as items; an instance __dict__ never exists in real files.
-        if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
-            state = state[0]
-        if state is not None and not (type(state) is dict and not state):
-            raise CheckpointError("dnnlib.EasyDict with unexpected instance state")
-        return self
-
-
-def _collect_tensors(record: _Record, prefix: str, out: dict, path: set[int]) -> None:
-    if id(record) in path:
-        raise CheckpointError(f"{record._label()}: module graph has a cycle at {prefix or '<root>'}")
-    path.add(id(record))
-    state = record.state
-    params = _mapping_field(record, "_parameters")
-    buffers = _mapping_field(record, "_buffers")
-    modules = _mapping_field(record, "_modules")
-    non_persistent = state.get("_non_persistent_buffers_set") or set()
-    if not isinstance(non_persistent, (set, frozenset, list, tuple)):
-        raise CheckpointError(f"{record._label()}: _non_persistent_buffers_set is not a set")
-    for name, value in params.items():
-        if value is not None:
-            out[prefix + _require_name(name)] = _require_tensor(value, prefix + name)
-    for name, value in buffers.items():
-        if value is not None and name not in non_persistent:
-            out[prefix + _require_name(name)] = _require_tensor(value, prefix + name)
-    for name, child in modules.items():
-        if child is None:
-            continue
-        _require_name(name)
-        if not isinstance(child, _Record):
-            raise CheckpointError(f"{prefix + name}: child module is a {type(child).__name__}, not a record")
-        _collect_tensors(child, f"{prefix}{name}.", out, path)
-    path.discard(id(record))
-
-
-def _mapping_field(record: _Record, key: str) -> dict:
-    value = record.state.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{record._label()}: {key} is a {type(value).__name__}, not a dict")
-    return value
-
-
-def _require_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise CheckpointError(f"module entry named by a {type(name).__name__}, not a string")
-    return name
-
-
-def _require_tensor(value: Any, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"{name}: expected a tensor, found {type(value).__name__}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Dict subclasses (EasyDict, OrderedDict) to dict, recursively through lists/tuples."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-# --------------------------------------------------------------------------
-# Stand-ins: the only things a pickle can reach.
-
-
-class _Stub(ABC):
-    """A value that is only complete after BUILD; the unpickler swaps in the result."""
-
-    @abstractmethod
-    def _pickle_build(self, state: Any) -> Any:
-        """Turn the BUILD state into the finished value."""
+# Stand-ins: the only things a pickle can reach (torch and numpy ones are in pickle_arrays).
 
 
 # ---- NVlabs persistence and dnnlib
@@ -264,12 +99,12 @@ def _persistent_obj(meta: Any) -> PersistentRecord:
     if kind != "class":
         raise UnsafePickleError(
             "torch_utils.persistence._reconstruct_persistent_obj was asked to rebuild an object "
-            f"of type {kind!r}; only type 'class' records are read, and {_NOTHING_RAN}")
+            f"of type {kind!r}; only type 'class' records are read, and {NOTHING_RAN}")
     class_name, version, src = meta.get("class_name"), meta.get("version"), meta.get("module_src")
     state = meta.get("state")
     if not isinstance(class_name, str) or not class_name.isidentifier():
         raise CheckpointError(f"persistent object has a bad class_name {class_name!r}")
-    if not _is_int(version):
+    if not is_int(version):
         raise CheckpointError(f"persistent {class_name}: bad version {version!r}")
     if not isinstance(src, str):
         raise CheckpointError(f"persistent {class_name}: module_src is not text")
@@ -316,139 +151,6 @@ def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
-# ---- torch
-
-
-def _load_storage(data: Any) -> torch.storage.TypedStorage:
-    """A storage pickled by torch: the bytes of a torch.save (legacy or zip)."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError("tensor storage is not given as bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TypedStorage deprecation chatter
-            storage = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line.upper()]
-        if refused:
-            raise UnsafePickleError(
-                "a tensor storage inside the pickle was refused by torch's weights-only loader "
-                f"({refused[0]}); {_NOTHING_RAN}") from None
-        raise CheckpointError(f"unreadable tensor storage: {exc}") from None
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise CheckpointError(f"tensor storage bytes hold a {type(storage).__name__}, not a storage")
-    return storage
-
-
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                    backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2: a view of a storage; always a plain CPU tensor."""
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise CheckpointError(f"tensor built on a {type(storage).__name__}, not a storage")
-    size_t, stride_t = _view_geometry(offset, size, stride)
-    if backward_hooks or metadata:
-        # Hooks would be callables and metadata sets conj/neg bits: real network files have neither.
-        raise CheckpointError("tensor carries backward hooks or metadata")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        numel, dtype, untyped = storage.size(), storage.dtype, storage._untyped_storage
-    last = _view_last_index(offset, size_t, stride_t)
-    if last is not None and last >= numel:
-        raise CheckpointError("tensor extends past the end of its storage")
-    return torch.empty((0,), dtype=dtype).set_(untyped, offset, size_t, stride_t)
-
-
-def _device(kind: Any, index: Any = None) -> torch.device:
-    if not isinstance(kind, str) or not re.fullmatch(r"[a-z]+(:\d+)?", kind):
-        raise CheckpointError(f"bad torch.device {kind!r}")
-    if index is not None and not _is_int(index):
-        raise CheckpointError(f"bad torch.device index {index!r}")
-    return torch.device(kind) if index is None else torch.device(kind, index)
-
-
-# torch.dtype objects pickle as globals named after themselves, e.g. torch.float32.
-_TORCH_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
-    torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.complex64, torch.complex128,
-    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)}
-
-
-# ---- numpy
-
-# Numeric dtypes only: object arrays would carry pickled objects, structured ones fields.
-_NUMPY_DTYPE_SPEC = r"[?bBhHiIlLqQefdgFDG]|[biufc]\d{1,2}"
-
-
-def _np_dtype(spec: Any, align: Any = False, copy: Any = True) -> "_DTypeStub":
-    if not isinstance(spec, str) or not re.fullmatch(_NUMPY_DTYPE_SPEC, spec):
-        raise CheckpointError(f"unsupported numpy dtype {spec!r} (numeric dtypes only)")
-    return _DTypeStub(np.dtype(spec))
-
-
-class _DTypeStub(_Stub):
-    """numpy.dtype(spec): the byte order arrives in the BUILD state."""
-
-    def __init__(self, dtype: np.dtype) -> None:
-        self.dtype = dtype
-
-    def _pickle_build(self, state: Any) -> np.dtype:
-        # state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
-        if not isinstance(state, tuple) or len(state) < 5 or any(x is not None for x in state[2:5]):
-            raise CheckpointError("unsupported numpy dtype state (subarray or fields)")
-        order = state[1]
-        if order not in ("<", ">", "|", "="):
-            raise CheckpointError(f"bad numpy byte order {order!r}")
-        return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
-
-
-def _require_dtype(dtype: Any) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
-        raise CheckpointError(f"numpy data with dtype {dtype!r}")
-    return dtype
-
-
-def _array_from_bytes(raw: Any, dtype: Any, shape: Any, fortran: bool) -> np.ndarray:
-    dtype = _require_dtype(dtype)
-    shape_t = _int_tuple(shape, "numpy shape")
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) != math.prod(shape_t) * dtype.itemsize:
-        raise CheckpointError("numpy array data does not match its shape and dtype")
-    flat = np.frombuffer(bytes(raw), dtype=dtype)
-    return flat.reshape(shape_t, order="F" if fortran else "C").copy()  # writable, owns its memory
-
-
-class _ArrayStub(_Stub):
-    """numpy.core.multiarray._reconstruct(ndarray, ...): the data arrives in the BUILD state."""
-
-    def _pickle_build(self, state: Any) -> np.ndarray:
-        if isinstance(state, tuple) and len(state) == 5:
-            state = state[1:]  # drop the version field
-        if not isinstance(state, tuple) or len(state) != 4:
-            raise CheckpointError("unsupported numpy array state")
-        shape, dtype, fortran, raw = state
-        return _array_from_bytes(raw, dtype, shape, bool(fortran))
-
-
-def _np_reconstruct(cls: Any, shape: Any = (0,), typecode: Any = b"b") -> _ArrayStub:
-    if cls is not _NDARRAY:
-        raise UnsafePickleError(f"numpy _reconstruct asked to build {cls!r}; {_NOTHING_RAN}")
-    return _ArrayStub()
-
-
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-    # Protocol 5 pickles arrays as numpy.core.numeric._frombuffer(buffer, dtype, shape, order).
-    if order not in ("C", "F"):
-        raise CheckpointError(f"bad numpy order {order!r}")
-    return _array_from_bytes(buf, dtype, shape, order == "F")
-
-
-def _np_scalar(dtype: Any, raw: Any = None) -> Any:
-    dtype = _require_dtype(dtype)
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) != dtype.itemsize:
-        raise CheckpointError("numpy scalar data does not match its dtype")
-    return np.frombuffer(bytes(raw), dtype=dtype, count=1)[0]
-
-
-_NDARRAY = _StandIn("numpy.ndarray")  # only ever an argument of _reconstruct
-
-
 # ---- the allow-list
 
 # Helper modules EG3D keeps as plain (non-persistent) torch.nn.Module attributes of
@@ -472,8 +174,8 @@ _PLAIN_TORCH_MODULES = (
 )
 
 
-def _module_class(class_path: str) -> _StandIn:
-    return _StandIn(class_path, new=lambda: ModuleRecord(class_path))
+def _module_class(class_path: str) -> StandIn:
+    return StandIn(class_path, new=lambda: ModuleRecord(class_path))
 
 
 def _build_allow_list() -> dict[tuple[str, str], Any]:
@@ -488,30 +190,30 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
         # Protocol 2 spelling of bytes (numpy array and scalar data).
         "_codecs.encode": _codecs_encode,
         # Tensors, parameters and their storages as torch pickles them.
-        "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,  # torch >= 2 re-saves
-        "torch.storage._load_from_bytes": _load_storage,
+        "torch._utils._rebuild_tensor_v2": rebuild_tensor,
+        "torch._utils._rebuild_parameter": rebuild_parameter,
+        "torch._utils._rebuild_parameter_with_state": rebuild_parameter,  # torch >= 2 re-saves
+        "torch.storage._load_from_bytes": load_storage,
         # A device kept as a plain attribute; harmless value.
-        "torch.device": _device,
+        "torch.device": torch_device,
         # numpy scalars (FullyConnectedLayer.weight_gain = lr / np.sqrt(n)) and arrays
         # (StyleGAN3 SynthesisLayer.in_size) and values in training_set_kwargs.
-        "numpy.dtype": _np_dtype,
+        "numpy.dtype": np_dtype,
     }
     for core in ("numpy.core", "numpy._core"):  # numpy 1 and numpy 2 spellings
-        entries[f"{core}.multiarray._reconstruct"] = _np_reconstruct
-        entries[f"{core}.multiarray.scalar"] = _np_scalar
-        entries[f"{core}.numeric._frombuffer"] = _np_frombuffer
-    allowed: dict[tuple[str, str], Any] = dict(_call_stand_ins(entries))
-    allowed[("numpy", "ndarray")] = _NDARRAY
-    easydict = _StandIn("dnnlib.util.EasyDict", new=PickledEasyDict)
+        entries[f"{core}.multiarray._reconstruct"] = np_reconstruct
+        entries[f"{core}.multiarray.scalar"] = np_scalar
+        entries[f"{core}.numeric._frombuffer"] = np_frombuffer
+    allowed: dict[tuple[str, str], Any] = dict(call_stand_ins(entries))
+    allowed[("numpy", "ndarray")] = NDARRAY
+    easydict = StandIn("dnnlib.util.EasyDict", new=PickledEasyDict)
     allowed[("dnnlib.util", "EasyDict")] = allowed[("dnnlib", "EasyDict")] = easydict
     for class_path in _PLAIN_TORCH_MODULES:
         allowed[tuple(class_path.rsplit(".", 1))] = _module_class(class_path)  # type: ignore[index]
     for module, names in _EG3D_HELPERS.items():
         for name in names:
             allowed[(module, name)] = _module_class(f"{module}.{name}")
-    for name, dtype in _TORCH_DTYPES.items():
+    for name, dtype in TORCH_DTYPES.items():
         allowed[("torch", name)] = dtype  # values, not callables
     return allowed
 
@@ -524,7 +226,7 @@ _PY2_MODULES = {"__builtin__": "builtins"}
 def _describe(obj: Any) -> str:
     if isinstance(obj, torch.dtype):
         return str(obj)
-    return _describe_any(obj)
+    return describe_object(obj)
 
 
 # --------------------------------------------------------------------------
@@ -540,7 +242,7 @@ class _Memo(dict):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
-        if isinstance(value, _Stub):
+        if isinstance(value, BuildStub):
             self.stub_keys.setdefault(id(value), []).append(key)
 
 
@@ -548,7 +250,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
     """The shared restricted unpickler with NVlabs' allow-list, records and numpy stubs."""
 
     source_kind = "network pickles"
-    buildable_types = (ModuleRecord, PickledEasyDict, _Stub)
+    buildable_types = (ModuleRecord, PickledEasyDict, BuildStub)
     container_types = {
         list: (list,),
         dict: (dict, OrderedDict, PickledEasyDict),
@@ -559,7 +261,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
     def __init__(self, file: "_BoundedReader") -> None:
         super().__init__(file, file.total, "the file")
         self.memo = _Memo()
-        self._pending: dict[int, _Stub] = {}  # stubs made by REDUCE, not yet BUILT
+        self._pending: dict[int, BuildStub] = {}  # stubs made by REDUCE, not yet BUILT
 
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
@@ -567,7 +269,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
         if found is None and re.fullmatch(_REBUILT_MODULE, module) and name in _EG3D_HELPER_NAMES:
             found = _module_class(f"{module}.{name}")
         if found is None:
-            raise _unlisted_global(module, name)
+            raise unlisted_global(module, name)
         return found
 
     def persistent_load(self, pid: Any) -> Any:
@@ -578,7 +280,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
             raise CheckpointError("a numpy value was left without its data")
 
     def _reduced(self, result: Any) -> None:
-        if isinstance(result, _Stub):
+        if isinstance(result, BuildStub):
             self._pending[id(result)] = result
 
     def _built(self, inst: Any, result: Any) -> None:

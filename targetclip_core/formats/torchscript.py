@@ -19,7 +19,7 @@ stranger must not get that far, so this module reads the archive as data:
   raises ``UnsafePickleError`` naming it.  REDUCE, NEWOBJ and BUILD only ever
   reach those stand-ins; INST and OBJ are refused; APPEND/SETITEM/ADDITEMS only
   touch plain lists, dicts and sets (the opcode handling is
-  ``restricted_unpickler``, shared with ``safe_pickle``).
+  ``formats.unpickler``, shared with ``formats.network_pickle``).
 * Tensors: ``persistent_load`` resolves ``('storage', <dtype>, key, location,
   numel)`` to the bytes of ``<root>/data/<key>``, which must be exactly
   ``numel * itemsize`` long, as a CPU tensor; ``_rebuild_tensor_v2`` becomes a
@@ -60,15 +60,15 @@ import torch
 from targetclip_core.errors import CheckpointError, TargetCLIPError
 from targetclip_core.formats.unpickler import (
     RestrictedUnpickler,
-    _call_stand_ins,
-    _is_int,
-    _rebuild_parameter,
-    _StandIn,
-    _unlisted_global,
-    _view_geometry,
-    _view_last_index,
+    StandIn,
+    call_stand_ins,
+    describe_object,
+    is_int,
+    rebuild_parameter,
+    unlisted_global,
+    view_geometry,
+    view_last_index,
 )
-from targetclip_core.formats.unpickler import _describe as _describe_any
 
 __all__ = [
     "is_torchscript_archive",
@@ -142,13 +142,13 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
     """torch._utils._rebuild_tensor_v2: a bounds-checked view of a storage, on the CPU."""
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not an archive storage")
-    size_t, stride_t = _view_geometry(offset, size, stride)
+    size_t, stride_t = view_geometry(offset, size, stride)
     if not isinstance(requires_grad, bool):
         raise CheckpointError(f"bad requires_grad flag {requires_grad!r}")
     if backward_hooks or metadata:
         # hooks would be callables, metadata sets conj/neg bits: archives of weights have neither
         raise CheckpointError("tensor carries backward hooks or metadata")
-    last = _view_last_index(offset, size_t, stride_t)
+    last = view_last_index(offset, size_t, stride_t)
     if last is None:
         if offset > storage.numel:
             raise CheckpointError(f"tensor offset lies past the end of storage {storage.key}")
@@ -184,7 +184,7 @@ def _device(kind: Any, index: Any = None) -> torch.device:
     # a Device-typed attribute: a harmless value (making a torch.device does not touch the device)
     if not isinstance(kind, str) or not _LOCATION.fullmatch(kind):
         raise CheckpointError(f"bad torch.device {kind!r}")
-    if index is not None and not _is_int(index):
+    if index is not None and not is_int(index):
         raise CheckpointError(f"bad torch.device index {index!r}")
     return torch.device(kind) if index is None else torch.device(kind, index)
 
@@ -201,17 +201,17 @@ _STORAGE_DTYPES = {
 def _build_allow_list() -> dict[tuple[str, str], Any]:
     calls: dict[str, Callable[..., Any]] = {
         "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+        "torch._utils._rebuild_parameter": rebuild_parameter,
+        "torch._utils._rebuild_parameter_with_state": rebuild_parameter,
         "collections.OrderedDict": _ordered_dict,
         "torch.device": _device,
-        "torch.jit._pickle.build_intlist": _typed_list("int", _is_int),
+        "torch.jit._pickle.build_intlist": _typed_list("int", is_int),
         "torch.jit._pickle.build_doublelist": _typed_list("double", lambda v: isinstance(v, float)),
         "torch.jit._pickle.build_boollist": _typed_list("bool", lambda v: isinstance(v, bool)),
         "torch.jit._pickle.build_tensorlist": _typed_list("tensor", lambda v: isinstance(v, torch.Tensor)),
         "torch.jit._pickle.restore_type_tag": _restore_type_tag,
     }
-    allowed: dict[tuple[str, str], Any] = dict(_call_stand_ins(calls))
+    allowed: dict[tuple[str, str], Any] = dict(call_stand_ins(calls))
     for name, dtype in _STORAGE_DTYPES.items():
         allowed[("torch", name)] = _StorageType(f"torch.{name}", dtype)
     return allowed
@@ -225,7 +225,7 @@ def _describe(obj: Any) -> str:
         return obj.qualname
     if isinstance(obj, ScriptObjectRecord):
         return f"a {obj.qualified_name} object"
-    return _describe_any(obj)
+    return describe_object(obj)
 
 
 # --------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class _ArchiveUnpickler(RestrictedUnpickler):
         super().__init__(io.BytesIO(data), len(data), "data.pkl")
         self._archive = archive
         self._storages: dict[str, _Storage] = {}
-        self._classes: dict[str, _StandIn] = {}
+        self._classes: dict[str, StandIn] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -252,11 +252,11 @@ class _ArchiveUnpickler(RestrictedUnpickler):
                 raise CheckpointError(f"bad TorchScript class name {module}.{name!r}")
             qualname = f"{module}.{name}"
             if qualname not in self._classes:
-                self._classes[qualname] = _StandIn(qualname, new=lambda: ScriptObjectRecord(qualname))
+                self._classes[qualname] = StandIn(qualname, new=lambda: ScriptObjectRecord(qualname))
             return self._classes[qualname]
         found = _ALLOWED.get((module, name))
         if found is None:
-            raise _unlisted_global(module, name)
+            raise unlisted_global(module, name)
         return found
 
     def persistent_load(self, pid: Any) -> _Storage:
@@ -269,7 +269,7 @@ class _ArchiveUnpickler(RestrictedUnpickler):
             raise CheckpointError(f"bad storage key {key!r:.80}")
         if not isinstance(location, str) or not _LOCATION.fullmatch(location):
             raise CheckpointError(f"bad storage location {location!r:.80}")
-        if not _is_int(numel) or numel < 0:
+        if not is_int(numel) or numel < 0:
             raise CheckpointError(f"storage {key}: bad element count {numel!r}")
         known = self._storages.get(key)
         if known is not None:

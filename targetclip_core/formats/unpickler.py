@@ -1,12 +1,12 @@
-"""The restricted pure-Python unpickler shared by ``safe_pickle`` and ``torchscript_archive``.
+"""The restricted pure-Python unpickler shared by ``network_pickle`` and ``torchscript``.
 
 Both read untrusted pickles as data: NVlabs network pickles and the
 ``data.pkl`` of TorchScript archives.  ``RestrictedUnpickler`` re-implements
 every opcode that builds or fills objects so that none of them can reach
 anything the file chooses:
 
-* REDUCE only calls a ``_StandIn`` with a ``call``; NEWOBJ/NEWOBJ_EX only a
-  ``_StandIn`` with a ``new``, and never with arguments.  What ``find_class``
+* REDUCE only calls a ``StandIn`` with a ``call``; NEWOBJ/NEWOBJ_EX only a
+  ``StandIn`` with a ``new``, and never with arguments.  What ``find_class``
   returns (and so which stand-ins exist) is each format's own allow-list.
 * BUILD only fills instances of the format's ``buildable_types``, through
   their own ``_pickle_build(state)``; no ``__setstate__`` or ``__dict__``
@@ -22,9 +22,10 @@ functions, so subclasses change behaviour through the hooks and class
 attributes here (``_reduced``, ``_built``, ``describe``, ...), not by
 overriding the ``_load_*`` handlers.
 
-Also here: the helpers both formats' stand-ins use to rebuild tensors
-(offset/size/stride checks, the parameter wrapper).  Nothing in this module
-imports, evaluates or compiles anything.
+Also here, as public names both formats build on: the ``StandIn`` a global
+becomes, the refusal messages, and the helpers their stand-ins use to rebuild
+tensors (offset/size/stride checks, the parameter wrapper).  Nothing in this
+module imports, evaluates or compiles anything.
 """
 
 from __future__ import annotations
@@ -39,16 +40,29 @@ import torch
 
 from targetclip_core.errors import CheckpointError, UnsafePickleError
 
-__all__ = ["RestrictedUnpickler"]
+__all__ = [
+    "RestrictedUnpickler",
+    "StandIn",
+    "call_stand_ins",
+    "describe_object",
+    "unlisted_global",
+    "NOTHING_RAN",
+    "is_int",
+    "int_tuple",
+    "view_geometry",
+    "view_last_index",
+    "rebuild_parameter",
+]
 
-_NOTHING_RAN = "nothing from the file was imported or executed"
+NOTHING_RAN = "nothing from the file was imported or executed"
+"""How refusal messages end: the reassurance that the refused file ran nothing."""
 
 
 # --------------------------------------------------------------------------
 # Stand-ins and messages.
 
 
-class _StandIn:
+class StandIn:
     """A global as the pickle sees it: ``call`` serves REDUCE, ``new`` serves NEWOBJ."""
 
     def __init__(self, qualname: str, call: Callable[..., Any] | None = None,
@@ -61,67 +75,69 @@ class _StandIn:
         return f"<stand-in for {self.qualname}>"
 
 
-def _call_stand_ins(calls: dict[str, Callable[..., Any]]) -> dict[tuple[str, str], _StandIn]:
+def call_stand_ins(calls: dict[str, Callable[..., Any]]) -> dict[tuple[str, str], StandIn]:
     """Allow-list entries for functions REDUCE may call, keyed ``(module, name)`` like ``find_class``."""
-    allowed: dict[tuple[str, str], _StandIn] = {}
+    allowed: dict[tuple[str, str], StandIn] = {}
     for qualname, fn in calls.items():
         module, _, name = qualname.rpartition(".")
-        allowed[(module, name)] = _StandIn(qualname, call=fn)
+        allowed[(module, name)] = StandIn(qualname, call=fn)
     return allowed
 
 
-def _describe(obj: Any) -> str:
+def describe_object(obj: Any) -> str:
     """How refusal messages name an object; formats extend it (``RestrictedUnpickler.describe``)."""
-    if isinstance(obj, _StandIn):
+    if isinstance(obj, StandIn):
         return obj.qualname
     return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
 
 
 def _refused(action: str) -> UnsafePickleError:
     """The error for an opcode that tried to do ``action`` with something off the allow-list."""
-    return UnsafePickleError(f"the pickle tries to {action}; it was refused and {_NOTHING_RAN}")
+    return UnsafePickleError(f"the pickle tries to {action}; it was refused and {NOTHING_RAN}")
 
 
-def _unlisted_global(module: str, name: str) -> UnsafePickleError:
+def unlisted_global(module: str, name: str) -> UnsafePickleError:
     """The error ``find_class`` raises for a global that is not on the allow-list."""
     return UnsafePickleError(
         f"the pickle asks for the global '{module}.{name}', which is not on the allow-list; "
-        f"it was refused and {_NOTHING_RAN}")
+        f"it was refused and {NOTHING_RAN}")
 
 
 # --------------------------------------------------------------------------
 # Tensor rebuild helpers (torch._utils._rebuild_tensor_v2 / _rebuild_parameter).
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a true int (bools, which pickles also hold, are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in value):
+def int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    """``value`` as a tuple of non-negative ints; CheckpointError naming ``what`` otherwise."""
+    if not isinstance(value, (tuple, list)) or not all(is_int(v) and v >= 0 for v in value):
         raise CheckpointError(f"{what} must be a tuple of non-negative ints, got {value!r}")
     return tuple(value)
 
 
-def _view_geometry(offset: Any, size: Any, stride: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def view_geometry(offset: Any, size: Any, stride: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The checked size and stride of a strided tensor view; ``offset`` must be a non-negative int."""
-    if not _is_int(offset) or offset < 0:
+    if not is_int(offset) or offset < 0:
         raise CheckpointError(f"bad tensor storage offset {offset!r}")
-    size_t, stride_t = _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride")
+    size_t, stride_t = int_tuple(size, "tensor size"), int_tuple(stride, "tensor stride")
     if len(size_t) != len(stride_t):
         raise CheckpointError("tensor size and stride differ in length")
     return size_t, stride_t
 
 
-def _view_last_index(offset: int, size_t: tuple[int, ...], stride_t: tuple[int, ...]) -> int | None:
+def view_last_index(offset: int, size_t: tuple[int, ...], stride_t: tuple[int, ...]) -> int | None:
     """The storage index of a view's last element; None for a view without elements."""
     if math.prod(size_t) > 0:
         return offset + sum((n - 1) * s for n, s in zip(size_t, stride_t))
     return None
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
-                       state: Any = None) -> torch.Tensor:
+def rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
+                      state: Any = None) -> torch.Tensor:
     """torch._utils._rebuild_parameter(_with_state): the parameter's data as a plain tensor."""
     if not isinstance(data, torch.Tensor):
         raise CheckpointError(f"parameter data is a {type(data).__name__}, not a tensor")
@@ -143,7 +159,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     * ``buildable_types``: the instances BUILD may fill (each has ``_pickle_build``);
     * ``container_types``: for ``list``, ``dict`` and ``set``, the exact types
       APPEND(S), SETITEM(S) and ADDITEMS may fill;
-    * ``describe``: how messages name an object (extending ``_describe``);
+    * ``describe``: how messages name an object (extending ``describe_object``);
 
     and may override ``_reduced`` / ``_built`` to act on what REDUCE and BUILD made.
     """
@@ -157,7 +173,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         dict: (dict, OrderedDict),
         set: (set,),
     }
-    describe: ClassVar[Callable[[Any], str]] = staticmethod(_describe)
+    describe: ClassVar[Callable[[Any], str]] = staticmethod(describe_object)
 
     def __init__(self, file: BinaryIO | Any, byte_limit: int | None, byte_limit_holder: str) -> None:
         """``byte_limit``: the size of the whole input (None: unknown), which ``byte_limit_holder``
@@ -184,7 +200,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def _load_reduce(self) -> None:
         args = self.stack.pop()
         func = self.stack[-1]
-        if not isinstance(func, _StandIn) or func.call is None:
+        if not isinstance(func, StandIn) or func.call is None:
             raise _refused(f"call {self.describe(func)}")
         if not isinstance(args, tuple):
             raise CheckpointError("REDUCE arguments are not a tuple")
@@ -193,7 +209,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self._reduced(result)
 
     def _new(self, cls: Any, args: Any, kwargs: Any) -> Any:
-        if not isinstance(cls, _StandIn) or cls.new is None:
+        if not isinstance(cls, StandIn) or cls.new is None:
             raise _refused(f"instantiate {self.describe(cls)}")
         if not (type(args) is tuple and not args) or not (kwargs is None or (type(kwargs) is dict and not kwargs)):
             raise CheckpointError(f"{cls.qualname} is never created with arguments in {self.source_kind}")

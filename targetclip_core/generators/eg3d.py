@@ -42,18 +42,20 @@ from torch import nn
 
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.cameras import CameraRig, camera_labels, split_label
-from targetclip_core.generators.stylegan2 import (
-    StyleGAN2Config,
-    StyleGAN2Generator,
-    SynthesisLayer,
-    ToRGBLayer,
-    check_wplus_shape,
-    fir_kernel_2d,
-    upsample_fir,
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, check_wplus_shape
+from targetclip_core.generators.superresolution import SUPERRESOLUTION_MODULES, SuperResolution, SuperResolutionSpec
+from targetclip_core.generators.volume_rendering import (
+    N_PLANES,
+    PLANE_CHANNELS,
+    importance_depths,
+    march,
+    point_weights,
+    ray_box_limits,
+    ray_bundle,
+    sample_planes,
+    stratified_depths,
+    weighted_sum,
 )
-
-PLANE_CHANNELS = 32
-N_PLANES = 3
 
 # Rendering options of an official pickle (rendering_kwargs) that change the image, with the
 # reference defaults for the ones an older pickle may lack.
@@ -72,25 +74,6 @@ RENDERING_DEFAULTS = {
     "avg_camera_pivot": [0.0, 0.0, 0.2],
     "superresolution_noise_mode": "none",
     "density_noise": 0.0,
-}
-
-
-@dataclass(frozen=True)
-class SuperResolutionSpec:
-    """Layout of one of EG3D's super-resolution modules."""
-
-    img_resolution: int
-    input_resolution: int
-    block_channels: tuple[int, int]
-    block0_upsamples: bool
-    resize_when_smaller_only: bool  # Hybrid4X resizes only smaller inputs; the others any other size
-
-
-SUPERRESOLUTION_MODULES = {
-    "SuperresolutionHybrid2X": SuperResolutionSpec(128, 64, (128, 64), False, False),
-    "SuperresolutionHybrid4X": SuperResolutionSpec(256, 128, (128, 64), False, True),
-    "SuperresolutionHybrid8X": SuperResolutionSpec(512, 128, (128, 64), True, False),
-    "SuperresolutionHybrid8XDC": SuperResolutionSpec(512, 128, (256, 128), True, False),
 }
 
 
@@ -147,7 +130,7 @@ class EG3DConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# --------------------------------------------------------------------------- networks
+# --------------------------------------------------------------------------- the tri-plane decoder
 
 
 class OSGDecoder(nn.Module):
@@ -185,189 +168,6 @@ class OSGDecoder(nn.Module):
     def widen(cls, composited: torch.Tensor, weight_total: torch.Tensor) -> torch.Tensor:
         """sum_j a_j (s_j (1 + 2e) - e) = (1 + 2e) sum_j a_j s_j - e sum_j a_j."""
         return composited * (1 + 2 * cls.WIDEN) - cls.WIDEN * weight_total
-
-
-class SuperResolutionBlock(nn.Module):
-    """conv0 (optionally 2x up) + conv1 + toRGB, adding to the (upsampled) running image."""
-
-    def __init__(self, in_ch, out_ch, resolution, w_dim, *, up: bool, conv_clamp):
-        super().__init__()
-        kernel = (1, 3, 3, 1)
-        self.up = up
-        self.conv0 = SynthesisLayer(in_ch, out_ch, w_dim, resolution, up=up, blur_kernel=kernel, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_ch, out_ch, w_dim, resolution, up=False, blur_kernel=kernel, conv_clamp=conv_clamp)
-        self.torgb = ToRGBLayer(out_ch, 3, w_dim, conv_clamp=conv_clamp)
-        self.register_buffer("skip_filter", fir_kernel_2d(kernel), persistent=False)
-
-    def forward(self, x, img, styles, noise_mode, impl):
-        x = self.conv0(x, styles[0], noise_mode, impl)
-        x = self.conv1(x, styles[1], noise_mode, impl)
-        y = self.torgb(x, styles[2], impl)
-        return x, (upsample_fir(img, self.skip_filter) if self.up else img) + y
-
-
-class SuperResolution(nn.Module):
-    LAYERS = ("block0.conv0", "block0.conv1", "block0.torgb", "block1.conv0", "block1.conv1", "block1.torgb")
-
-    def __init__(self, spec: SuperResolutionSpec, w_dim: int, *, antialias: bool, conv_clamp):
-        super().__init__()
-        self.spec, self.antialias = spec, antialias
-        c0, c1 = spec.block_channels
-        res0 = spec.input_resolution * (2 if spec.block0_upsamples else 1)
-        self.block0 = SuperResolutionBlock(PLANE_CHANNELS, c0, res0, w_dim, up=spec.block0_upsamples, conv_clamp=conv_clamp)
-        self.block1 = SuperResolutionBlock(c0, c1, spec.img_resolution, w_dim, up=True, conv_clamp=conv_clamp)
-
-    def layers(self):
-        for name in self.LAYERS:
-            block, layer = name.split(".")
-            yield name, getattr(getattr(self, block), layer)
-
-    def forward(self, rgb, features, styles, noise_mode="none", impl="unfused"):
-        size = self.spec.input_resolution
-        needs = features.shape[-1] < size if self.spec.resize_when_smaller_only else features.shape[-1] != size
-        if needs:
-            def resize(t):
-                return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=self.antialias)
-            features, rgb = resize(features), resize(rgb)
-        if features.device.type == "cpu":  # oneDNN convolutions: 1.5x faster on NHWC here (bench eg3d)
-            features = features.contiguous(memory_format=torch.channels_last)
-        x, img = self.block0(features, rgb, styles[:3], noise_mode, impl)
-        _, img = self.block1(x, img, styles[3:], noise_mode, impl)
-        return img.contiguous()
-
-
-# --------------------------------------------------------------------------- volume rendering
-
-
-def ray_bundle(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ray through the centre of every pixel: origins and unit directions [N, R*R, 3]."""
-    dev = cam2world.device
-    centres = (torch.arange(resolution, dtype=torch.float32, device=dev) + 0.5) / resolution
-    v, u = torch.meshgrid(centres, centres, indexing="ij")  # row-major pixels: u along x, v along y
-    u, v = u.reshape(1, -1), v.reshape(1, -1)
-    fx, fy = intrinsics[:, 0, 0, None], intrinsics[:, 1, 1, None]
-    cx, cy, sk = intrinsics[:, 0, 2, None], intrinsics[:, 1, 2, None], intrinsics[:, 0, 1, None]
-    x_lift = (u - cx + cy * sk / fy - sk * v / fy) / fx
-    y_lift = (v - cy) / fy
-    ones = torch.ones_like(x_lift)
-    cam_points = torch.stack((x_lift, y_lift, ones, ones), dim=-1)  # [N, M, 4]
-    world = torch.bmm(cam2world, cam_points.transpose(1, 2)).transpose(1, 2)[..., :3]
-    origins = cam2world[:, None, :3, 3]
-    directions = F.normalize(world - origins, dim=2)
-    return origins.expand_as(directions), directions
-
-
-def sample_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """Mean of the xy, xz and zx plane features at `points` [N, M, 3] -> [N, C, M].
-
-    These are EG3D's plane axes (its projections through the inverse of generate_planes()),
-    including the third plane reading (z, x).
-    """
-    n, _, c, h, w = planes.shape
-    p = points * (2.0 / box_warp)
-    x, y, z = p.unbind(-1)
-    grid = torch.stack([torch.stack(uv, dim=-1) for uv in ((x, y), (x, z), (z, x))], dim=1)  # [N, 3, M, 2]
-    sampled = F.grid_sample(planes.reshape(n * N_PLANES, c, h, w), grid.reshape(n * N_PLANES, 1, -1, 2),
-                            mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.reshape(n, N_PLANES, c, -1).mean(1)
-
-
-def march(densities, depths):
-    """MipNeRF ray marching (EG3D's MipRayMarcher2) on sorted samples [N, M, S, 1].
-
-    Returns (interval weights [N, M, S-1, 1], expected depth (unclamped, NaN -> inf), total
-    weight).  Colours are not needed here: see `point_weights`.
-    """
-    deltas = depths[:, :, 1:] - depths[:, :, :-1]
-    densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)  # bias -1: EG3D's init
-    depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
-    alpha = 1 - torch.exp(-densities_mid * deltas)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2), -2)[:, :, :-1]
-    weights = alpha * transmittance
-    weight_total = weights.sum(2)
-    depth = torch.nan_to_num(torch.sum(weights * depths_mid, -2) / weight_total, float("inf"))
-    return weights, depth, weight_total
-
-
-def point_weights(interval_weights):
-    """Weights per sample [N, M, S, 1] such that sum_j a_j c_j = sum_i w_i (c_i + c_i+1) / 2.
-
-    The reference composites mid-point colours; spreading each interval's weight onto its two
-    ends gives the same sum without building (and sorting) a mid-point copy of 32 channels.
-    """
-    half = interval_weights / 2
-    zero = torch.zeros_like(half[:, :, :1])
-    return torch.cat([half, zero], -2) + torch.cat([zero, half], -2)
-
-
-def stratified_depths(n, m, start, end, count, *, disparity, deterministic, device, generator=None):
-    """Coarse depths [n, m, count, 1]: one per bin, jittered or (deterministic) mid-bin."""
-    def jitter(t):
-        if deterministic:
-            return torch.full_like(t, 0.5)
-        return torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
-
-    if disparity:
-        d = torch.linspace(0, 1, count, device=device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
-        d = d + jitter(d) / (count - 1)
-        return 1.0 / (1.0 / start * (1.0 - d) + 1.0 / end * d)
-    if torch.is_tensor(start):  # per-ray limits [n, m, 1]
-        steps = torch.arange(count, dtype=torch.float32, device=device) / (count - 1)
-        depths = start[:, :, None, :] + steps.reshape(1, 1, count, 1) * (end - start)[:, :, None, :]
-        return depths + jitter(depths) * ((end - start) / (count - 1))[..., None]
-    depths = torch.linspace(start, end, count, device=device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
-    return depths + jitter(depths) * ((end - start) / (count - 1))
-
-
-def importance_depths(depths, weights, count, *, deterministic, generator=None):
-    """Fine depths [n, m, count, 1] drawn from the coarse weights (EG3D's smoothing + NeRF's inverse CDF)."""
-    n, m, s, _ = depths.shape
-    z = depths.reshape(n * m, s)
-    w = weights.reshape(n * m, -1)
-    w = F.max_pool1d(w.unsqueeze(1).float(), 2, 1, padding=1)
-    w = F.avg_pool1d(w, 2, 1).squeeze(1) + 0.01
-    bins = 0.5 * (z[:, :-1] + z[:, 1:])
-    return _sample_pdf(bins, w[:, 1:-1], count, deterministic, generator).reshape(n, m, count, 1)
-
-
-def _sample_pdf(bins, weights, count, deterministic, generator, eps=1e-5):
-    rays, n_bins = weights.shape
-    weights = weights + eps
-    cdf = torch.cumsum(weights / weights.sum(-1, keepdim=True), -1)
-    cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], -1)
-    if deterministic:
-        u = torch.linspace(0, 1, count, device=bins.device).expand(rays, count).contiguous()
-    else:
-        u = torch.rand(rays, count, generator=generator, device=bins.device)
-    inds = torch.searchsorted(cdf, u, right=True)
-    below, above = (inds - 1).clamp_min(0), inds.clamp_max(n_bins)
-    pairs = torch.stack([below, above], -1).reshape(rays, 2 * count)
-    cdf_g = torch.gather(cdf, 1, pairs).reshape(rays, count, 2)
-    bins_g = torch.gather(bins, 1, pairs).reshape(rays, count, 2)
-    denom = cdf_g[..., 1] - cdf_g[..., 0]
-    denom = torch.where(denom < eps, torch.ones_like(denom), denom)  # empty bins are never drawn
-    return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
-
-
-def ray_box_limits(origins, directions, box_side):
-    """Entry/exit distances [N, M, 1] of rays through the cube of side `box_side` (EG3D's 'auto' limits)."""
-    half = box_side / 2
-    inv = 1 / directions
-    t0 = (-half - origins) * inv
-    t1 = (half - origins) * inv
-    tmin = torch.minimum(t0, t1).amax(-1, keepdim=True)
-    tmax = torch.maximum(t0, t1).amin(-1, keepdim=True)
-    valid = tmax > tmin
-    if valid.any():
-        # rays that miss the box get the extreme limits of those that hit it (as the reference)
-        tmin = torch.where(valid, tmin, tmin[valid].min())
-        tmax = torch.where(valid, tmax, tmin[valid].max())
-    return tmin, tmax
-
-
-def _weighted_sum(weights, colors):
-    """sum_s weights[n, m, s, 0] * colors[n, :, m, s] -> [N, M, C]."""
-    return torch.einsum("ncms,nms->nmc", colors, weights[..., 0])
 
 
 # --------------------------------------------------------------------------- the generator
@@ -476,22 +276,30 @@ class EG3DGenerator(nn.Module):
             c = torch.zeros_like(c)
         return c * float(self.rendering["c_scale"])
 
-    def mapping(self, z, c=None, truncation=1.0, truncation_latent=None, truncation_cutoff=None):
-        """z [B, z_dim] (+ camera labels c [B, 25], default frontal) -> ws [B, n_latent, w_dim]."""
+    def mapping(self, z, c=None, truncation=1.0, truncation_latent=None):
+        """z [B, z_dim] (+ camera labels c [B, 25], default frontal) -> w [B, w_dim], as StyleGAN2's.
+
+        `to_wplus` broadcasts w to the ws the renderer takes; `latents.wplus_from_z` also truncates
+        only the first entries (the reference's truncation_cutoff).
+        """
         if not torch.is_tensor(z) or z.dim() != 2:
             raise LatentError(f"expected z of shape [B, {self.z_dim}], got {list(getattr(z, 'shape', []))}")
         w = self.backbone.mapping(z, self._conditioning(c, z.shape[0]))
-        ws = self.backbone.to_wplus(w).clone()
         if truncation != 1.0:
-            centre = self.mapping_mean() if truncation_latent is None else truncation_latent.reshape(1, 1, -1)
-            cut = self.n_latent if truncation_cutoff is None else int(truncation_cutoff)
-            ws[:, :cut] = centre.lerp(ws[:, :cut], truncation)
-        return ws
+            centre = self.truncation_latent() if truncation_latent is None else truncation_latent.reshape(1, -1)
+            w = centre.lerp(w, truncation)
+        return w
 
-    def mapping_mean(self) -> torch.Tensor:
+    @property
+    def mapping_network(self) -> nn.Module:
+        """The backbone's z -> w network (holds w_avg and whether the checkpoint trained it)."""
+        return self.backbone.mapping
+
+    def truncation_latent(self) -> torch.Tensor:
+        """The centre truncation moves toward: the trained w_avg, else the frontal-camera mean [1, w_dim]."""
         if self.backbone.mapping.has_w_avg:
-            return self.backbone.mapping.w_avg.reshape(1, 1, -1)
-        return self.mean_latent()[:, None]
+            return self.backbone.mapping.w_avg.reshape(1, -1)
+        return self.mean_latent()
 
     def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
         """Mean of `n` mapped samples under the frontal conditioning camera: [1, w_dim]."""
@@ -617,11 +425,11 @@ class EG3DGenerator(nn.Module):
             weights, depth, total = march(torch.gather(torch.cat([densities, densities_f], -2), -2, order), depths)
             per_sample = torch.empty_like(depths).scatter_(-2, order, point_weights(weights))
             s = coarse.shape[2]
-            rgb = _weighted_sum(per_sample[:, :, :s], colors) + _weighted_sum(per_sample[:, :, s:], colors_f)
+            rgb = weighted_sum(per_sample[:, :, :s], colors) + weighted_sum(per_sample[:, :, s:], colors_f)
         else:
             depths = coarse
             weights, depth, total = march(densities, depths)
-            rgb = _weighted_sum(point_weights(weights), colors)
+            rgb = weighted_sum(point_weights(weights), colors)
         rgb = OSGDecoder.widen(rgb, total)
         if opts["white_back"]:
             rgb = rgb + 1 - total
@@ -671,7 +479,7 @@ class EG3DGenerator(nn.Module):
 
     def forward(self, z, c=None, truncation=1.0, noise_mode="const"):
         c = self.camera().expand(z.shape[0], -1) if c is None else c
-        return self.render(self.mapping(z, c, truncation=truncation), c, noise_mode=noise_mode)
+        return self.render(self.to_wplus(self.mapping(z, c, truncation=truncation)), c, noise_mode=noise_mode)
 
 
 def depth_to_image(depth: torch.Tensor) -> torch.Tensor:

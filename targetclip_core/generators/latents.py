@@ -67,6 +67,35 @@ def save_latents(path: str | os.PathLike, wplus: torch.Tensor, generator_identit
     return Path(path)
 
 
+def wplus_from_z(G, z, c=None, truncation: float = 1.0, truncation_cutoff: int | None = None) -> torch.Tensor:
+    """W+ [B, n_latent, w_dim] of z [B, z_dim] (a fresh tensor); with `truncation_cutoff` only the first
+    that many entries are truncated, as the NVlabs / EG3D mapping networks do."""
+    if truncation_cutoff is None:
+        return G.to_wplus(G.mapping(z, c, truncation=truncation)).clone()
+    wp = G.to_wplus(G.mapping(z, c)).clone()
+    if truncation != 1.0:
+        cut = int(truncation_cutoff)
+        wp[:, :cut] = G.truncation_latent()[:, None].lerp(wp[:, :cut], truncation)
+    return wp
+
+
+def wplus_from_seeds(G, seeds, truncation: float = 1.0, class_idx: int | None = None) -> torch.Tensor:
+    """W+ latents [N, n_latent, w_dim] of `seeds` on G's device, z drawn as NVlabs' generate.py
+    (`z_from_seeds`). A class-conditional 2D generator needs `class_idx` (its one-hot label);
+    3D-aware generators map under their frontal camera."""
+    seeds = list(seeds)
+    c = None
+    if G.c_dim and not G.is_3d:  # EG3D's label is a camera, not a class
+        if class_idx is None:
+            raise LatentError(f"this generator is class-conditional ({G.c_dim} classes): give a class index")
+        if not 0 <= int(class_idx) < G.c_dim:
+            raise LatentError(f"class index {class_idx} is out of range for {G.c_dim} classes")
+        c = torch.zeros(len(seeds), G.c_dim, device=G.device)
+        c[:, int(class_idx)] = 1
+    with torch.no_grad():
+        return wplus_from_z(G, z_from_seeds(seeds, G.z_dim).to(G.device), c, truncation)
+
+
 def z_from_seeds(seeds, z_dim: int) -> torch.Tensor:
     """One z per seed, drawn as NVlabs' generate.py does (numpy RandomState(seed).randn), so
     "seed 85" shows the same face here as in the official scripts for the same network."""

@@ -67,8 +67,7 @@ def build_generator(cfg, state: dict, has_w_avg: bool, source="checkpoint"):
 
     G = EG3DGenerator(cfg) if isinstance(cfg, EG3DConfig) else StyleGAN2Generator(cfg)
     load_state_checked(G, state, source)
-    mapping = G.backbone.mapping if isinstance(G, EG3DGenerator) else G.mapping
-    mapping.has_w_avg = has_w_avg
+    G.mapping_network.has_w_avg = has_w_avg
     G.eval().requires_grad_(False)
     return G
 
@@ -79,12 +78,11 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
 
     from targetclip_core.io.files import atomic_path
 
-    is_3d = getattr(G, "is_3d", False)
     meta = {
-        "format": EG3D_SAFETENSORS_FORMAT if is_3d else SAFETENSORS_FORMAT,
+        "format": EG3D_SAFETENSORS_FORMAT if G.is_3d else SAFETENSORS_FORMAT,
         "format_version": "1",
         "config": json.dumps(G.config.to_json_dict()),
-        "has_w_avg": "1" if (G.backbone.mapping if is_3d else G.mapping).has_w_avg else "0",
+        "has_w_avg": "1" if G.mapping_network.has_w_avg else "0",
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -95,7 +93,8 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
 
 
 def _read_network_pickle(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
-    from targetclip_core.formats.network_pickle import PersistentRecord, load_network_pickle
+    from targetclip_core.formats.network_pickle import load_network_pickle
+    from targetclip_core.formats.pickle_records import PersistentRecord
 
     try:
         data = load_network_pickle(file)

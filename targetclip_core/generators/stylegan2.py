@@ -380,7 +380,7 @@ def _normalize_2nd_moment(x, eps=1e-8):
 
 
 class StyleGAN2Generator(nn.Module):
-    """StyleGAN2 generator with the engine's public API (see DESIGN.md).
+    """StyleGAN2 generator with the engine's generator protocol (generators.protocol.Generator).
 
     Images come out as float tensors [B, 3, H, W], range about [-1, 1], not clamped.
     """
@@ -430,6 +430,15 @@ class StyleGAN2Generator(nn.Module):
         return {"arch": "stylegan2", "resolution": self.resolution, "n_latent": self.n_latent, "w_dim": self.w_dim}
 
     # ---- latent space
+    @property
+    def mapping_network(self) -> nn.Module:
+        """The z -> w network (`self.mapping`; holds w_avg and whether the checkpoint trained it)."""
+        return self.mapping
+
+    def truncation_latent(self) -> torch.Tensor:
+        """The centre truncation moves toward: the trained w_avg, else a sampled mean [1, w_dim]."""
+        return self.mapping.truncation_latent()
+
     def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
         """Mean of `n` mapped samples (deterministic for a seed): [1, w_dim]."""
         return self.mapping.mean(n, seed)

@@ -83,12 +83,9 @@ class EvaluationResult:
 
 def sources_from_seeds(G, seeds, truncation: float = 0.7) -> torch.Tensor:
     """W+ latents [N, n_latent, w_dim] of seeds, z drawn as NVlabs' generate.py (and our Sample Latents node)."""
-    from targetclip_core.generators.latents import z_from_seeds
+    from targetclip_core.generators.latents import wplus_from_seeds
 
-    seeds = list(seeds)
-    with torch.no_grad():
-        z = z_from_seeds(seeds, G.z_dim).to(G.device)
-        return G.to_wplus(G.mapping(z, truncation=truncation)).clone()
+    return wplus_from_seeds(G, seeds, truncation)
 
 
 def resolve_sources(G, sources, truncation: float = 0.7) -> tuple[torch.Tensor, list[str]]:

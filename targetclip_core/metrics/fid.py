@@ -71,7 +71,7 @@ def inception_weights_path(path: str | os.PathLike | None = None, download: bool
                 f"network, about 92 MB). Download {INCEPTION_URL} and put it in {file.parent}/ (set TORCH_HOME to "
                 "move that folder), or pass its path (--inception-weights)."
             )
-    from targetclip_core.generators.load import torch_load_safely
+    from targetclip_core.formats.checkpoints import torch_load_safely
 
     state = torch_load_safely(file)  # raises UnsafePickleError for files that would run code
     if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:

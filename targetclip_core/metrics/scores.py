@@ -88,7 +88,7 @@ def view_consistency(C, G, latents: torch.Tensor, essence, yaws, pitches=0.0, st
     """
     from targetclip_core.methods.targetclip.essence import edit_latents
 
-    if not getattr(G, "is_3d", False):
+    if not G.is_3d:
         raise TargetCLIPError(f"view consistency needs a 3D-aware generator; this is a {G.describe()}")
     yaws, pitches = torch.broadcast_tensors(torch.as_tensor(yaws, dtype=torch.float32).reshape(-1),
                                             torch.as_tensor(pitches, dtype=torch.float32).reshape(-1))

@@ -6,7 +6,7 @@ An official pickle holds `G_ema` as a persistent `TriPlaneGenerator` record: its
 sr_kwargs, and the backbone's synthesis kwargs at top level) and its state (parameters of
 backbone / superresolution / decoder, plus attributes such as `neural_rendering_resolution`
 and `rendering_kwargs` that training may have changed after construction; those win).
-Nothing in the file is executed: see safe_pickle.
+Nothing in the file is executed: see formats.network_pickle.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import numpy as np
 
 from targetclip_core.errors import CheckpointError
 from targetclip_core.generators.convert.nvlabs import nvlabs_layer_key, nvlabs_stylegan2_config, nvlabs_stylegan2_state
-from targetclip_core.generators.eg3d import PLANE_CHANNELS, RENDERING_DEFAULTS, EG3DConfig
+from targetclip_core.generators.volume_rendering import PLANE_CHANNELS
+from targetclip_core.generators.eg3d import RENDERING_DEFAULTS, EG3DConfig
 from targetclip_core.generators.fir import check_fir_kernel
-from targetclip_core.generators.stylegan2 import fir_kernel_2d
+from targetclip_core.generators.fir import fir_kernel_2d
 
 BACKBONE_RESOLUTION = 256  # TriPlaneGenerator builds its backbone at 256px whatever the output size
 

@@ -49,7 +49,8 @@ from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
 from targetclip_core.encoders.inversion import inverter_from_checkpoint
 from targetclip_core.errors import CheckpointError, TargetCLIPError
-from targetclip_core.generators.load import load_state_checked, resolve_checkpoint, sniff_format, torch_load_safely
+from targetclip_core.formats.checkpoints import load_state_checked, sniff_format, torch_load_safely
+from targetclip_core.io.weights import resolve_checkpoint
 from targetclip_core.io.files import atomic_path
 from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
@@ -355,7 +356,8 @@ def _save(path: Path, ckpt: dict) -> None:
 def _generator_and_decoder(generator, init: EncoderCheckpoint, init_file: Path, device):
     """(G, rosinality decoder weights or None, where G came from); device None = the default device
     (a loaded generator module then stays where it is)."""
-    from targetclip_core.generators.load import build_generator, load_generator, stylegan2_from_torch_checkpoint
+    from targetclip_core.generators.load import build_generator, load_generator
+    from targetclip_core.generators.convert.rosinality import stylegan2_from_torch_checkpoint
 
     if generator is None:
         decoder = _decoder_entries(init.raw["state_dict"])

@@ -16,7 +16,7 @@ from torch import nn
 from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import read_encoder_checkpoint
 from targetclip_core.encoders.inversion import Inverter, check_images, inverter_from_checkpoint
-from targetclip_core.generators.load import resolve_checkpoint
+from targetclip_core.io.weights import resolve_checkpoint
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
 

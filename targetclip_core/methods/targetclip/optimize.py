@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.generators.latents import wplus_from_z
 from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
@@ -62,7 +63,7 @@ def sample_sources(G, n: int, truncation: float = 0.7, seed: int = 0) -> torch.T
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, G.z_dim, generator=gen).to(G.device)
     with torch.no_grad():
-        return G.to_wplus(G.mapping(z, truncation=truncation)).clone()
+        return wplus_from_z(G, z, truncation=truncation)
 
 
 def consistency_loss(d: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
