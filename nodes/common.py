@@ -127,6 +127,11 @@ class Progress:
         check_interrupted()
         self.bar.update_absolute(step, self.total, preview(image) if image is not None else None)
 
+    def on_batch(self, done: int, total: int, images: torch.Tensor | None = None) -> None:
+        """The engine's on_batch(done, total, images) callback: progress, a preview of the batch, a cancel point."""
+        self.total = total  # the engine counts what it renders
+        self.update(done, images)
+
 
 # ---------------------------------------------------------------- values passed between nodes
 
@@ -187,6 +192,26 @@ def cached(key, load):
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = load()
     return _MODEL_CACHE[key]
+
+
+def cached_generator(folder: str, ckpt_name: str, check=None):
+    """Load a generator file from a model folder onto ComfyUI's device, once per file version.
+
+    `check(G)` may refuse what was loaded (it raises); a refused file is not cached.
+    """
+    from targetclip_core.generators.load import load_generator
+
+    path = full_path(folder, ckpt_name)
+    device = compute_device()
+
+    def load():
+        make_room(device, os.path.getsize(path))
+        G = load_generator(path, device=device)
+        if check is not None:
+            check(G)
+        return G
+
+    return cached((folder, file_signature(folder, ckpt_name), str(device)), load)
 
 
 def clear_cache() -> None:

@@ -8,14 +8,19 @@ the SAT3D nodes work on it unchanged; Render Views adds the camera.
 from __future__ import annotations
 
 import comfy.model_management as mm
-import torch
-import torch.nn.functional as F
 
 from targetclip_core.generators.cameras import DEFAULT_FOV_DEGREES, parse_views
 from targetclip_core.generators.eg3d import depth_to_image
+from targetclip_core.generators.render import render_latent_views
 
-from .common import CATEGORY, Progress, file_signature, image_from_core, list_files
-from .generator import cached_generator
+from .common import (
+    CATEGORY,
+    Progress,
+    cached_generator,
+    file_signature,
+    image_from_core,
+    list_files,
+)
 
 
 class LoadEG3D:
@@ -94,22 +99,12 @@ class RenderViews:
         yaws, pitches = parse_views(views, yaw_range, pitch_range)
         cams = G.camera(yaws, pitches, fov_degrees=fov)
         n = len(codes) if latents is not None else len(styles)
-        progress = Progress(n * len(yaws))
-        images, depths = [], []
-        with torch.no_grad(), G.sampling(sampling_multiplier):
-            for start in range(0, n, 4):  # four latents' planes at a time bound the memory
-                part = codes[start : start + 4] if latents is not None else {k: v[start : start + 4] for k, v in codes.items()}
-                rows_img, rows_depth = [], []
-                for k, out in G.render_views(part, cams, neural_rendering_resolution or None, deterministic):
-                    rows_img.append(out["image"])
-                    rows_depth.append(F.interpolate(out["image_depth"], size=out["image"].shape[-2:], mode="bilinear",
-                                                    align_corners=False))
-                    progress.update(start * len(yaws) + (k + 1) * len(out["image"]), out["image"])
-                images.append(torch.stack(rows_img, 1).flatten(0, 1))  # [b, K, ...] -> latent-major
-                depths.append(torch.stack(rows_depth, 1).flatten(0, 1))
-        depth_img = depth_to_image(torch.cat(depths))
+        images, depth = render_latent_views(
+            G, codes, cams, neural_rendering_resolution=neural_rendering_resolution or None, deterministic=deterministic,
+            sampling_multiplier=sampling_multiplier, on_batch=Progress(n * len(yaws)).on_batch)
+        depth_img = depth_to_image(depth)
         mask = ((depth_img[:, 0] + 1) / 2).to(mm.intermediate_device())
-        return image_from_core(torch.cat(images)), mask, image_from_core(depth_img)
+        return image_from_core(images), mask, image_from_core(depth_img)
 
 
 NODE_CLASS_MAPPINGS = {

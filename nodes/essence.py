@@ -7,14 +7,13 @@ import re
 
 import comfy.model_management as mm
 import folder_paths
-import torch
-import torch.nn.functional as F
 
 from targetclip_core.encoders.clip import load_clip
-from targetclip_core.io.images import captioned_grid
+from targetclip_core.generators.render import render_latents
 from targetclip_core.methods.targetclip.essence import (
     edit_latents,
     essence_grid_latents,
+    essence_grid_sheet,
     essence_sheet,
     load_essence,
     mix_essences,
@@ -36,7 +35,6 @@ from .common import (
     list_files,
     make_room,
 )
-from .generator import render_batches
 
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
 GRID_ESSENCES = 8  # essence_1 .. essence_8 inputs of Essence Grid
@@ -152,7 +150,8 @@ class ApplyEssence:
         wp = latents.check_for(G)
         essence.check_compatible(G)
         edited = edit_latents(wp, essence.to(G.device), strength, layers)
-        return (render_batches(G, edited), WPlus(edited, G.identity))
+        images = render_latents(G, edited, on_batch=Progress(len(edited)).on_batch)
+        return (image_from_core(images), WPlus(edited, G.identity))
 
 
 class LoadEssence:
@@ -266,22 +265,9 @@ class EssenceGrid:
         essences = [essence_1] + [more[f"essence_{k}"] for k in range(2, GRID_ESSENCES + 1) if more.get(f"essence_{k}") is not None]
         for e in essences:
             e.check_compatible(G)
-        cols = len(essences) + 1
-        images = render_batches(G, essence_grid_latents(wp, [e.to(G.device) for e in essences], strength, layers))
-        cells = images.permute(0, 3, 1, 2).to(G.device) * 2 - 1
-        thumbs = [e.thumbnail for e in essences]
-        if any(t is not None for t in thumbs):  # a row of targets above the edits
-            h, w = cells.shape[-2:]
-            row = [torch.full_like(cells[:1], -1.0)]
-            for t in thumbs:
-                if t is None:
-                    row.append(torch.full_like(cells[:1], -1.0))
-                else:
-                    x = t.to(cells.device).float().permute(2, 0, 1)[None] / 127.5 - 1
-                    row.append(F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False))
-            cells = torch.cat(row + [cells])
-        labels = ["source"] + [e.name or f"essence {i + 1}" for i, e in enumerate(essences)] if captions else None
-        return (images, image_from_core(captioned_grid(cells, cols, labels)))
+        grid_latents = essence_grid_latents(wp, [e.to(G.device) for e in essences], strength, layers)
+        images = render_latents(G, grid_latents, on_batch=Progress(len(grid_latents)).on_batch)
+        return (image_from_core(images), image_from_core(essence_grid_sheet(images, essences, captions)))
 
 
 NODE_CLASS_MAPPINGS = {

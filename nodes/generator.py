@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
-import torch
-
 from targetclip_core.generators.latents import wplus_from_seeds
-from targetclip_core.generators.load import load_generator
+from targetclip_core.generators.render import render_latents
 
 from .common import (
     CATEGORY,
     Progress,
     WPlus,
-    cached,
-    compute_device,
+    cached_generator,
     file_signature,
-    full_path,
     image_from_core,
     list_files,
-    make_room,
 )
 
 
@@ -41,24 +34,6 @@ class LoadStyleGAN:
 
     def load(self, ckpt_name):
         return (cached_generator("stylegan", ckpt_name),)
-
-
-def cached_generator(folder: str, ckpt_name: str, check=None):
-    """Load a generator file from a model folder onto ComfyUI's device, once per file version.
-
-    `check(G)` may refuse what was loaded (it raises); a refused file is not cached.
-    """
-    path = full_path(folder, ckpt_name)
-    device = compute_device()
-
-    def load():
-        make_room(device, os.path.getsize(path))
-        G = load_generator(path, device=device)
-        if check is not None:
-            check(G)
-        return G
-
-    return cached((folder, file_signature(folder, ckpt_name), str(device)), load)
 
 
 class SampleLatents:
@@ -105,19 +80,9 @@ class RenderLatents:
         }}
 
     def render(self, generator, latents, noise_mode, batch_size):
-        return (render_batches(generator, latents.check_for(generator), noise_mode, batch_size),)
-
-
-def render_batches(G, wp, noise_mode="const", batch_size=4):
-    """Render in chunks with progress, a live preview and a cancel point per chunk."""
-    progress = Progress(len(wp))
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(wp), batch_size):
-            img = G.synthesis(wp[start : start + batch_size], noise_mode=noise_mode)
-            out.append(img)
-            progress.update(min(start + batch_size, len(wp)), img)
-    return image_from_core(torch.cat(out))
+        wp = latents.check_for(generator)
+        images = render_latents(generator, wp, batch_size=batch_size, noise_mode=noise_mode, on_batch=Progress(len(wp)).on_batch)
+        return (image_from_core(images),)
 
 
 NODE_CLASS_MAPPINGS = {

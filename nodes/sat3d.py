@@ -13,26 +13,32 @@ from __future__ import annotations
 
 import os
 import re
-import weakref
 from collections import OrderedDict
 
 import comfy.model_management as mm
 import folder_paths
 import torch
 
-from targetclip_core.generators.latents import z_from_seeds
+from targetclip_core.generators.latents import wplus_from_seeds
 from targetclip_core.generators.stylespace import StyleLayout, edit_styles
 from targetclip_core.io.images import captioned_grid, grid
 from targetclip_core.methods.sat3d import (
     BUILTIN_DESCRIPTORS,
     DELTA_RANGE,
+    PAIRINGS,
     QMM,
     attribute_mask,
-    generator_fingerprint,
+    check_attributes,
+    check_matrix,
+    describe_matrix,
     load_descriptors,
     load_sat3d_matrix,
+    pair_sources_with_references,
     render_resolution,
+    render_styles,
     save_sat3d_matrix,
+    select_styles,
+    style_batch_size,
     train_sat3d,
     transfer_styles,
 )
@@ -52,7 +58,6 @@ from .common import (
 
 FOLDER = "sat3d"
 PARSER_FOLDER = "facedetection"
-PAIRINGS = ["first reference", "pairwise", "every pair"]
 SAVE_TO = ["models/sat3d", "output/sat3d"]
 
 
@@ -75,67 +80,13 @@ def chosen_attributes(attribute: str, attributes_text: str) -> list[str]:
     return names or [attribute]
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+ATTRIBUTE_HINT = "choose one of these, or type several in 'attributes'"  # what an unknown name's error suggests
 
 
-def _fingerprint(G) -> str:
-    """generator_fingerprint (a hash of every weight), computed once per loaded generator."""
-    try:
-        if G not in _FINGERPRINTS:
-            _FINGERPRINTS[G] = generator_fingerprint(G)
-        return _FINGERPRINTS[G]
-    except TypeError:  # not weak-referenceable: hash every time
-        return generator_fingerprint(G)
-
-
-def check_matrix(matrix, G, allow_other_weights: bool = False) -> None:
-    """Refuse a matrix trained for another generator, naming both."""
-    matrix.check_compatible(G, strict_weights=False)  # layout and resolution
-    if not allow_other_weights and _fingerprint(G) != matrix.fingerprint:
-        raise ValueError(
-            f"this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
-            f"{matrix.fingerprint[:12]} != {_fingerprint(G)[:12]}): channel meanings differ between networks. "
-            "Load the generator it was trained on, or switch on allow_other_weights only for a fine-tuned relative of it."
-        )
-
-
-def check_attributes(matrix, names: list[str]) -> None:
-    unknown = [n for n in names if n not in matrix.attributes]
-    if unknown:
-        raise ValueError(f"unknown attribute(s) {', '.join(map(repr, unknown))}: this SAT3D matrix knows "
-                         f"{', '.join(matrix.attributes)} (choose one of these, or type several in 'attributes')")
-
-
-def _batch(styles, index) -> "OrderedDict[str, torch.Tensor]":
-    return OrderedDict((k, v[index]) for k, v in styles.items())
-
-
-def render_styles(G, styles, batch_size: int = 4, out_resolution=None, progress: bool = True) -> torch.Tensor:
-    """Render style codes in chunks (progress, live preview, a cancel point per chunk): [B, 3, H, W]."""
-    n = len(next(iter(styles.values())))
-    bar = Progress(n) if progress else None
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            img = G.synthesis_from_styles(_batch(styles, slice(start, start + batch_size)), out_resolution=out_resolution)
-            out.append(img)
-            if bar is not None:
-                bar.update(min(start + batch_size, n), img)
-    return torch.cat(out)
-
-
-def describe_matrix(matrix, name: str = "") -> str:
-    gen = matrix.generator
-    lines = [
-        f"{name or 'SAT3D matrix'}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} StyleSpace channels",
-        f"  attributes: {', '.join(matrix.attributes)}",
-        f"  generator: {gen.get('resolution', '?')}px {gen.get('arch', '?')} (weights {matrix.fingerprint[:12]})",
-        f"  training: {matrix.steps} steps; descriptors {matrix.descriptors or '?'}; pre-selection {matrix.preselection}",
-    ]
-    for attr in matrix.attributes:
-        top = ", ".join(f"{layer}[{ch}] {p:.2f}" for layer, ch, p in matrix.top_channels(attr, 3))
-        lines.append(f"  {attr}: {top}")
-    return "\n".join(lines)
+def render_with_progress(G, styles, batch_size: int = 4) -> torch.Tensor:
+    """render_styles with ComfyUI's progress bar, a live preview and a cancel point per batch: [B, 3, H, W]."""
+    bar = Progress(style_batch_size(styles))
+    return render_styles(G, styles, batch_size, on_batch=lambda done, total, images: bar.update(done, images))
 
 
 class LoadSAT3DMatrix:
@@ -246,25 +197,16 @@ class SAT3DTransfer:
         if (source is None) == (source_styles is None):
             raise ValueError("connect either source (W+ latents) or source_styles (a previous transfer's styles), not both")
         names = chosen_attributes(attribute, attributes)
-        check_attributes(sat3d, names)
+        check_attributes(sat3d, names, ATTRIBUTE_HINT)
         check_matrix(sat3d, G, allow_other_weights)
         with torch.no_grad():
             src = source_styles.check_for(G) if source_styles is not None else G.styles(source.check_for(G))
             ref = G.styles(reference.check_for(G))
-            n, r = len(next(iter(src.values()))), len(next(iter(ref.values())))
-            if pairing == "first reference":
-                ref = _batch(ref, slice(0, 1))
-            elif pairing == "pairwise":
-                if r not in (1, n):
-                    raise ValueError(f"pairwise pairing needs one reference per source: {n} source(s), {r} references")
-            elif pairing == "every pair":
-                src = OrderedDict((k, v.repeat_interleave(r, dim=0)) for k, v in src.items())
-                ref = OrderedDict((k, v.repeat(n, 1)) for k, v in ref.items())
-            else:
-                raise ValueError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
+            source_index, reference_index = pair_sources_with_references(style_batch_size(src), style_batch_size(ref), pairing)
+            src, ref = select_styles(src, source_index), select_styles(ref, reference_index)
             styles = transfer_styles(G, src, ref, sat3d, names, delta=delta, combine=combine, check=False)
             styles = OrderedDict((k, v.detach()) for k, v in styles.items())
-        images = render_styles(G, styles, batch_size)
+        images = render_with_progress(G, styles, batch_size)
         return (image_from_core(images), StyleCodes(styles, dict(G.identity)))
 
 
@@ -318,7 +260,7 @@ class SAT3DTrain:
         layout = StyleLayout.from_generator(G)
         res = render_resolution(G, measure)
         with torch.no_grad():  # the preview pair: two typical faces
-            wp = G.to_wplus(G.mapping(z_from_seeds([seed, seed + 1], G.z_dim).to(G.device), truncation=0.7))
+            wp = wplus_from_seeds(G, [seed, seed + 1], truncation=0.7)
             st_src, st_ref = G.styles(wp[:1]), G.styles(wp[1:])
             flat_src, flat_ref = layout.flatten(st_src), layout.flatten(st_ref)
             pair = torch.cat([G.synthesis_from_styles(st_src, out_resolution=res), G.synthesis_from_styles(st_ref, out_resolution=res)])
@@ -360,7 +302,7 @@ class SAT3DTrain:
         with torch.no_grad():
             logits = matrix.logits.to(G.device)
             edits = torch.cat([edit_styles(flat_src, flat_ref, attribute_mask(logits, matrix.attributes, [a])) for a in matrix.attributes])
-            cells = torch.cat([render_styles(G, st, progress=False) for st in (st_src, st_ref, layout.unflatten(edits, st_src))])
+            cells = torch.cat([render_styles(G, st) for st in (st_src, st_ref, layout.unflatten(edits, st_src))])
             sheet = captioned_grid(cells, len(cells), ["source", "reference", *matrix.attributes])
         return (matrix, image_from_core(sheet), _train_report(matrix, face_parser is not None and lambda_bg > 0))
 

@@ -1,6 +1,8 @@
-"""TargetCLIP engine: StyleGAN2 generators, essence transfer, SAT3D.  Plain PyTorch, no ComfyUI.
+"""TargetCLIP engine: StyleGAN2 and EG3D generators, essence transfer, SAT3D.  Plain PyTorch, no ComfyUI.
 
-Public API (see DESIGN.md); names appear here as their capability lands.
+The public API: the stable names scripts and tools import from `targetclip_core`. The code behind
+them is layered in subpackages (io, formats, generators, encoders, faces, methods, metrics, cli,
+bench): docs/ARCHITECTURE.md says what each holds and where new code goes.
 """
 
 from targetclip_core.encoders.arcface import ArcFace, load_arcface
@@ -16,8 +18,9 @@ from targetclip_core.errors import (
 from targetclip_core.faces.alignment import AlignedFace, PasteResult, align_face, face_mask, paste_back
 from targetclip_core.faces.landmarks import detect_faces, detect_landmarks
 from targetclip_core.faces.parsing import FaceParser, load_face_parser
-from targetclip_core.generators.latents import load_latents, save_latents, z_from_seeds
+from targetclip_core.generators.latents import load_latents, save_latents, wplus_from_seeds, z_from_seeds
 from targetclip_core.generators.load import load_generator, save_generator
+from targetclip_core.generators.protocol import Generator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from targetclip_core.methods.targetclip.essence import (
     Essence,
@@ -69,4 +72,6 @@ __all__ = [
     "save_generator",
     "save_latents",
     "z_from_seeds",
+    "Generator",
+    "wplus_from_seeds",
 ]

@@ -14,7 +14,8 @@ import torch
 from conftest import REPO_ROOT, small_generator
 from PIL import Image
 
-from targetclip_core.cli.main import main, parse_seeds
+from targetclip_core.cli.args import parse_seeds
+from targetclip_core.cli.main import main
 from targetclip_core.generators.latents import z_from_seeds
 from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.formats.checkpoints import sniff_format

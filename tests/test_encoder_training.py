@@ -20,14 +20,11 @@ from targetclip_core.generators.load import load_generator
 from targetclip_core.methods.targetclip.encoder_training import (
     EncoderTrainingConfig,
     EssenceObjective,
-    batch_indices,
     evaluate,
-    flip_mask,
-    list_images,
     read_loss_log,
-    read_training_image,
     train_essence_encoder,
 )
+from targetclip_core.methods.targetclip.training_data import batch_indices, flip_mask, list_images, read_training_image
 from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
 STAGES = ((8, 8, 1), (8, 16, 1), (16, 24, 1), (24, 32, 1))  # distinct widths: the loader finds stages by width
@@ -287,14 +284,14 @@ def test_cli_trains_and_resumes(tmp_path, e4e_file, image_dir, capsys):
 
     register_tiny_clip()
     parser = argparse.ArgumentParser(prog="targetclip")
-    cli_train.add_parser(parser.add_subparsers(dest="command"))
+    cli_train.add_parsers(parser.add_subparsers(dest="command"))
     common = ["train-encoder", "--images", str(image_dir), "--init", str(e4e_file), "--out-dir", str(tmp_path / "run"),
               "--clip", TINY_CLIP, "--clip-pretrained", "none", "--batch-size", "2", "--val-every", "2",
               "--device", "cpu"]
-    assert cli_train.run(parser.parse_args(common + ["--steps", "2"])) == 0
+    assert cli_train.cmd_train_encoder(parser.parse_args(common + ["--steps", "2"])) == 0
     out = capsys.readouterr().out
     assert "finished at step 2/2" in out and "best_model.pt" in out
-    assert cli_train.run(parser.parse_args(common + ["--steps", "3", "--resume"])) == 0
+    assert cli_train.cmd_train_encoder(parser.parse_args(common + ["--steps", "3", "--resume"])) == 0
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["global_step"] == 3
     assert (tmp_path / "run" / "best_model.pt").is_file()
 

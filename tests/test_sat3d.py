@@ -413,6 +413,34 @@ def test_matrix_round_trip_and_refusal_of_another_generator(G32, tmp_path):
         sat3d.load_sat3d_matrix(bad)
 
 
+def test_describe_matrix_names_the_attributes_and_the_generator(G32):
+    m = hard_matrix(G32, {"A": [1, 2], "B": [3]})
+    text = sat3d.describe_matrix(m, "faces.safetensors")
+    lines = text.splitlines()
+    assert lines[0] == f"faces.safetensors: 2 attributes x {m.layout.n_channels} StyleSpace channels"
+    assert lines[1] == "  attributes: A, B"
+    assert "32px" in lines[2] and m.fingerprint[:12] in lines[2]
+    assert lines[4].startswith("  A: ") and lines[5].startswith("  B: ") and len(lines) == 6
+    assert sat3d.describe_matrix(m).startswith("SAT3D matrix: 2 attributes")
+
+
+def test_pairing_of_sources_with_references():
+    def pairs(n, r, pairing):
+        s, ref = sat3d.pair_sources_with_references(n, r, pairing)
+        return s.tolist(), ref.tolist()
+
+    assert sat3d.PAIRINGS == ["first reference", "pairwise", "every pair"]
+    assert pairs(3, 2, "first reference") == ([0, 1, 2], [0, 0, 0])
+    assert pairs(3, 3, "pairwise") == ([0, 1, 2], [0, 1, 2])
+    assert pairs(3, 1, "pairwise") == ([0, 1, 2], [0, 0, 0])
+    assert pairs(2, 3, "every pair") == ([0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2])  # source-major
+    assert pairs(1, 1, "every pair") == ([0], [0])
+    with pytest.raises(TargetCLIPError, match=r"pairwise pairing needs one reference per source: 3 source\(s\), 2 references"):
+        sat3d.pair_sources_with_references(3, 2, "pairwise")
+    with pytest.raises(TargetCLIPError, match="unknown pairing 'zip'; choose one of first reference, pairwise, every pair"):
+        sat3d.pair_sources_with_references(3, 3, "zip")
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -449,7 +477,7 @@ def test_cli_transfer_instant_and_compare(tmp_path, capsys):
     from essence_helpers import TINY_CLIP
     from PIL import Image
 
-    from targetclip_core.cli.main import parse_seeds
+    from targetclip_core.cli.args import parse_seeds
     from targetclip_core.cli.sat3d import main
     from targetclip_core.encoders.clip import load_clip
     from targetclip_core.generators.latents import z_from_seeds

@@ -1,31 +1,14 @@
 """`targetclip score | eval | interpret | fid`: measuring essences from the command line.
 
-Wired into the main CLI by `add_parsers(subparsers)` and `run(args)`; also runs alone:
-`python -m targetclip_core.cli_metrics eval ...`.
+Wired into the main CLI by `add_parsers(subparsers)` and `COMMANDS`.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from targetclip_core.cli.args import add_clip_args, add_device_arg, parse_layers, seeds_arg
 from targetclip_core.errors import TargetCLIPError
-
-COMMANDS = ("score", "eval", "interpret", "fid")
-
-
-def _seeds(text):
-    from targetclip_core.cli.main import parse_seeds  # lazy: cli.py imports this module
-
-    try:
-        return parse_seeds(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"cannot read seeds {text!r}: use e.g. 0,3,10-12") from None
-
-
-def _add_clip_args(p) -> None:
-    p.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32, as the paper)")
-    p.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
 
 
 def _add_identity_args(p) -> None:
@@ -42,9 +25,9 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--target", "-t", required=True, help="the target image")
     s.add_argument("--sources", nargs="+", default=None, help="the unedited sources, paired with the edits in order")
     s.add_argument("--mask", default=None, help="face-region mask image (white = face) for the background change; default: FFHQ head region")
-    _add_clip_args(s)
+    add_clip_args(s, paper_default=True)
     _add_identity_args(s)
-    s.add_argument("--device", default=None)
+    add_device_arg(s)
 
     e = subparsers.add_parser("eval", help="the paper's protocol (Table 1): targets x sources -> results.csv, table.md, sheet.png")
     e.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
@@ -52,11 +35,11 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--targets", "-t", nargs="+", required=True, help="target images, same order as the essences")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--sources", help="W+ latents, e.g. the paper's celebs_68_wplus.npy")
-    src.add_argument("--seeds", type=_seeds, help="sources from seeds, e.g. 0-67")
+    src.add_argument("--seeds", type=seeds_arg, help="sources from seeds, e.g. 0-67")
     e.add_argument("--truncation", type=float, default=0.7, help="truncation for --seeds (default 0.7)")
     e.add_argument("--strength", type=float, default=None, help="c in G(w + c b) (default: each essence's own; the official evaluation used 1.2)")
     e.add_argument("--layers", default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7 (default: all)")
-    _add_clip_args(e)
+    add_clip_args(e, paper_default=True)
     _add_identity_args(e)
     e.add_argument("--out", "-o", required=True, help="output folder for results.csv, table.md, sheet.png")
     e.add_argument("--resume", action="store_true", help="continue the results.csv in --out, skipping its targets")
@@ -68,24 +51,24 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--method", default="TargetCLIP", help="method name in table.md")
     e.add_argument("--align", action="store_true", help="align the target photos like FFHQ first (for the ID target score)")
     e.add_argument("--detector", default="mtcnn", help="with --align: mtcnn or dlib:/path/to/shape_predictor_68_face_landmarks.dat")
-    e.add_argument("--device", default=None)
+    add_device_arg(e)
 
     i = subparsers.add_parser("interpret", help="top phrases that describe what an essence does (CLIP text directions)")
     i.add_argument("essence", help="essence .safetensors or official .npy")
     i.add_argument("--generator", "-g", required=True)
-    _add_clip_args(i)
+    add_clip_args(i, paper_default=True)
     i.add_argument("--vocabulary", nargs="+", default=(), help="extra vocabulary files: one phrase a line, # comments")
     i.add_argument("--phrase", nargs="+", default=(), help="extra phrases, e.g. --phrase 'red hair' 'a tiara'")
     i.add_argument("--no-default-vocabulary", action="store_true", help="use only --vocabulary and --phrase")
     i.add_argument("--top-k", type=int, default=10)
     isrc = i.add_mutually_exclusive_group()
     isrc.add_argument("--sources", help="W+ latents to apply the essence to")
-    isrc.add_argument("--seeds", type=_seeds, default=list(range(8)), help="sources from seeds (default 0-7)")
+    isrc.add_argument("--seeds", type=seeds_arg, default=list(range(8)), help="sources from seeds (default 0-7)")
     i.add_argument("--truncation", type=float, default=0.7)
     i.add_argument("--strength", type=float, default=None, help="default: the essence's recommended strength")
     i.add_argument("--template", default="a face with {}", help="prompt template holding {} (default 'a face with {}')")
     i.add_argument("--neutral", default="a face", help="neutral prompt the template is compared with (default 'a face')")
-    i.add_argument("--device", default=None)
+    add_device_arg(i)
 
     f = subparsers.add_parser("fid", help="FID of a folder of edits against a reference folder (optional extra: torchmetrics)")
     f.add_argument("edits", help="folder of edited images (searched recursively), e.g. eval's --save-edits output")
@@ -93,12 +76,7 @@ def add_parsers(subparsers) -> None:
     f.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth (default: torch.hub's checkpoint folder)")
     f.add_argument("--download", action="store_true", help="download the Inception weights into torch.hub's folder when missing")
     f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--device", default=None)
-
-
-def run(args) -> int:
-    commands = {"score": cmd_score, "eval": cmd_eval, "interpret": cmd_interpret, "fid": cmd_fid}
-    return commands[args.command](args)
+    add_device_arg(f)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -191,7 +169,6 @@ def _targets(args):
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
-    from targetclip_core.cli.main import _parse_layers
     from targetclip_core.generators.load import load_generator
     from targetclip_core.metrics.evaluation import evaluate
 
@@ -210,7 +187,7 @@ def cmd_eval(args) -> int:
     try:
         result = evaluate(
             G, C, args.essences, images, args.sources if args.sources else args.seeds, arcface=arcface, blip=blip,
-            strength=args.strength, layers=_parse_layers(args.layers), truncation=args.truncation, target_names=names,
+            strength=args.strength, layers=parse_layers(args.layers), truncation=args.truncation, target_names=names,
             out_dir=args.out, resume=args.resume, progress=progress, batch_size=args.batch_size,
             out_resolution=args.out_resolution, official_id_input=args.official_id_input, save_edits=args.save_edits,
             sheet_columns=args.sheet_columns, cell_size=args.cell_size, method=args.method)
@@ -251,3 +228,6 @@ def cmd_fid(args) -> int:
                 batch_size=args.batch_size, device=args.device)
     print(f"FID {value:.4f}")
     return 0
+
+
+COMMANDS = {"score": cmd_score, "eval": cmd_eval, "interpret": cmd_interpret, "fid": cmd_fid}

@@ -1,7 +1,6 @@
 """`targetclip sat3d-train` and `targetclip sat3d-transfer` (SAT3D on StyleGAN2).
 
-cli.py wires these in with `add_parsers(sub)` and dispatches "sat3d-train" / "sat3d-transfer"
-to `run(args)`.
+cli.main wires these in with `add_parsers(sub)` and `COMMANDS`; `main` runs them alone.
 """
 
 from __future__ import annotations
@@ -11,12 +10,12 @@ import json
 import os
 from pathlib import Path
 
+from targetclip_core.cli.args import parse_seeds
 from targetclip_core.errors import TargetCLIPError
-
-COMMANDS = ("sat3d-train", "sat3d-transfer")
 
 
 def add_parsers(subparsers) -> None:
+    """Add the sat3d-train and sat3d-transfer commands to the main parser's subparsers."""
     t = subparsers.add_parser(
         "sat3d-train", help="learn a SAT3D attribute x channel mask matrix (CLIP descriptor groups)",
         description="Learn a SAT3D attribute x channel mask matrix.  Data parallel: `torchrun --nproc_per_node N -m "
@@ -93,14 +92,6 @@ def add_parsers(subparsers) -> None:
                    help="accept a matrix trained on another network of the same layout (a fine-tuned relative)")
     x.add_argument("--out", "-o", default="sat3d", help="output folder (default: sat3d)")
     x.add_argument("--device", default=None)
-
-
-def run(args) -> int:
-    if args.command == "sat3d-train":
-        return cmd_sat3d_train(args)
-    if args.command == "sat3d-transfer":
-        return cmd_sat3d_transfer(args)
-    raise TargetCLIPError(f"not a SAT3D command: {args.command}")
 
 
 def cmd_sat3d_train(args) -> int:
@@ -200,17 +191,12 @@ def _sat3d_train(args, out: Path, device) -> int:
 
 
 def _latents(G, seeds_text, path, truncation, first_only=False):
-    import torch
-
-    from targetclip_core.cli.main import parse_seeds
-    from targetclip_core.generators.latents import load_latents, z_from_seeds
+    from targetclip_core.generators.latents import load_latents, wplus_from_seeds
 
     if path:
         wp = G.to_wplus(load_latents(path).to(G.device).float())
         return wp[:1] if first_only else wp
-    seeds = parse_seeds(str(seeds_text))
-    with torch.no_grad():
-        return G.to_wplus(G.mapping(z_from_seeds(seeds, G.z_dim).to(G.device), truncation=truncation))
+    return wplus_from_seeds(G, parse_seeds(str(seeds_text)), truncation)
 
 
 def _check_transfer_mode(args) -> None:
@@ -363,8 +349,6 @@ def _sat3d_transfer_instant(args) -> int:
 
 def _source_labels(args, n) -> list[str]:
     if args.source_seeds is not None:
-        from targetclip_core.cli.main import parse_seeds
-
         return [f"seed {s}" for s in parse_seeds(str(args.source_seeds))]
     return [f"{Path(args.source).name}[{i}]" for i in range(n)]
 
@@ -391,8 +375,11 @@ def _write_comparison(out: Path, result, labels, info) -> None:
     (out / "compare.md").write_text("\n".join(lines), "utf-8")
 
 
+COMMANDS = {"sat3d-train": cmd_sat3d_train, "sat3d-transfer": cmd_sat3d_transfer}
+
+
 def build_standalone_parser() -> argparse.ArgumentParser:
-    """A parser holding only the SAT3D commands (for tests and `python -m targetclip_core.cli_sat3d`)."""
+    """A parser holding only the SAT3D commands (for tests and `python -m targetclip_core.cli.sat3d`)."""
     p = argparse.ArgumentParser(prog="targetclip")
     add_parsers(p.add_subparsers(dest="command", required=True))
     return p
@@ -403,7 +390,7 @@ def main(argv=None) -> int:
 
     args = build_standalone_parser().parse_args(argv)
     try:
-        return run(args)
+        return COMMANDS[args.command](args)
     except TargetCLIPError as e:
         print(f"targetclip: error: {e}", file=sys.stderr)
         return 2

@@ -1,18 +1,20 @@
 """`targetclip train-encoder`: fine-tune an e4e checkpoint into a TargetCLIP essence encoder.
 
-Kept apart from cli.py, which wires it in with `add_parser(sub)` and `run`.  Imports stay
-light at module level so `targetclip --help` does not load torch.
+cli.main wires it in with `add_parsers(sub)` and `COMMANDS`.  Imports stay light at module
+level so `targetclip --help` does not load torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 
+from targetclip_core.cli.args import DEVICE_HELP, add_device_arg
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+
+def add_parsers(subparsers) -> None:
+    """Add the train-encoder command to the main parser's subparsers."""
     t = subparsers.add_parser(
         "train-encoder", help="train the essence encoder: e4e fine-tuned to map a target image to its essence (paper Sec. 4)",
         description="Fine-tune an e4e checkpoint so that it maps a target image straight to its essence b "
@@ -41,11 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--no-flip", action="store_true", help="no random horizontal flips of the training images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out-dir from last.pt")
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    return t
+    add_device_arg(t, help=DEVICE_HELP)
 
 
-def run(args) -> int:
+def cmd_train_encoder(args) -> int:
     from tqdm import tqdm
 
     from targetclip_core.devices import default_device
@@ -113,3 +114,6 @@ class _StopOnInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
+
+
+COMMANDS = {"train-encoder": cmd_train_encoder}

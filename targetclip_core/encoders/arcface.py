@@ -15,11 +15,10 @@ from torch import nn
 
 from targetclip_core.devices import default_device
 from targetclip_core.encoders import irse
-from targetclip_core.encoders.e4e import _infer_stages
 from targetclip_core.encoders.inversion import check_images
+from targetclip_core.encoders.irse import stages_from_state
 from targetclip_core.errors import CheckpointError
-from targetclip_core.formats.checkpoints import require_keys
-from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
+from targetclip_core.formats.checkpoints import load_state_checked, require_keys, torch_load_safely
 from targetclip_core.io.weights import resolve_checkpoint
 
 ALIGNED_CROP = (35, 223, 32, 220)  # rows, cols of the face inside a 256 px FFHQ-aligned image (IDLoss)
@@ -71,7 +70,7 @@ def load_arcface(path="arcface-ir-se50", device=None) -> ArcFace:
         raise CheckpointError(f"{file}: expected a state dict, found {type(sd).__name__}")
     sd = {k[len("module.") :] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in sd.items()}
     require_keys(sd, ["input_layer.0.weight", "output_layer.3.weight"], file, "ArcFace IR-SE")
-    stages = _infer_stages(sd, file)
+    stages = stages_from_state(sd, file)
     flat = sd["output_layer.3.weight"].shape[1] // stages[-1][1]
     side = int(round(flat**0.5))
     model = ArcFace(stages, input_size=16 * side, affine="output_layer.4.weight" in sd)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from targetclip_core.encoders import irse
+from targetclip_core.encoders.irse import stages_from_state
 from targetclip_core.errors import CheckpointError
-from targetclip_core.formats.checkpoints import few_keys, require_keys
-from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
+from targetclip_core.formats.checkpoints import few_keys, load_state_checked, require_keys, torch_load_safely
 
 COARSE_END, MIDDLE_END = 3, 7  # W+ entries [0,3) coarse, [3,7) middle, [7,n) fine
 ENCODER_KINDS = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}
@@ -170,27 +170,8 @@ def infer_encoder_config(state: dict, opts: dict, file) -> EncoderConfig:
     n_styles = len({int(m.group(1)) for k in state if (m := re.match(r"styles\.(\d+)\.linear\.weight$", k))})
     w_dim = state["styles.0.linear.weight"].shape[0]
     n_convs = len([k for k in state if re.fullmatch(r"styles\.0\.convs\.\d+\.weight", k)])
-    stages = _infer_stages(state, file)
+    stages = stages_from_state(state, file)
     return EncoderConfig(ENCODER_KINDS[encoder_type], n_styles, w_dim, stages, input_size=16 * 2**n_convs)
-
-
-def _infer_stages(state: dict, file) -> tuple:
-    """Stage plan (in, out, units) of the body from its keys: a stage starts where a unit strides."""
-    units = sorted({int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.res_layer\.1\.weight$", k))})
-    if not units or units != list(range(len(units))):
-        raise CheckpointError(f"{file}: the IR-SE body units are missing or not numbered 0..N")
-    stages = []
-    for i in units:
-        cout, cin = state[f"body.{i}.res_layer.1.weight"].shape[:2]
-        if not stages or cout != stages[-1][1]:
-            stages.append([cin, cout, 1])
-        else:
-            stages[-1][2] += 1
-    if len(stages) != 4:
-        raise CheckpointError(
-            f"{file}: expected a 4-stage IR-SE body (stages of distinct widths), found {len(stages)}: {stages}"
-        )
-    return tuple(tuple(s) for s in stages)
 
 
 def _plain_opts(opts) -> dict:

@@ -8,8 +8,12 @@ state dicts load without renaming.  The body is 24 bottleneck units in four stag
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
+
+from targetclip_core.errors import CheckpointError
 
 # (in_channels, out_channels, units) of the four stages of the 50-layer body
 STAGES_50 = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
@@ -75,3 +79,22 @@ def stage_ends(stages=STAGES_50) -> list[int]:
         total += n
         ends.append(total - 1)
     return ends
+
+
+def stages_from_state(state: dict, file) -> tuple:
+    """Stage plan (in, out, units) of the body from its keys: a stage starts where a unit strides."""
+    units = sorted({int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.res_layer\.1\.weight$", k))})
+    if not units or units != list(range(len(units))):
+        raise CheckpointError(f"{file}: the IR-SE body units are missing or not numbered 0..N")
+    stages = []
+    for i in units:
+        cout, cin = state[f"body.{i}.res_layer.1.weight"].shape[:2]
+        if not stages or cout != stages[-1][1]:
+            stages.append([cin, cout, 1])
+        else:
+            stages[-1][2] += 1
+    if len(stages) != 4:
+        raise CheckpointError(
+            f"{file}: expected a 4-stage IR-SE body (stages of distinct widths), found {len(stages)}: {stages}"
+        )
+    return tuple(tuple(s) for s in stages)

@@ -194,6 +194,39 @@ def essence_grid_latents(wp: torch.Tensor, essences, strength: float = 1.0, laye
     return torch.stack(cells, dim=1).reshape(-1, *wp.shape[1:])
 
 
+def target_thumbnail_row(essences, height: int, width: int, device=None) -> torch.Tensor:
+    """The row above an essence grid: [K + 1, 3, height, width] in [-1, 1], a blank (black) cell over
+    the source column, then each essence's target thumbnail resized to the cell (blank when it has none)."""
+    blank = torch.full((1, 3, height, width), -1.0, device=device)
+    row = [blank]
+    for e in essences:
+        if e.thumbnail is None:
+            row.append(blank)
+        else:
+            x = e.thumbnail.to(device).float().permute(2, 0, 1)[None] / 127.5 - 1
+            row.append(F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(row)
+
+
+def essence_grid_sheet(images: torch.Tensor, essences, captions: bool = True) -> torch.Tensor:
+    """The essence x sources comparison as one image [1, 3, H', (K + 1) W].
+
+    images: the renders of `essence_grid_latents` [N * (K + 1), 3, H, W] in [-1, 1], a row per source; above
+    them a row of the essences' target thumbnails when any carries one, and with `captions` the column
+    names ("source", then each essence's name) on top.
+    """
+    from targetclip_core.io.images import captioned_grid
+
+    essences = list(essences)
+    cols = len(essences) + 1
+    cells = images
+    if any(e.thumbnail is not None for e in essences):  # a row of targets above the edits
+        row = target_thumbnail_row(essences, *images.shape[-2:], device=images.device).to(images.dtype)
+        cells = torch.cat([row, images])
+    labels = ["source"] + [e.name or f"essence {i + 1}" for i, e in enumerate(essences)] if captions else None
+    return captioned_grid(cells, cols, labels)
+
+
 # --------------------------------------------------------------------------- files
 
 

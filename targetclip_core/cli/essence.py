@@ -1,0 +1,149 @@
+"""`targetclip optimize | apply`: find a target's essence by optimisation, and apply essences to latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from targetclip_core.cli.args import add_clip_args, add_device_arg, parse_layers, seeds_arg
+
+
+def add_parsers(subparsers) -> None:
+    """Add the optimize and apply commands to the main parser's subparsers."""
+    o = subparsers.add_parser("optimize", help="find the essence of target image(s) by optimisation (TargetCLIP Sec. 4)")
+    o.add_argument("--target", "-t", nargs="+", required=True, help="target image file(s); several are optimised in one batch")
+    o.add_argument("--generator", "-g", required=True, help="checkpoint path or manifest name")
+    o.add_argument("--out", "-o", required=True, help="essence .safetensors (a folder when several targets)")
+    add_clip_args(o)
+    o.add_argument("--sources", default=None, help="W+ source latents to train on (default: --n-sources seeds)")
+    o.add_argument("--n-sources", type=int, default=4)
+    o.add_argument("--truncation", type=float, default=0.7, help="truncation of sampled sources and random init")
+    o.add_argument("--steps", type=int, default=1000)
+    o.add_argument("--lr", type=float, default=0.2)
+    o.add_argument("--lambda-consistency", type=float, default=0.5)
+    o.add_argument("--lambda-l2", type=float, default=0.003)
+    o.add_argument("--init", default="random", help="random, zeros, a W+ latent file, or an essence file")
+    o.add_argument("--learn-coefficients", action="store_true", help="learn a scale per source, as the official code")
+    o.add_argument("--out-resolution", default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
+    o.add_argument("--preprocess", choices=["default", "paper"], default="default", help="paper = the official CLIP input")
+    o.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE", help="stop after this many steps without improvement")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out)")
+    add_device_arg(o)
+
+    a = subparsers.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
+    a.add_argument("--essence", "-e", nargs="+", required=True, help="essence .safetensors or official .npy (several: one row each)")
+    a.add_argument("--generator", "-g", required=True)
+    asrc = a.add_mutually_exclusive_group(required=True)
+    asrc.add_argument("--seeds", type=seeds_arg)
+    asrc.add_argument("--latent", help="W or W+ latents (.safetensors, .npy, .pt)")
+    a.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's recommended)")
+    a.add_argument("--layers", default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7")
+    a.add_argument("--truncation", type=float, default=0.7)
+    a.add_argument("--out", "-o", default="edits", help="output folder")
+    add_device_arg(a)
+
+
+def cmd_optimize(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from targetclip_core.encoders.clip import load_clip
+    from targetclip_core.generators.latents import load_latents
+    from targetclip_core.generators.load import load_generator
+    from targetclip_core.io.images import load_image, save_png
+    from targetclip_core.methods.targetclip.essence import load_essence, save_essence
+    from targetclip_core.methods.targetclip.optimize import optimize_essence
+
+    G = load_generator(args.generator, device=args.device)
+    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device, preprocess=args.preprocess)
+    targets = [Path(t) for t in args.target]
+    images = [load_image(t) for t in targets]
+    size = max(max(i.shape[-2:]) for i in images)
+    batch = torch.cat([torch.nn.functional.interpolate(i, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+                       if i.shape[-2:] != (size, size) else i for i in images]).clamp(-1, 1)
+    sources = load_latents(args.sources) if args.sources else None
+    init = args.init
+    if init not in ("random", "zeros"):
+        init = load_essence(init, G) if init.endswith((".safetensors", ".npy")) and _is_essence(init) else load_latents(init)
+    res = args.out_resolution if args.out_resolution == "auto" else int(args.out_resolution)
+
+    bar = tqdm(total=args.steps, desc="optimize", unit="step")
+
+    def progress(info):
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v.mean()):.4f}" for k, v in info.losses.items()})
+
+    try:
+        result = optimize_essence(
+            G, C, batch, steps=args.steps, lr=args.lr, n_sources=args.n_sources, sources=sources, truncation=args.truncation,
+            seed=args.seed, lambda_consistency=args.lambda_consistency, lambda_l2=args.lambda_l2, init=init,
+            learn_coefficients=args.learn_coefficients, out_resolution=res, callback=progress,
+            early_stop_patience=args.early_stop, name=targets[0].stem,
+        )
+    finally:
+        bar.close()
+    essences = result if isinstance(result, list) else [result]
+    out = Path(args.out)
+    if len(essences) == 1:
+        paths = [out]
+    else:
+        paths = [out / f"{t.stem}.safetensors" for t in targets]
+    from targetclip_core.methods.targetclip.essence import essence_sheet
+    from targetclip_core.methods.targetclip.optimize import sample_sources
+
+    show = sources.to(G.device) if sources is not None else sample_sources(G, args.n_sources, args.truncation, args.seed)
+    show = G.to_wplus(show)
+    with torch.no_grad():
+        source_images = G.synthesis(show)  # shared by every target's sheet
+    for essence, target_image, target_path, path in zip(essences, batch, targets, paths):
+        essence.name = target_path.stem
+        save_essence(path, essence)
+        grid_path = Path(args.grid) if (args.grid and len(essences) == 1) else path.with_suffix(".png")
+        save_png(essence_sheet(G, essence, show, target_image[None], source_images), grid_path)
+        final = {k: v[-1] for k, v in essence.losses.items()}
+        print(f"wrote {path} and {grid_path} (steps {essence.steps}; last losses " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ")")
+    return 0
+
+
+def _is_essence(path) -> bool:
+    if path.endswith(".npy"):
+        return True  # official directions
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "targetclip.essence"
+    except Exception:
+        return False
+
+
+def cmd_apply(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from targetclip_core.generators.latents import load_latents, wplus_from_seeds
+    from targetclip_core.generators.load import load_generator
+    from targetclip_core.io.images import save_png
+    from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
+
+    G = load_generator(args.generator, device=args.device)
+    essences = [load_essence(e, G) for e in args.essence]
+    with torch.no_grad():
+        if args.seeds is not None:
+            wp = wplus_from_seeds(G, args.seeds, args.truncation)
+            names = [f"seed{s:04d}" for s in args.seeds]
+        else:
+            wp = G.to_wplus(load_latents(args.latent).to(G.device))
+            names = [f"{Path(args.latent).stem}_{i:04d}" for i in range(len(wp))]
+        layers = parse_layers(args.layers)
+        out = Path(args.out)
+        jobs = [(e, s) for e in essences for s in (args.strength or [e.strength])]
+        for essence, strength in tqdm(jobs, desc="apply", unit="edit"):
+            imgs = apply_essence(G, wp, essence.to(G.device), strength=strength, layers=layers)
+            for name, img in zip(names, imgs):
+                save_png(img, out / f"{name}_{essence.name}_x{strength:g}.png")
+    print(f"wrote {len(jobs) * len(wp)} images to {out}")
+    return 0
+
+
+COMMANDS = {"optimize": cmd_optimize, "apply": cmd_apply}

@@ -1,0 +1,140 @@
+"""`targetclip invert | encode | edit`: real photos, aligned like FFHQ, through the e4e / essence encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from targetclip_core.cli.args import add_alignment_args, add_device_arg, parse_layers
+from targetclip_core.errors import TargetCLIPError
+
+
+def add_parsers(subparsers) -> None:
+    """Add the invert, encode and edit commands to the main parser's subparsers."""
+    i = subparsers.add_parser("invert", help="photo(s) -> W+ with e4e/pSp (aligned like FFHQ first); saves the crop and reconstruction")
+    i.add_argument("photo", nargs="+")
+    i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name")
+    i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
+    i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
+    add_alignment_args(i)
+    add_device_arg(i)
+    e = subparsers.add_parser("encode", help="target image(s) -> essence in one pass with a TargetCLIP essence encoder")
+    e.add_argument("target", nargs="+")
+    e.add_argument("--encoder", required=True, help="essence-encoder checkpoint (e4e layout), e.g. from train-encoder")
+    e.add_argument("--out", required=True, help="essence .safetensors (one target) or a folder")
+    e.add_argument("--align", action="store_true", help="align the target like FFHQ first (photos of faces)")
+    add_alignment_args(e, with_toggle=False)
+    add_device_arg(e)
+    ed = subparsers.add_parser("edit", help="photo -> align, invert, apply an essence, paste back into the photo")
+    ed.add_argument("photo")
+    ed.add_argument("--essence", required=True, help="essence .safetensors or official .npy")
+    ed.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
+    ed.add_argument("--layers", default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
+    ed.add_argument("--encoder", default="e4e-ffhq-encode")
+    ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
+    ed.add_argument("--out", required=True, help="output folder")
+    ed.add_argument("--feather", type=float, default=None, help="mask feathering, fraction of the crop size (default: alignment.DEFAULT_FEATHER)")
+    add_alignment_args(ed, with_toggle=False)
+    add_device_arg(ed)
+
+
+def _read_landmarks(path):
+    import json
+
+    import numpy as np
+
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        return np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.asarray(json.loads(p.read_text()), dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise TargetCLIPError(f"{p}: cannot read landmarks ({e})") from None
+
+
+def _aligned(photo_path, args, size=None):
+    """(original image, AlignedFace or None, image to encode) for one photo."""
+    from targetclip_core.io.images import load_image
+
+    original = load_image(photo_path)
+    if getattr(args, "no_align", False):
+        return original, None, original
+    from targetclip_core.faces.alignment import align_face
+
+    face = align_face(original, landmarks=_read_landmarks(args.landmarks), detector=args.detector,
+                      output_size=size or 1024, name=str(photo_path))
+    return original, face, face.image
+
+
+def _outputs(out, inputs, suffix):
+    out = Path(out)
+    if len(inputs) == 1 and out.suffix:
+        return [out]
+    return [out / f"{Path(i).stem}{suffix}" for i in inputs]
+
+
+def cmd_invert(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from targetclip_core.encoders.inversion import load_inverter
+    from targetclip_core.generators.latents import save_latents
+    from targetclip_core.generators.load import load_generator
+    from targetclip_core.io.images import save_png
+
+    inverter = load_inverter(args.encoder, device=args.device)
+    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    for photo, path in tqdm(list(zip(args.photo, _outputs(args.out, args.photo, ".safetensors"))), desc="invert", unit="photo"):
+        _, face, image = _aligned(photo, args, size=G.resolution)
+        wp = inverter.invert(image)
+        G.check_wplus(wp)
+        save_latents(path, wp, G.identity)
+        with torch.no_grad():
+            save_png(G.synthesis(wp), path.with_name(path.stem + "_reconstruction.png"))
+        if face is not None:
+            save_png(face.image, path.with_name(path.stem + "_aligned.png"))
+        print(f"wrote {path} (+ _aligned.png, _reconstruction.png)")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from targetclip_core.methods.targetclip.essence import save_essence
+    from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
+
+    encoder = load_essence_encoder(args.encoder, device=args.device)
+    for target, path in zip(args.target, _outputs(args.out, args.target, ".safetensors")):
+        args.no_align = not args.align
+        _, _, image = _aligned(target, args, size=256)
+        essence = encoder.encode(image, name=Path(target).stem)
+        save_essence(path, essence)
+        print(f"wrote {path} (|b| = {float(essence.vector.norm()):.3f})")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    import torch
+
+    from targetclip_core.encoders.inversion import load_inverter
+    from targetclip_core.faces.alignment import DEFAULT_FEATHER, paste_back
+    from targetclip_core.generators.load import load_generator
+    from targetclip_core.io.images import save_png
+    from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
+
+    inverter = load_inverter(args.encoder, device=args.device)
+    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    essence = load_essence(args.essence, G).to(G.device)
+    original, face, image = _aligned(args.photo, args, size=G.resolution)
+    wp = inverter.invert(image)
+    out, stem = Path(args.out), Path(args.photo).stem
+    with torch.no_grad():
+        save_png(G.synthesis(wp), out / f"{stem}_reconstruction.png")
+        for strength in args.strength or [essence.strength]:
+            edited = apply_essence(G, wp, essence, strength=strength, layers=parse_layers(args.layers))
+            pasted = paste_back(original, edited, face, feather=DEFAULT_FEATHER if args.feather is None else args.feather)
+            save_png(pasted.image, out / f"{stem}_{essence.name}_x{strength:g}.png")
+            save_png(edited, out / f"{stem}_{essence.name}_x{strength:g}_aligned.png")
+    save_png(face.image, out / f"{stem}_aligned.png")
+    print(f"wrote the edits of {args.photo} to {out}")
+    return 0
+
+
+COMMANDS = {"invert": cmd_invert, "encode": cmd_encode, "edit": cmd_edit}

@@ -1,0 +1,228 @@
+"""The SAT3D meta attribute mask matrix (Zhai et al. 2024, Eq. 2) and its file.
+
+  Eq. 2  meta attribute mask matrix M in R^{(m+1) x n} (m attributes + "others");
+         P = softmax over the m+1 rows, per channel; m_Omega = sum_{a in Omega} P_a.
+
+Initialisation (Sec. 3.2): logits 0 everywhere except the "others" row = 1, i.e. every channel
+starts as "belongs to none of the attributes" (P_a = 1/(e + m)); pre-selected channels of a
+"complex" attribute start as owned by it (M[a, c] = 1, M[others, c] = 0; see preselect).
+
+A matrix belongs to one generator: its file stores the layout of the StyleSpace and a
+fingerprint of the weights; loading it for another generator is refused (the channel semantics
+of two networks differ even when their shapes match); strict_weights=False allows a fine-tuned
+relative of the same layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.generators.stylespace import StyleLayout
+from targetclip_core.io.files import atomic_path
+
+MATRIX_FORMAT = "targetclip.sat3d.matrix"
+DELTA_RANGE = (0.0, 3.0)
+
+
+def check_delta(delta: float) -> float:
+    """The editing intensity as a float, refused outside DELTA_RANGE."""
+    delta = float(delta)
+    if not DELTA_RANGE[0] <= delta <= DELTA_RANGE[1]:
+        raise TargetCLIPError(f"delta (editing intensity) must be in [{DELTA_RANGE[0]:g}, {DELTA_RANGE[1]:g}], got {delta:g}")
+    return delta
+
+
+def initial_logits(attributes: list[str], n_channels: int, preselected: dict | None = None, value: float = 1.0) -> torch.Tensor:
+    """[(m+1), n]: "others" = value everywhere, except pre-selected channels owned by their attribute."""
+    logits = torch.zeros(len(attributes) + 1, n_channels)
+    logits[-1] = value
+    for name, channels in (preselected or {}).items():
+        idx = torch.as_tensor(channels, dtype=torch.long)
+        if idx.numel():
+            logits[attributes.index(name), idx] = value
+            logits[-1, idx] = 0.0
+    return logits
+
+
+def attribute_mask(logits: torch.Tensor, attributes: list[str], chosen: list[str]) -> torch.Tensor:
+    """m_Omega: summed softmax probabilities (over the rows) of the chosen attributes: [n]."""
+    unknown = [a for a in chosen if a not in attributes]
+    if unknown:
+        raise TargetCLIPError(f"unknown attribute(s) {unknown}; this matrix knows {', '.join(attributes)}")
+    probs = logits.softmax(dim=0)
+    return probs[[attributes.index(a) for a in chosen]].sum(0)
+
+
+@dataclass
+class SAT3DMatrix:
+    """A trained meta attribute mask matrix and what it belongs to."""
+
+    logits: torch.Tensor  # [(m+1), n]; row m is "others"
+    attributes: list[str]
+    layout: StyleLayout
+    generator: dict  # G.identity
+    fingerprint: str  # hash of the generator's weights
+    descriptors: str = ""  # where the descriptor groups came from
+    clip: dict | None = None
+    steps: int = 0
+    losses: dict = field(default_factory=dict)  # term -> per-step values
+    preselection: str = "none"
+
+    def __post_init__(self):
+        if self.logits.shape != (len(self.attributes) + 1, self.layout.n_channels):
+            raise LatentError(f"mask matrix of shape {list(self.logits.shape)} does not fit {len(self.attributes)} attributes "
+                              f"+ others x {self.layout.n_channels} channels")
+
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(dim=0)
+
+    def mask(self, attributes: list[str]) -> torch.Tensor:
+        return attribute_mask(self.logits, self.attributes, list(attributes))
+
+    def top_channels(self, attribute: str, k: int = 10) -> list[tuple[str, int, float]]:
+        """The k channels an attribute controls most: (layer, channel, probability)."""
+        p = self.mask([attribute])
+        vals, idx = p.topk(min(k, p.numel()))
+        return [(*self.layout.channel_of(int(i)), float(v)) for v, i in zip(vals, idx)]
+
+    def check_compatible(self, G, strict_weights: bool = True) -> None:
+        layout = StyleLayout.from_generator(G)
+        if layout != self.layout or self.generator.get("resolution") != G.identity.get("resolution"):
+            raise LatentError(
+                f"this SAT3D matrix was trained for a {_describe(self.generator, self.layout)} generator; this one is "
+                f"{_describe(G.identity, layout)}: a mask matrix only fits the generator it was trained on"
+            )
+        if strict_weights and generator_fingerprint(G) != self.fingerprint:
+            raise LatentError(
+                "this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
+                f"{self.fingerprint[:12]} != {generator_fingerprint(G)[:12]}): channel meanings differ between networks. "
+                "Pass strict_weights=False only for a fine-tuned relative of the original generator."
+            )
+
+
+def _describe(identity: dict, layout: StyleLayout) -> str:
+    return f"{identity.get('resolution', '?')}px {identity.get('arch', '?')} ({layout.n_channels} StyleSpace channels)"
+
+
+def generator_fingerprint(G) -> str:
+    """sha256 over the generator's state (names and bytes), so a matrix knows its network."""
+    h = hashlib.sha256()
+    for name, t in sorted(G.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached_fingerprint(G) -> str:
+    """generator_fingerprint (a hash of every weight), computed once per loaded generator."""
+    try:
+        if G not in _FINGERPRINTS:
+            _FINGERPRINTS[G] = generator_fingerprint(G)
+        return _FINGERPRINTS[G]
+    except TypeError:  # not weak-referenceable: hash every time
+        return generator_fingerprint(G)
+
+
+def check_matrix(matrix: SAT3DMatrix, G, allow_other_weights: bool = False) -> None:
+    """Refuse a matrix trained for another generator, naming both (the weights fingerprint is
+    hashed once per generator object, so a UI can check on every run)."""
+    matrix.check_compatible(G, strict_weights=False)  # layout and resolution
+    if not allow_other_weights and cached_fingerprint(G) != matrix.fingerprint:
+        raise LatentError(
+            f"this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
+            f"{matrix.fingerprint[:12]} != {cached_fingerprint(G)[:12]}): channel meanings differ between networks. "
+            "Load the generator it was trained on, or switch on allow_other_weights only for a fine-tuned relative "
+            "of it."
+        )
+
+
+def check_attributes(matrix: SAT3DMatrix, names: list[str], hint: str = "") -> None:
+    """Refuse attribute names the matrix does not know, listing those it knows; hint: what the
+    caller can do instead, in parentheses after the list."""
+    unknown = [n for n in names if n not in matrix.attributes]
+    if unknown:
+        raise TargetCLIPError(f"unknown attribute(s) {', '.join(map(repr, unknown))}: this SAT3D matrix knows "
+                              f"{', '.join(matrix.attributes)}" + (f" ({hint})" if hint else ""))
+
+
+def describe_matrix(matrix: SAT3DMatrix, name: str = "") -> str:
+    """A few lines of text: attributes, generator, training and the 3 strongest channels per attribute."""
+    gen = matrix.generator
+    lines = [
+        f"{name or 'SAT3D matrix'}: {len(matrix.attributes)} attributes x {matrix.layout.n_channels} "
+        "StyleSpace channels",
+        f"  attributes: {', '.join(matrix.attributes)}",
+        f"  generator: {gen.get('resolution', '?')}px {gen.get('arch', '?')} (weights {matrix.fingerprint[:12]})",
+        f"  training: {matrix.steps} steps; descriptors {matrix.descriptors or '?'}; "
+        f"pre-selection {matrix.preselection}",
+    ]
+    for attr in matrix.attributes:
+        top = ", ".join(f"{layer}[{ch}] {p:.2f}" for layer, ch, p in matrix.top_channels(attr, 3))
+        lines.append(f"  {attr}: {top}")
+    return "\n".join(lines)
+
+
+def save_sat3d_matrix(path: str | os.PathLike, matrix: SAT3DMatrix) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": MATRIX_FORMAT,
+        "format_version": "1",
+        "attributes": json.dumps(matrix.attributes),
+        "layout": json.dumps(matrix.layout.to_json()),
+        "generator": json.dumps(matrix.generator),
+        "fingerprint": matrix.fingerprint,
+        "descriptors": matrix.descriptors,
+        "clip": json.dumps(matrix.clip),
+        "steps": str(int(matrix.steps)),
+        "losses": json.dumps({k: [float(x) for x in v] for k, v in matrix.losses.items()}),
+        "preselection": matrix.preselection,
+    }
+    with atomic_path(path) as tmp:
+        save_file({"logits": matrix.logits.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_sat3d_matrix(path: str | os.PathLike, generator=None, strict_weights: bool = True) -> SAT3DMatrix:
+    """Read a matrix file; with `generator`, refuse one trained for another generator."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise TargetCLIPError(f"{p}: no such SAT3D matrix file")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != MATRIX_FORMAT:
+                raise TargetCLIPError(f"{p}: not a SAT3D matrix file (format={meta.get('format')!r})")
+            logits = f.get_tensor("logits").float()
+        matrix = SAT3DMatrix(
+            logits=logits,
+            attributes=json.loads(meta["attributes"]),
+            layout=StyleLayout.from_json(json.loads(meta["layout"])),
+            generator=json.loads(meta["generator"]),
+            fingerprint=meta["fingerprint"],
+            descriptors=meta.get("descriptors", ""),
+            clip=json.loads(meta.get("clip", "null")),
+            steps=int(meta.get("steps", "0")),
+            losses=json.loads(meta.get("losses", "{}")),
+            preselection=meta.get("preselection", "none"),
+        )
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
+        raise TargetCLIPError(f"{p}: corrupt or incomplete SAT3D matrix file ({type(e).__name__}: {e})") from None
+    except LatentError as e:
+        raise LatentError(f"{p}: {e}") from None
+    if generator is not None:
+        matrix.check_compatible(generator, strict_weights)
+    return matrix

@@ -1,0 +1,186 @@
+"""SAT3D training (Zhai et al. 2024, Secs. 3-4): learn the meta attribute mask matrix.
+
+A bank of pre-sampled latents (6000 by default; their style codes are computed on the fly from
+W, which holds the same information in 1/18 of the memory), one attribute per step
+(|Omega| = 1), random source/reference pairs, Ranger (pytorch_optimizer) at lr 0.01, without
+its gradient centralisation (see objective.ranger).  L_bg needs a region parser; without one it
+is off and training warns so.  Attributes marked "complex" get channel pre-selection (see
+preselect).  Scale-out: data parallel under torchrun (see train_sat3d; helpers in distributed),
+resumable from a checkpoint (see checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from targetclip_core.errors import TargetCLIPError
+from targetclip_core.generators.stylespace import StyleLayout
+from targetclip_core.methods.sat3d.checkpoint import load_checkpoint, save_checkpoint
+from targetclip_core.methods.sat3d.descriptors import DescriptorSet, descriptor_info
+from targetclip_core.methods.sat3d.distributed import any_process, distributed_rank_world, wrap_ddp
+from targetclip_core.methods.sat3d.losses import DEFAULT_LAMBDAS, LOSS_TERMS
+from targetclip_core.methods.sat3d.matrix import SAT3DMatrix, attribute_mask, generator_fingerprint, initial_logits
+from targetclip_core.methods.sat3d.objective import PairObjective, SAT3DStep, make_ready, ranger, render_resolution
+from targetclip_core.methods.sat3d.preselect import RegionParser, preselect_channels
+
+
+def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
+    """n W latents [n, w_dim] from the mapping network (their style codes are computed per step)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, G.z_dim, generator=gen).to(G.device)
+    with torch.no_grad():
+        return torch.cat([G.mapping(chunk, truncation=truncation) for chunk in z.split(512)]).clone()
+
+
+# callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
+@torch.inference_mode(False)
+@torch.enable_grad()
+def train_sat3d(
+    G,
+    measure,
+    *,
+    steps: int = 10000,
+    batch_size: int = 4,
+    lr: float = 0.01,
+    n_codes: int = 6000,
+    latent_bank: torch.Tensor | None = None,
+    truncation: float = 1.0,
+    seed: int = 0,
+    lambdas: dict | None = None,
+    parser: RegionParser | None = None,
+    descriptors: DescriptorSet | None = None,
+    preselect: bool = True,
+    preselect_kwargs: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    callback: Callable[[SAT3DStep], bool | None] | None = None,
+    out_resolution="auto",
+) -> SAT3DMatrix:
+    """Learn the meta attribute mask matrix (Sec. 3-4).
+
+    measure: the QMM (or any callable images -> {attribute: [group distributions]} with an
+      `attributes` list).  latent_bank: W [N, w_dim] or W+ latents to draw pairs from (default
+      n_codes samples of the mapping network with `truncation`, drawn with `seed`).
+    checkpoint: a file written every `checkpoint_every` steps and at the end; when it exists
+      the run resumes from it (the same arguments give the same result as an uninterrupted run).
+    callback: called every step with a SAT3DStep; returning True stops (a checkpoint is written).
+    batch_size: the GLOBAL batch of (source, reference) pairs per step, whatever the number of
+      processes.
+    Scale-out (data parallel): run one process per device under torchrun with torch.distributed
+      initialised (gloo on CPU, nccl on GPUs) before calling (`targetclip sat3d-train` does it).
+      Every step all processes draw the same global batch of pairs and the same attribute from
+      one shared random stream (seeded by `seed`, as a single process draws them); process r
+      trains on its contiguous shard, batch_size / processes pairs (batch_size must be divisible
+      by the number of processes).  The mask module is wrapped in DistributedDataParallel, which
+      averages the gradients; L_bg is divided by the global batch's background weight.  So N
+      processes with global batch B learn the matrix one process learns with batch B (equal up to
+      the order of float reductions).  The logged losses (and the callback's) are the global
+      batch's means on every process.  Process 0 writes the checkpoint; it holds one sampler
+      state, so a run can be resumed with another number of processes (same batch_size; a
+      checkpoint of a multi-process run of an older version, which drew pairs per process,
+      cannot be resumed).
+    """
+    make_ready(G, measure)
+    attributes = list(measure.attributes)
+    descriptors, regions, complex_attrs = descriptor_info(measure, descriptors)
+    lambdas = {**DEFAULT_LAMBDAS, **(lambdas or {})}
+    if parser is None and lambdas["bg"]:
+        warnings.warn("SAT3D: L_bg is off: no region parser was given (a face parser is needed for the background loss: "
+                      "face_parsing.load_face_parser, sat3d-train --parser)",
+                      stacklevel=2)
+    if parser is not None and hasattr(parser, "check_regions"):  # an unknown region fails now, not mid-run
+        parser.check_regions(sorted({r for r in regions.values() if r}))
+    rank, world = distributed_rank_world()
+    if batch_size < 1 or batch_size % world:
+        raise TargetCLIPError(f"batch_size {batch_size} is the global batch of pairs per step: it must be a positive multiple "
+                              f"of the number of processes ({world})")
+    shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's pairs of the global batch
+    layout = StyleLayout.from_generator(G)
+    bank = (latent_bank if latent_bank is not None else sample_latent_bank(G, n_codes, seed, truncation)).to(G.device)
+    res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
+    objective = PairObjective(G, measure, layout, lambdas, parser, regions, res, world)
+    if world > 1:  # every process draws its pairs from process 0's bank
+        bank = bank.clone(memory_format=torch.contiguous_format)
+        torch.distributed.broadcast(bank, 0)
+    state = load_checkpoint(checkpoint, G, attributes, layout) if checkpoint and Path(checkpoint).is_file() else None
+    if state is not None and state.get("batch_size", batch_size) != batch_size:
+        raise TargetCLIPError(f"{checkpoint}: a run with a global batch of {state['batch_size']} pairs per step; resume it with "
+                              f"batch_size {state['batch_size']} (the global batch, whatever the number of processes), not {batch_size}")
+    if state is None:
+        preselected, how = {}, "none"
+        if preselect and complex_attrs:
+            if parser is None:
+                how = "skipped (no region parser)"
+            else:
+                preselected = preselect_channels(G, layout, bank, parser, {a: regions[a] for a in complex_attrs if regions.get(a)},
+                                                 seed=seed, out_resolution=res, **(preselect_kwargs or {}))
+                how = "; ".join(f"{a}: {len(v)} channels" for a, v in preselected.items()) or "none"
+        logits = initial_logits(attributes, layout.n_channels, preselected).to(G.device)
+        # one stream shared by all processes (each draws the same global batch): what a single process draws
+        state = {"logits": logits, "optimizer": None, "step": 0, "rng": torch.Generator().manual_seed(seed).get_state(),
+                 "log": {k: [] for k in LOSS_TERMS}, "log_attribute": [], "preselection": how}
+    module = MaskMatrixModule(state["logits"].clone().to(G.device), attributes)
+    masker = module if world == 1 else wrap_ddp(module)  # DDP also broadcasts process 0's logits
+    logits = module.logits
+    opt = ranger([logits], lr)
+    if state["optimizer"] is not None:
+        opt.load_state_dict(state["optimizer"])
+    rng = torch.Generator()
+    rng.set_state(state["rng"])
+    log, log_attribute = state["log"], state["log_attribute"]
+
+    step = state["step"]
+    stopped = False
+    while step < steps and not stopped:
+        pick = torch.randint(len(bank), (2, batch_size), generator=rng)  # the global batch, the same on every process
+        target = [attributes[int(torch.randint(len(attributes), (1,), generator=rng))]]  # |Omega| = 1
+        pick = pick[:, shard]
+        c = objective.constants(G.to_wplus(bank[pick[0]]), G.to_wplus(bank[pick[1]]))
+        terms = objective.with_mask(masker(target), target, c)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()  # under DDP the gradient is averaged over the processes here
+        opt.step()
+        step += 1
+        values = torch.stack([terms[k].detach() for k in LOSS_TERMS])
+        if world > 1:  # the global batch's means: the shards are equal, so the mean of the shards' means
+            torch.distributed.all_reduce(values)
+            values /= world
+        for k, v in zip(LOSS_TERMS, values.tolist()):
+            log[k].append(v)
+        log_attribute.append(target[0])
+        if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS},
+                                                           logits.detach())):
+            stopped = True
+        if world > 1:  # one process stopping stops all (they must take the same steps)
+            stopped = any_process(stopped)
+        if checkpoint and (step % checkpoint_every == 0 or step >= steps or stopped):
+            if rank == 0:
+                save_checkpoint(checkpoint, G, attributes, layout, logits, opt, step, rng.get_state(), batch_size, world,
+                                log, log_attribute, state["preselection"])
+            if world > 1:
+                torch.distributed.barrier()
+
+    return SAT3DMatrix(
+        logits=logits.detach().cpu().clone(), attributes=attributes, layout=layout, generator=dict(G.identity),
+        fingerprint=generator_fingerprint(G), descriptors=getattr(descriptors, "source", "") if descriptors else "",
+        clip=getattr(getattr(measure, "clip", None), "identity", None), steps=step,
+        losses={k: list(v) for k, v in log.items()}, preselection=state["preselection"],
+    )
+
+
+class MaskMatrixModule(nn.Module):
+    """The trainable logits of M as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, logits: torch.Tensor, attributes: list[str]):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+        self.attributes = list(attributes)
+
+    def forward(self, target: list[str]) -> torch.Tensor:
+        return attribute_mask(self.logits, self.attributes, target)
