@@ -9,8 +9,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 ENGINE = "targetclip_core"
 MAX_LINES = 600
 

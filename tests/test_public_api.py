@@ -2,8 +2,8 @@
 engine moved into subpackages), and both generators satisfy the one generator protocol."""
 
 import targetclip_core
-from essence_helpers import tiny_generator
-from eg3d_helpers import tiny_eg3d
+from helpers.generators import tiny_generator
+from helpers.eg3d import tiny_eg3d
 
 import torch
 

@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from conftest import random_wplus, rel_err, small_generator
+from helpers.generators import random_wplus, rel_err, small_generator
 
 from targetclip_core.bench.baselines import baseline_synthesis
 from targetclip_core.generators import synthesis_grad

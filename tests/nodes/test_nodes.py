@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from essence_helpers import register_tiny_clip, tiny_generator
+from helpers.clip import register_tiny_clip
+from helpers.generators import tiny_generator
 
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -156,8 +157,8 @@ def test_bad_images_are_refused_clearly(pack):
 @pytest.fixture(scope="module")
 def e4e_files(models_dir, pack):
     """Two files in models/e4e: an e4e inverter with its decoder, and an essence encoder without one."""
-    from conftest import random_rosinality_state
-    from encoder_helpers import official_checkpoint, tiny_encoder
+    from helpers.generators import random_rosinality_state
+    from helpers.encoders import official_checkpoint, tiny_encoder
 
     folder = Path(folder_paths.get_folder_paths("e4e")[0])
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def test_encode_essence_node_and_role_mixups(pack, e4e_files):
 
 
 def test_align_face_then_paste_back_a_real_photo(pack):
-    from conftest import require_shared
+    from helpers.paths import require_shared
     from PIL import Image
 
     photo_file = require_shared("data", "targetclip", "targets", "keanu.jpg")

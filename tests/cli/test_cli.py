@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, small_generator
+from helpers.paths import REPO_ROOT
+from helpers.generators import small_generator
 from PIL import Image
 
 from targetclip_core.cli.args import parse_seeds

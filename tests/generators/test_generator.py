@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from conftest import OURS_TO_ROSINALITY_32, random_wplus, rel_err, small_config, small_generator
+from helpers.generators import OURS_TO_ROSINALITY_32, random_wplus, rel_err, small_config, small_generator
 
 import targetclip_core.generators.stylegan2 as stylegan2_module
 from targetclip_core.bench.baselines import baseline_synthesis

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from essence_helpers import require_shared, tiny_generator
+from helpers.paths import require_shared
+from helpers.generators import tiny_generator
 
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.methods.targetclip.essence import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from essence_helpers import TINY_CLIP, TINY_CLIP_DIM, TINY_CLIP_INPUT, register_tiny_clip, tiny_clip
+from helpers.clip import TINY_CLIP, TINY_CLIP_DIM, TINY_CLIP_INPUT, register_tiny_clip, tiny_clip
 
 from targetclip_core.encoders.clip import load_clip
 from targetclip_core.errors import CheckpointError, TargetCLIPError
@@ -206,7 +206,7 @@ def test_load_clip_reads_local_checkpoints(tmp_path, kind):
         torch.save(state, path)
         C = load_clip(TINY_CLIP, str(path), device="cpu")
     else:  # open_clip's own folder layout: config + safetensors weights
-        from essence_helpers import CLIP_CONFIG_DIR
+        from helpers.clip import CLIP_CONFIG_DIR
 
         folder = tmp_path / "tiny_dir"
         folder.mkdir()

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
-from test_loaders import build_network, fake_nvlabs_modules
 
+from helpers.nvlabs import build_network, fake_nvlabs_modules
 from targetclip_core.generators.eg3d import EG3DConfig, EG3DGenerator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fixture_state_dict, rel_err, small_generator
-from encoder_helpers import TINY_STAGES, official_checkpoint, tiny_encoder
+from helpers.paths import fixture_state_dict
+from helpers.generators import rel_err, small_generator
+from helpers.encoders import TINY_STAGES, official_checkpoint, tiny_encoder
 
 from targetclip_core.encoders.arcface import ArcFace, load_arcface
 from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_rosinality_state, require_shared
-from encoder_helpers import official_checkpoint, tiny_encoder
+from helpers.generators import random_rosinality_state
+from helpers.paths import require_shared
+from helpers.encoders import official_checkpoint, tiny_encoder
 from PIL import Image
 
 from targetclip_core.cli.main import main

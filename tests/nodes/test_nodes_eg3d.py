@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from eg3d_helpers import tiny_eg3d
-from essence_helpers import tiny_generator
+from helpers.eg3d import tiny_eg3d
+from helpers.generators import tiny_generator
 
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001  (available once the harness is imported)
 import comfy.utils  # noqa: E402

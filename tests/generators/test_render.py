@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from eg3d_helpers import tiny_eg3d
-from essence_helpers import tiny_generator
+from helpers.eg3d import tiny_eg3d
+from helpers.generators import tiny_generator
 
 from targetclip_core.generators.render import (
     iter_latent_batches,

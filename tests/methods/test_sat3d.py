@@ -10,9 +10,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from essence_helpers import tiny_clip, tiny_generator
+from helpers.clip import tiny_clip
+from helpers.generators import tiny_generator
 from torch import nn
 
+from helpers.paths import REPO_ROOT
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout, edit_styles, flatten_styles, is_torgb, unflatten
 from targetclip_core.methods import sat3d
@@ -445,7 +447,7 @@ def test_pairing_of_sources_with_references():
 
 
 def test_cli_train_then_transfer(tmp_path, capsys):
-    from essence_helpers import TINY_CLIP, register_tiny_clip
+    from helpers.clip import TINY_CLIP, register_tiny_clip
 
     from targetclip_core.cli.sat3d import main
     from targetclip_core.generators.load import save_generator
@@ -474,7 +476,7 @@ def test_cli_train_then_transfer(tmp_path, capsys):
 def test_cli_transfer_instant_and_compare(tmp_path, capsys):
     import csv
 
-    from essence_helpers import TINY_CLIP
+    from helpers.clip import TINY_CLIP
     from PIL import Image
 
     from targetclip_core.cli.args import parse_seeds
@@ -626,7 +628,7 @@ def test_checkpoints_hold_one_sampler_and_older_ones_still_resume(tmp_path):
 
 def _tiny_clip_dir(folder):
     """The tiny CLIP (seeded random weights) as open_clip's local-dir layout, loadable by any process."""
-    from essence_helpers import CLIP_CONFIG_DIR, TINY_CLIP
+    from helpers.clip import CLIP_CONFIG_DIR, TINY_CLIP
     from safetensors.torch import save_file
 
     folder.mkdir()
@@ -649,7 +651,6 @@ def _torchrun() -> list[str]:
 def test_cli_under_torchrun_equals_one_process(tmp_path, capsys):
     import os
     import subprocess
-    from pathlib import Path
 
     from targetclip_core.cli.main import main
     from targetclip_core.generators.load import save_generator
@@ -663,7 +664,7 @@ def test_cli_under_torchrun_equals_one_process(tmp_path, capsys):
         warnings.simplefilter("ignore")
         assert main([*common, "-o", str(tmp_path / "one.safetensors")]) == 0
     capsys.readouterr()
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     env.pop("WORLD_SIZE", None)
     run = subprocess.run([*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "targetclip_core", *common,

@@ -10,11 +10,11 @@ frontend adds (a seed's control_after_generate, LoadImage's upload button).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 UI_FILES = sorted((REPO / "workflows").glob("*.json"))
 API_DIR = REPO / "workflows" / "api"
 

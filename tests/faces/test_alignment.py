@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import require_shared
+from helpers.paths import require_shared
 from PIL import Image, ImageDraw
 
 from targetclip_core.errors import TargetCLIPError

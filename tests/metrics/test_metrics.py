@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from essence_helpers import TINY_CLIP, hand_consistency, register_tiny_clip, require_shared, tiny_clip, tiny_generator
+from helpers.clip import TINY_CLIP, register_tiny_clip, tiny_clip
+from helpers.essence_math import hand_consistency
+from helpers.paths import require_shared, REPO_ROOT
+from helpers.generators import tiny_generator
 from PIL import Image
 
 from targetclip_core.encoders.arcface import ArcFace
@@ -39,7 +42,7 @@ from targetclip_core.metrics.scores import (
     semantic_scores,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 TINY_ARCFACE_STAGES = ((8, 8, 1), (8, 16, 2), (16, 24, 2), (24, 32, 1))
 
 

@@ -10,8 +10,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import random_rosinality_state, write_rosinality_checkpoint
-from essence_helpers import TINY_CLIP, register_tiny_clip, tiny_clip
+from helpers.generators import random_rosinality_state, write_rosinality_checkpoint
+from helpers.clip import TINY_CLIP, register_tiny_clip, tiny_clip
 from PIL import Image
 
 from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder

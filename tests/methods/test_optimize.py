@@ -9,16 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from essence_helpers import (
-    hand_consistency,
-    hand_l2,
-    hand_similarity,
-    hand_total,
-    normalised,
-    tiny_clip,
-    tiny_generator,
-    truncated_sources,
-)
+from helpers.essence_math import hand_consistency, hand_l2, hand_similarity, hand_total, normalised
+from helpers.clip import tiny_clip
+from helpers.generators import tiny_generator, truncated_sources
 from PIL import Image
 
 from targetclip_core.errors import LatentError, TargetCLIPError

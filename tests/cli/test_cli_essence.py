@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from essence_helpers import TINY_CLIP, register_tiny_clip, tiny_generator, truncated_sources
+from helpers.clip import TINY_CLIP, register_tiny_clip
+from helpers.generators import tiny_generator, truncated_sources
 from PIL import Image
 
 from targetclip_core.cli.main import main
