@@ -81,7 +81,8 @@ from targetclip_core.methods.sat3d.matrix import (
     save_sat3d_matrix,
 )
 from targetclip_core.methods.sat3d.objective import SAT3DStep, as_styles_input, render_resolution, sat3d_losses
-from targetclip_core.methods.sat3d.preselect import RegionParser, preselect_channels
+from targetclip_core.methods.sat3d.preselect import preselect_channels
+from targetclip_core.methods.sat3d.regions import RegionParser
 from targetclip_core.methods.sat3d.training import MaskMatrixModule, sample_latent_bank, train_sat3d
 
 __all__ = [

@@ -33,7 +33,7 @@ from targetclip_core.methods.sat3d.objective import (
     render_resolution,
     sat3d_losses,
 )
-from targetclip_core.methods.sat3d.preselect import RegionParser
+from targetclip_core.methods.sat3d.regions import RegionParser
 
 
 @torch.inference_mode(False)

@@ -29,6 +29,12 @@ from targetclip_core.generators.stylespace import StyleLayout
 from targetclip_core.io.files import atomic_path
 
 MATRIX_FORMAT = "targetclip.sat3d.matrix"
+# What a matrix file without an "objective" entry was trained with: the losses before they followed the paper
+LEGACY_OBJECTIVE = {
+    "name": "pre-paper",
+    "summary": "L_ref + 3.5 L_src as means over attributes and groups, 40 L_bg as a soft-mask MSE, "
+               "0.1 L_prob as the mean target mask (sparsity)",
+}
 DELTA_RANGE = (0.0, 3.0)
 
 
@@ -75,6 +81,8 @@ class SAT3DMatrix:
     steps: int = 0
     losses: dict = field(default_factory=dict)  # term -> per-step values
     preselection: str = "none"
+    objective: dict = field(default_factory=lambda: dict(LEGACY_OBJECTIVE))  # which losses made it (see losses.objective_info)
+    training_set: dict = field(default_factory=dict)  # how the training latents were drawn and filtered
 
     def __post_init__(self):
         if self.logits.shape != (len(self.attributes) + 1, self.layout.n_channels):
@@ -166,7 +174,10 @@ def describe_matrix(matrix: SAT3DMatrix, name: str = "") -> str:
         f"  generator: {gen.get('resolution', '?')}px {gen.get('arch', '?')} (weights {matrix.fingerprint[:12]})",
         f"  training: {matrix.steps} steps; descriptors {matrix.descriptors or '?'}; "
         f"pre-selection {matrix.preselection}",
+        f"  losses: {matrix.objective.get('summary') or matrix.objective.get('name', '?')}",
     ]
+    if matrix.training_set:
+        lines.append(f"  training set: {matrix.training_set.get('summary', matrix.training_set)}")
     for attr in matrix.attributes:
         top = ", ".join(f"{layer}[{ch}] {p:.2f}" for layer, ch, p in matrix.top_channels(attr, 3))
         lines.append(f"  {attr}: {top}")
@@ -188,6 +199,8 @@ def save_sat3d_matrix(path: str | os.PathLike, matrix: SAT3DMatrix) -> Path:
         "steps": str(int(matrix.steps)),
         "losses": json.dumps({k: [float(x) for x in v] for k, v in matrix.losses.items()}),
         "preselection": matrix.preselection,
+        "objective": json.dumps(matrix.objective),
+        "training_set": json.dumps(matrix.training_set),
     }
     with atomic_path(path) as tmp:
         save_file({"logits": matrix.logits.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
@@ -218,6 +231,8 @@ def load_sat3d_matrix(path: str | os.PathLike, generator=None, strict_weights: b
             steps=int(meta.get("steps", "0")),
             losses=json.loads(meta.get("losses", "{}")),
             preselection=meta.get("preselection", "none"),
+            objective=json.loads(meta["objective"]) if "objective" in meta else dict(LEGACY_OBJECTIVE),
+            training_set=json.loads(meta.get("training_set", "{}")),
         )
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
         raise TargetCLIPError(f"{p}: corrupt or incomplete SAT3D matrix file ({type(e).__name__}: {e})") from None

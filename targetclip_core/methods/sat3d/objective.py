@@ -26,7 +26,7 @@ from targetclip_core.methods.sat3d.losses import (
     total_loss,
 )
 from targetclip_core.methods.sat3d.matrix import attribute_mask
-from targetclip_core.methods.sat3d.preselect import RegionParser
+from targetclip_core.methods.sat3d.regions import RegionParser
 
 
 def render_resolution(G, measure) -> int | None:

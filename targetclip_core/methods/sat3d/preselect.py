@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 
 from targetclip_core.generators.stylespace import StyleLayout
+from targetclip_core.methods.sat3d.regions import RegionParser
 
-RegionParser = Callable[[torch.Tensor, str], torch.Tensor]  # (images [B,3,H,W], region) -> [B,H,W] in [0,1]
 
 
 @torch.no_grad()

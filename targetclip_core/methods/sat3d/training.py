@@ -27,7 +27,8 @@ from targetclip_core.methods.sat3d.distributed import any_process, distributed_r
 from targetclip_core.methods.sat3d.losses import DEFAULT_LAMBDAS, LOSS_TERMS
 from targetclip_core.methods.sat3d.matrix import SAT3DMatrix, attribute_mask, generator_fingerprint, initial_logits
 from targetclip_core.methods.sat3d.objective import PairObjective, SAT3DStep, make_ready, ranger, render_resolution
-from targetclip_core.methods.sat3d.preselect import RegionParser, preselect_channels
+from targetclip_core.methods.sat3d.preselect import preselect_channels
+from targetclip_core.methods.sat3d.regions import RegionParser
 
 
 def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
