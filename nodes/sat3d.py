@@ -235,8 +235,11 @@ class SAT3DTrain:
                 "lr": ("FLOAT", {"default": 0.01, "min": 0.0001, "max": 1.0, "step": 0.001, "tooltip": "Ranger learning rate (paper: 0.01)."}),
                 "n_codes": ("INT", {"default": 6000, "min": 2, "max": 100000, "tooltip": "Pre-sampled latents the pairs are drawn from (paper: 6000)."}),
                 "truncation": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Truncation of the sampled latents (1.0: none)."}),
-                "lambda_src": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Weight of keeping the other attributes (paper: 3.5)."}),
-                "lambda_prob": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Weight of the mask sparsity term (paper: 0.1)."}),
+                "lambda_attr": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
+                                          "tooltip": "Weight of L_attr = L_ref + L_src: the edit takes the reference's target "
+                                                     "attribute and keeps the source's others (paper: 3.5)."}),
+                "lambda_prob": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01,
+                                          "tooltip": "Weight of L_prob: each channel should belong to one attribute (paper: 0.1)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "Seed of the latent bank, the pairs and the preview faces."}),
                 "preview_every": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "Send a preview image every N steps."}),
             },
@@ -248,12 +251,16 @@ class SAT3DTrain:
                 "descriptor_file": ("STRING", {"default": "", "tooltip": "A descriptor JSON (path, or a file name in models/sat3d) instead of "
                                                                          "the shipped set; may 'extend' one."}),
                 "checkpoint_name": ("STRING", {"default": "", "tooltip": "When set: a training checkpoint in output/sat3d_checkpoints, written "
-                                                                         "every 500 steps and on Cancel; the same settings resume from it."}),
+                                                                         "every 500 steps and on Cancel (and after every image of the "
+                                                                         "pre-selection pass); the same settings resume from it."}),
+                "filter_training_set": ("BOOLEAN", {"default": True, "tooltip": "Filter the sampled latents as the paper, with CLIP "
+                                                                                "zero-shot checks from the descriptor set (faces: no hats, at "
+                                                                                "least 40% with glasses); off: draw them unfiltered."}),
             },
         }
 
-    def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_src, lambda_prob, seed,
-              preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name=""):
+    def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_attr, lambda_prob, seed,
+              preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name="", filter_training_set=True):
         G = generator
         descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
         measure = QMM(clip, descriptor_set)
@@ -286,15 +293,25 @@ class SAT3DTrain:
 
         preselection = {}
 
-        def on_preselect(done, total):  # channel pre-selection (with a parser) renders every channel: show it, allow cancel
+        # channel pre-selection's gradient statistics pass (with a parser): the bar per image and a cancel point; the
+        # engine writes the checkpoint (when named) before each call, so a cancelled pass resumes on the next run
+        def on_preselect(done, total):
             if "bar" not in preselection:
                 preselection["bar"] = Progress(total)
             preselection["bar"].update(done)
 
+        filtering = {}
+
+        def on_filter(done, total):  # the training-set filter renders and checks candidates first: show it, allow cancel
+            if "bar" not in filtering:
+                filtering["bar"] = Progress(total)
+            filtering["bar"].update(done)
+
         matrix = train_sat3d(G, measure, steps=steps, batch_size=batch_size, lr=lr, n_codes=n_codes, truncation=truncation,
-                             seed=seed, lambdas={"src": lambda_src, "prob": lambda_prob, "bg": lambda_bg if face_parser else 0.0},
+                             seed=seed, lambdas={"attr": lambda_attr, "prob": lambda_prob, "bg": lambda_bg if face_parser else 0.0},
                              parser=face_parser, descriptors=descriptor_set, checkpoint=_checkpoint_path(checkpoint_name),
-                             callback=on_step, preselect_kwargs={"progress": on_preselect})
+                             callback=on_step, preselect_kwargs={"progress": on_preselect},
+                             filter_training_set=filter_training_set, training_set_kwargs={"on_batch": on_filter})
         mm.soft_empty_cache()
         if stopped:
             mm.throw_exception_if_processing_interrupted()  # raises (and clears the flag) unless the hook already did

@@ -33,13 +33,32 @@ def add_parsers(subparsers) -> None:
                         "(a multiple of their number; default 4)")
     t.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate (default 0.01, as the paper)")
     t.add_argument("--n-codes", type=int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
+    t.add_argument("--no-filter-training-set", dest="filter_training_set", action="store_false",
+                   help="draw the latents unfiltered (default: filtered by the descriptor set's training_set rules with "
+                        "CLIP zero-shot checks, as the paper: faces without hats, >= 40%% with glasses)")
+    t.add_argument("--filter-candidates", type=int, default=None, metavar="N",
+                   help="at most N candidates rendered and checked for the filtered set (default 4 x --n-codes); when "
+                        "reached first, the set is kept with the shares it got (a warning says so)")
     t.add_argument("--truncation", type=float, default=1.0)
-    t.add_argument("--lambda-src", type=float, default=3.5)
-    t.add_argument("--lambda-bg", type=float, default=40.0, help="needs --parser; off (with a warning) without one")
+    t.add_argument("--lambda-attr", type=float, default=3.5, help="weight of L_attr = L_ref + L_src (default 3.5, as the paper)")
+    t.add_argument("--lambda-ref", type=float, default=None,
+                   help="variant: weight L_ref on its own instead of --lambda-attr (default: off)")
+    t.add_argument("--lambda-src", type=float, default=None,
+                   help="variant: weight L_src on its own instead of --lambda-attr (default: off)")
+    t.add_argument("--loss-reduction", choices=["sum", "mean"], default="sum",
+                   help="L_ref / L_src over attributes and descriptor groups: sum (the paper, default) or mean (a variant)")
+    t.add_argument("--lambda-bg", type=float, default=40.0,
+                   help="weight of L_bg (default 40, as the paper); needs --parser; off (with a warning) without one")
     t.add_argument("--parser", default=None, metavar="PATH_OR_NAME",
                    help="face parser for L_bg and channel pre-selection: BiSeNet 79999_iter.pth or its manifest name "
                         "bisenet-face-parsing-79999 (face descriptor sets only)")
-    t.add_argument("--lambda-prob", type=float, default=0.1)
+    t.add_argument("--preselect-samples", type=int, default=32, metavar="N",
+                   help="with --parser: images of the pre-selection's gradient statistics pass, drawn from the training "
+                        "latents (default 32; one render and one backward each)")
+    t.add_argument("--preselect-stats", default=None, metavar="FILE",
+                   help="with --parser: pre-selection statistics file, reused when it exists (same generator, regions, "
+                        "seed, --preselect-samples), else written by the pass (a --checkpoint also keeps them)")
+    t.add_argument("--lambda-prob", type=float, default=0.1, help="weight of L_prob, one attribute per channel (default 0.1)")
     t.add_argument("--checkpoint", default=None, help="training checkpoint file: resumed from when it exists")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--out-resolution", default="auto", help="render resolution for the losses (default: CLIP's size)")
@@ -158,23 +177,37 @@ def _sat3d_train(args, out: Path, device) -> int:
     bar = tqdm(total=args.steps, desc="sat3d-train", unit="step", disable=rank != 0)
     channels_bar = {}
 
-    def preselect_progress(done, total) -> None:  # with a parser, pre-selection renders every channel first
+    def preselect_progress(done, total) -> None:  # with a parser, pre-selection's statistics pass comes first
         if "bar" not in channels_bar:
-            channels_bar["bar"] = tqdm(total=total, desc="pre-selection", unit="channel", disable=rank != 0, leave=False)
+            channels_bar["bar"] = tqdm(total=total, desc="pre-selection", unit="image", disable=rank != 0, leave=False)
         channels_bar["bar"].n = done
         channels_bar["bar"].refresh()
+
+    filter_bar = {}
+
+    def filter_progress(done, total) -> None:  # the training-set filter renders and checks candidates first
+        if "bar" not in filter_bar:
+            filter_bar["bar"] = tqdm(total=total, desc="training set", unit="candidate", disable=rank != 0, leave=False)
+        filter_bar["bar"].n = done
+        filter_bar["bar"].refresh()
 
     def progress(info) -> None:
         bar.n = info.step
         bar.set_postfix(attr=info.attributes[0], loss=f"{info.losses['total']:.4f}", refresh=False)
         bar.refresh()
 
-    lambdas = {"src": args.lambda_src, "bg": args.lambda_bg, "prob": args.lambda_prob}
+    lambdas = {"attr": args.lambda_attr, "bg": args.lambda_bg, "prob": args.lambda_prob}
+    lambdas.update({k: v for k, v in (("ref", args.lambda_ref), ("src", args.lambda_src)) if v is not None})
     matrix = train_sat3d(G, measure, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_codes=args.n_codes,
-                         truncation=args.truncation, seed=args.seed, lambdas=lambdas, parser=parser, checkpoint=args.checkpoint,
+                         truncation=args.truncation, seed=args.seed, lambdas=lambdas, reduction=args.loss_reduction,
+                         parser=parser, checkpoint=args.checkpoint,
                          checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution,
-                         preselect_kwargs={"progress": preselect_progress})
+                         preselect_kwargs={"progress": preselect_progress, "n_samples": args.preselect_samples},
+                         preselect_statistics=args.preselect_stats, filter_training_set=args.filter_training_set,
+                         training_set_kwargs={"on_batch": filter_progress, "max_candidates": args.filter_candidates})
     bar.close()
+    if "bar" in filter_bar:
+        filter_bar["bar"].close()
     if "bar" in channels_bar:
         channels_bar["bar"].close()
     if rank == 0:  # every process holds the same matrix
@@ -185,6 +218,7 @@ def _sat3d_train(args, out: Path, device) -> int:
         for name in matrix.attributes:
             top = ", ".join(f"{layer}[{ch}]" for layer, ch, _ in matrix.top_channels(name, 3))
             print(f"  {name:<12} strongest channels: {top}")
+        print(f"  training set: {matrix.training_set.get('summary', '?')}")
     if distributed:
         dist.barrier()  # nobody returns before the matrix is written
     return 0

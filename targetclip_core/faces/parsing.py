@@ -1,5 +1,6 @@
 """Face parsing: the BiSeNet of zllrunning/face-parsing.PyTorch (`79999_iter.pth`, 19
-CelebAMask-HQ classes) and the soft region masks SAT3D needs for L_bg and pre-selection.
+CelebAMask-HQ classes) and the region masks SAT3D needs for L_bg and pre-selection (soft, and
+binary: `region_mask`, the hard argmax parse).
 
 The network follows the reference's model.py / resnet.py layer for layer, under the same
 parameter names, so the official state dict loads strictly:
@@ -299,6 +300,14 @@ class FaceParser:
         with torch.no_grad():
             soft = self._probabilities(images)[:, ids].sum(1, keepdim=True)
             return self._resize(soft, images)[:, 0].clamp(0, 1)
+
+    def region_mask(self, images: torch.Tensor, region: str) -> torch.Tensor:
+        """The region's hard parse: bool [B, H, W], True where the argmax class (`labels`) is one of its classes
+        (the binary masks of SAT3D's background loss and channel pre-selection)."""
+        ids = torch.tensor(self.class_ids(region))
+        with torch.no_grad():
+            labels = self.labels(images)
+            return torch.isin(labels, ids.to(labels.device))
 
 
 # --------------------------------------------------------------------------- loading

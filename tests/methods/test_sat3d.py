@@ -126,26 +126,47 @@ def test_loss_ref_and_src_by_hand():
     e, r, s = _dists(0), _dists(1), _dists(2)
     en, rn, sn = _np(e), _np(r), _np(s)
 
-    def dist(x, y, a):  # per sample: mean over groups of L1
-        return np.mean([np.abs(p - q).sum(-1) for p, q in zip(x[a], y[a])], axis=0)
+    def dist(x, y, a, reduce=np.sum):  # per sample: L1 of every group, summed (the paper) over the groups
+        return reduce([np.abs(p - q).sum(-1) for p, q in zip(x[a], y[a])], axis=0)
 
-    want_ref = np.mean([dist(en, rn, "A"), dist(en, rn, "C")], axis=0).mean()
+    # the paper's sums over the target attributes and their groups, averaged over the batch of pairs
+    want_ref = (dist(en, rn, "A") + dist(en, rn, "C")).mean()
     want_src = dist(en, sn, "B").mean()
     assert sat3d.loss_ref(e, r, ["A", "C"]).item() == pytest.approx(want_ref, rel=1e-6)
     assert sat3d.loss_src(e, s, ["A", "C"]).item() == pytest.approx(want_src, rel=1e-6)
     assert sat3d.loss_src(e, s, ["A", "B", "C"]).item() == 0.0
+    # the variant: means over attributes and groups
+    want_ref_mean = np.mean([dist(en, rn, "A", np.mean), dist(en, rn, "C", np.mean)], axis=0).mean()
+    assert sat3d.loss_ref(e, r, ["A", "C"], reduction="mean").item() == pytest.approx(want_ref_mean, rel=1e-6)
 
 
-def test_loss_bg_prob_and_total_by_hand():
+def test_background_probability_and_total_losses_by_hand():
     g = torch.Generator().manual_seed(3)
-    e, s, b = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, 4, 4, generator=g)
-    bn = np.repeat(b.numpy()[:, None], 3, axis=1)
-    want = (bn * (e.numpy() - s.numpy()) ** 2).sum() / bn.sum()
-    assert sat3d.loss_bg(e, s, b).item() == pytest.approx(want, rel=1e-5)
-    m = torch.tensor([0.2, 0.4, 0.9])
-    assert sat3d.loss_prob(m).item() == pytest.approx(0.5)
+    e, s = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    region_src, region_edit = torch.rand(2, 4, 4, generator=g) > 0.6, torch.rand(2, 4, 4, generator=g) > 0.6
+    en, sn = e.numpy(), s.numpy()
+    changed, count = 0.0, 0
+    for b in range(2):  # B = (not B_src) and (not B_edit); |I_edit B - I_src B| over pixels and colours / sum B
+        for y in range(4):
+            for x in range(4):
+                if not region_src[b, y, x] and not region_edit[b, y, x]:
+                    count += 1
+                    changed += sum(abs(en[b, k, y, x] - sn[b, k, y, x]) for k in range(3))
+    assert sat3d.background_loss(e, s, region_src, region_edit).item() == pytest.approx(changed / count, rel=1e-5)
+    everywhere = torch.ones(2, 4, 4, dtype=torch.bool)
+    assert sat3d.background_loss(e, s, everywhere, region_edit).item() == 0.0  # no background pixel: nothing to keep
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.5]])  # 2 attributes + others, 3 channels
+    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(0, keepdims=True)
+    want = np.mean([abs(1 - max(p[:, i])) for i in range(3)])  # (1/n) sum_i |1 - max_rows softmax(M)^i|
+    assert sat3d.probability_loss(logits).item() == pytest.approx(want, rel=1e-6)
+    assert sat3d.probability_loss(torch.tensor([[50.0], [0.0]])).item() == pytest.approx(0.0, abs=1e-6)  # one owner
+
+    assert sat3d.DEFAULT_LAMBDAS == {"attr": 3.5, "bg": 40.0, "prob": 0.1}
     terms = {"ref": torch.tensor(1.0), "src": torch.tensor(2.0), "bg": torch.tensor(0.5), "prob": torch.tensor(4.0)}
-    assert sat3d.total_loss(terms, sat3d.DEFAULT_LAMBDAS).item() == pytest.approx(1 + 3.5 * 2 + 40 * 0.5 + 0.1 * 4)
+    assert sat3d.total_loss(terms, sat3d.DEFAULT_LAMBDAS).item() == pytest.approx(3.5 * (1 + 2) + 40 * 0.5 + 0.1 * 4)
+    apart = {**sat3d.DEFAULT_LAMBDAS, "ref": 1.0}  # the variant: L_ref weighted on its own
+    assert sat3d.total_loss(terms, apart).item() == pytest.approx(1 * 1 + 3.5 * 2 + 40 * 0.5 + 0.1 * 4)
 
 
 def test_mask_is_softmax_over_attributes_summed_over_the_set():
@@ -296,6 +317,22 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(G32, tiny_qmm, tmp_path):
     assert resumed.losses == full.losses
 
 
+def test_a_checkpoint_of_other_losses_is_not_resumed(tmp_path):
+    G, meas = PlantedGenerator(), PlantedMeasure()
+    kw = {"steps": 6, "batch_size": 2, "n_codes": 16, "lr": 0.05, "lambdas": {"bg": 0.0}}
+    ckpt = tmp_path / "run.ckpt"
+    sat3d.train_sat3d(G, meas, checkpoint=ckpt, checkpoint_every=2, callback=_stop_at(3), **kw)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["objective"]["lambdas"] == {"attr": 3.5, "bg": 0.0, "prob": 0.1} and state["objective"]["name"] == "paper"
+    with pytest.raises(TargetCLIPError, match="checkpoint of other losses"):
+        sat3d.train_sat3d(G, meas, checkpoint=ckpt, **{**kw, "lambdas": {"bg": 0.0, "attr": 1.0}})
+    with pytest.raises(TargetCLIPError, match="checkpoint of other losses"):
+        sat3d.train_sat3d(G, meas, checkpoint=ckpt, reduction="mean", **kw)
+    torch.save({k: v for k, v in state.items() if k != "objective"}, ckpt)  # written before the losses followed the paper
+    with pytest.raises(TargetCLIPError, match="before SAT3D followed its paper"):
+        sat3d.train_sat3d(G, meas, checkpoint=ckpt, **kw)
+
+
 def test_training_finds_planted_attribute_channels():
     G, meas = PlantedGenerator(), PlantedMeasure()
     m = sat3d.train_sat3d(G, meas, steps=1000, batch_size=4, n_codes=64, lr=0.05, lambdas={"bg": 0.0})
@@ -321,7 +358,7 @@ def _planted_pairs(n_src=3, n_ref=3):
     return torch.randn(n_src, 8, generator=g), torch.randn(n_ref, 8, generator=g)
 
 
-PAPER_LAMBDAS = {"ref": 1.0, "src": 3.5, "bg": 40.0, "prob": 0.1}
+PAPER_LAMBDAS = {"ref": 3.5, "src": 3.5, "bg": 40.0, "prob": 0.1}  # lambda_attr on L_ref + L_src
 
 
 def test_instant_from_the_trained_matrix_never_loses_on_its_pair():
@@ -362,13 +399,22 @@ def test_instant_masks_beat_a_wrong_matrix_and_concentrate_on_the_planted_channe
         sat3d.compare_instant_with_trained(G, meas, wrong, src, ref[:2], ["A"], steps=1)
 
 
+def row0_and_rest_parser(images, region):
+    """Region "top": the first image row (as row0_parser); "rest": the other rows."""
+    top = row0_parser(images, region)
+    return top if region == "top" else 1 - top
+
+
 def test_preselection_picks_channels_drawn_inside_the_region():
     G = PlantedGenerator()
     layout = StyleLayout.from_generator(G)
     bank = sat3d.sample_latent_bank(G, 16)
-    got = sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, top_k=64)
+    # k 1920 of the paper's 5760 channels is 8 of this generator's 24
+    got = sat3d.preselect_channels(G, layout, bank, row0_and_rest_parser, {"Top": ("top", 1920, 1.8)}, ["top", "rest"],
+                                   n_samples=2)
     # pixels of row 0: b4.conv1 ch 0-3 (flat 0-3), b8.conv0 ch 0-3 (flat 8-11), b8.torgb (never edited)
-    assert got["Top"].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert got.channels["Top"].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert got.strengths == {"Top": 1.8} and got.summary.startswith("Top: 8 channels")
 
 
 def test_preselection_reports_progress_and_can_be_cancelled():
@@ -376,12 +422,9 @@ def test_preselection_reports_progress_and_can_be_cancelled():
     layout = StyleLayout.from_generator(G)
     bank = sat3d.sample_latent_bank(G, 16)
     calls = []
-    sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, chunk=5,
-                             progress=lambda done, total: calls.append((done, total)))
-    total = 2 * layout.n_channels
-    assert all(t == total for _, t in calls) and calls[-1][0] == total
-    assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly increasing
-    assert len(calls) == 2 * -(-layout.n_channels // 5)  # once per chunk of channels per sample
+    sat3d.preselect_channels(G, layout, bank, row0_and_rest_parser, {"Top": ("top", 1920, 1.8)}, ["top", "rest"],
+                             n_samples=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 2), (1, 2), (2, 2)]  # before the first image, then once per image of the statistics pass
 
     class Cancelled(Exception):
         pass
@@ -390,7 +433,8 @@ def test_preselection_reports_progress_and_can_be_cancelled():
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        sat3d.preselect_channels(G, layout, bank, row0_parser, {"Top": "top"}, n_samples=2, progress=cancel)
+        sat3d.preselect_channels(G, layout, bank, row0_and_rest_parser, {"Top": ("top", 1920, 1.8)}, ["top", "rest"],
+                                 n_samples=2, progress=cancel)
 
 
 # --------------------------------------------------------------------------- files
@@ -413,6 +457,25 @@ def test_matrix_round_trip_and_refusal_of_another_generator(G32, tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(TargetCLIPError):
         sat3d.load_sat3d_matrix(bad)
+
+
+def test_matrices_trained_before_the_paper_losses_still_load_and_say_so(G32, tmp_path):
+    from safetensors.torch import save_file
+
+    m = hard_matrix(G32, {"A": [1, 2], "B": [3]})
+    meta = {"format": "targetclip.sat3d.matrix", "format_version": "1", "attributes": json.dumps(m.attributes),
+            "layout": json.dumps(m.layout.to_json()), "generator": json.dumps(G32.identity), "fingerprint": m.fingerprint,
+            "descriptors": "faces", "clip": "null", "steps": "10", "losses": "{}", "preselection": "none"}
+    old = tmp_path / "old.safetensors"  # as written before the objective was recorded
+    save_file({"logits": m.logits.contiguous()}, str(old), metadata=meta)
+    back = sat3d.load_sat3d_matrix(old, generator=G32)
+    assert torch.equal(back.logits, m.logits) and back.objective["name"] == "pre-paper"
+    assert "soft-mask MSE" in back.objective["summary"] and back.training_set == {}
+    assert "losses: L_ref + 3.5 L_src as means" in sat3d.describe_matrix(back)
+    m.objective = sat3d.objective_info(sat3d.DEFAULT_LAMBDAS)
+    new = sat3d.load_sat3d_matrix(sat3d.save_sat3d_matrix(tmp_path / "new.safetensors", m))
+    assert new.objective == m.objective and new.objective["name"] == "paper"
+    assert new.objective["summary"].startswith("3.5 (L_ref + L_src) + 40 L_bg (binary parse, L1) + 0.1 L_prob")
 
 
 def test_describe_matrix_names_the_attributes_and_the_generator(G32):

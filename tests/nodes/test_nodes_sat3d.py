@@ -37,8 +37,9 @@ SAT3D_NODES = {
     "TargetCLIP_SaveSAT3DMatrix": ("TargetCLIP/sat3d", "Save SAT3D Matrix (TargetCLIP)"),
     "TargetCLIP_EssenceGrid": ("TargetCLIP/essence", "Essence Grid (TargetCLIP)"),
 }
-TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, truncation=1.0, lambda_src=3.5, lambda_prob=0.1,
-             seed=0, preview_every=2)
+# the training-set filter (its own progress bar first) is tested in test_train_node_filters_the_training_set
+TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, truncation=1.0, lambda_attr=3.5, lambda_prob=0.1,
+             seed=0, preview_every=2, filter_training_set=False)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_train_node_previews_saves_and_loads(pack, G, C):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=6, batch_size=1, lr=0.1, n_codes=4,
-                                    seed=0, lambdas={"bg": 0.0})
+                                    seed=0, lambdas={"bg": 0.0}, filter_training_set=False)
     assert torch.allclose(direct.logits, matrix.logits, atol=1e-6)
 
     out = node(pack, "TargetCLIP_SaveSAT3DMatrix").save(matrix, "my/matrix", "models/sat3d")
@@ -174,7 +175,7 @@ def test_face_parser_turns_on_the_background_loss_and_preselection(pack, G, C):
     assert any(v > 0 for v in matrix.losses["bg"]) and "L_bg: on" in report
     assert "skipped" not in matrix.preselection and "Hairstyle:" in matrix.preselection  # complex attributes pre-selected
     direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=3, batch_size=1, lr=0.1, n_codes=4,
-                                seed=0, parser=parser, lambdas={"bg": 40.0})
+                                seed=0, parser=parser, lambdas={"bg": 40.0}, filter_training_set=False)
     assert torch.allclose(direct.logits, matrix.logits, atol=1e-6)
     without, _, _ = node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **settings)
     assert all(v == 0 for v in without.losses["bg"]) and without.preselection == "skipped (no region parser)"
@@ -359,3 +360,21 @@ def test_essence_grid(pack, G):
     other = Essence(vector=torch.zeros(1, 6, 32), generator={"arch": "stylegan2", "resolution": 16, "n_latent": 6, "w_dim": 32}, name="x")
     with pytest.raises(ValueError, match="made for a 16px"):
         grid_node.grid(G, lat, "first", e1, 1.0, "all", True, essence_2=other)
+
+
+def test_train_node_filters_the_training_set(pack, G, C):
+    """With the faces rules (no hats, >= 40% glasses) the node filters first, with its own progress bar, and the
+    matrix records the training set: the same as the engine called directly."""
+    totals = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: totals.append(total))
+    try:
+        matrix, _, _ = node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **{**TRAIN, "steps": 2, "filter_training_set": True})
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert totals[0] != 2 and totals[-1] == 2  # the filtering bar, then the training bar
+    assert matrix.training_set["mode"] != "unfiltered" and "glasses" in matrix.training_set["summary"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=2, batch_size=1, lr=0.1, n_codes=4,
+                                    seed=0, lambdas={"bg": 0.0})
+    assert direct.training_set == matrix.training_set and torch.allclose(direct.logits, matrix.logits, atol=1e-6)

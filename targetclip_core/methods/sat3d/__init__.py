@@ -9,13 +9,14 @@ where the paper leaves room):
          P = softmax over the m+1 rows, per channel; m_Omega = sum_{a in Omega} P_a.          matrix
   Eq. 3  QMM: D(I, phi) = softmax_j(tau * cos(CLIP_img(I), CLIP_txt(phi_j))) over one descriptor
          group phi = (phi_1..phi_G), tau CLIP's own logit scale.                             descriptors
-  Eq. 4  L_ref = mean_{a in Omega} mean_{phi in Phi_a} || D(I_edit, phi) - D(I_ref, phi) ||_1   losses
-  Eq. 5  L_src = mean_{a not in Omega} mean_{phi in Phi_a} || D(I_edit, phi) - D(I_src, phi) ||_1
-  Eq. 6  L_bg  = sum(B * (I_edit - I_src)^2) / sum(B * 3),  B = 1 - max(R(I_src), R(I_edit)),
-         R the parser's soft region of the target attribute (background = outside it)
-  Eq. 7  L_prob = mean_c m_Omega(c);  L = L_ref + 3.5 L_src + 40 L_bg + 0.1 L_prob
+  Sec. 3.2  L_ref = sum_{t in Omega} sum_{phi in Phi_t} | D(I_edit, phi) - D(I_ref, phi) |_1,     losses
+         L_src the same over t not in Omega and the source, L_attr = L_ref + L_src;
+         L_bg = (1 / sum B) sum | I_edit B - I_src B |, B = (not B_src) and (not B_edit) (binary parse);
+         L_prob = (1/n) sum_i | 1 - max_rows softmax(M)^i |;  L = 3.5 L_attr + 40 L_bg + 0.1 L_prob
   Sec. 3.2  channel pre-selection for "complex" attributes, with a region parser           preselect
-Training (training): a bank of pre-sampled latents, one attribute per step (|Omega| = 1),
+         (gradient statistics: one backward per region per image; top k_t per attribute, M[t] = d_t)
+Training (training): a bank of pre-sampled latents (filtered by CLIP zero-shot rules as the paper:
+training_set), one attribute per step (|Omega| = 1),
 random source/reference pairs, Ranger at lr 0.01 (objective: the losses of a mask on a batch of
 pairs, shared with instant transfer); data parallel under torchrun (distributed), resumable
 (checkpoint).
@@ -35,6 +36,8 @@ from targetclip_core.methods.sat3d.descriptors import (
     QMM,
     AttributeDescriptors,
     DescriptorSet,
+    TrainingSetRules,
+    ZeroShotRule,
     descriptors_from_dict,
     load_descriptors,
     split_group_distributions,
@@ -59,11 +62,12 @@ from targetclip_core.methods.sat3d.losses import (
     DEFAULT_LAMBDAS,
     LOSS_TERMS,
     attribute_distance,
-    background_weight,
-    loss_bg,
-    loss_prob,
+    background_loss,
+    background_mask,
     loss_ref,
     loss_src,
+    objective_info,
+    probability_loss,
     total_loss,
 )
 from targetclip_core.methods.sat3d.matrix import (
@@ -81,17 +85,31 @@ from targetclip_core.methods.sat3d.matrix import (
     save_sat3d_matrix,
 )
 from targetclip_core.methods.sat3d.objective import SAT3DStep, as_styles_input, render_resolution, sat3d_losses
-from targetclip_core.methods.sat3d.preselect import preselect_channels
+from targetclip_core.methods.sat3d.preselect import (
+    PAPER_CHANNELS,
+    PreselectStatistics,
+    gradient_statistics,
+    load_preselect_statistics,
+    preselect_channels,
+    save_preselect_statistics,
+)
 from targetclip_core.methods.sat3d.regions import RegionParser
-from targetclip_core.methods.sat3d.training import MaskMatrixModule, sample_latent_bank, train_sat3d
+from targetclip_core.methods.sat3d.training import MaskMatrixModule, train_sat3d
+from targetclip_core.methods.sat3d.training_set import (
+    CANDIDATE_FACTOR,
+    filtered_latent_bank,
+    sample_latent_bank,
+    training_latents,
+    zero_shot_scorer,
+)
 
 __all__ = [
     # descriptors and QMM
     "AttributeDescriptors", "BUILTIN_DESCRIPTORS", "DESCRIPTOR_FORMAT", "DescriptorSet", "OTHERS", "QMM",
-    "descriptors_from_dict", "load_descriptors", "split_group_distributions",
+    "TrainingSetRules", "ZeroShotRule", "descriptors_from_dict", "load_descriptors", "split_group_distributions",
     # losses
-    "DEFAULT_LAMBDAS", "LOSS_TERMS", "attribute_distance", "background_weight", "loss_bg", "loss_prob", "loss_ref",
-    "loss_src", "total_loss",
+    "DEFAULT_LAMBDAS", "LOSS_TERMS", "attribute_distance", "background_loss", "background_mask", "loss_ref",
+    "loss_src", "objective_info", "probability_loss", "total_loss",
     # the matrix and its file
     "DELTA_RANGE", "MATRIX_FORMAT", "SAT3DMatrix", "attribute_mask", "cached_fingerprint", "check_attributes",
     "check_matrix", "describe_matrix", "generator_fingerprint", "initial_logits", "load_sat3d_matrix",
@@ -102,6 +120,11 @@ __all__ = [
     # training
     "CHECKPOINT_FORMAT", "MaskMatrixModule", "RegionParser", "SAT3DStep", "as_styles_input", "preselect_channels",
     "render_resolution", "sample_latent_bank", "sat3d_losses", "train_sat3d",
+    # channel pre-selection (gradient statistics)
+    "PAPER_CHANNELS", "PreselectStatistics", "gradient_statistics", "load_preselect_statistics",
+    "save_preselect_statistics",
+    # the training set (filtered as the paper)
+    "CANDIDATE_FACTOR", "filtered_latent_bank", "training_latents", "zero_shot_scorer",
     # instant transfer
     "InstantComparison", "compare_instant_with_trained", "instant_transfer", "summarize_comparison",
 ]

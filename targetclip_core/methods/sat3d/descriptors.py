@@ -3,17 +3,24 @@
 A descriptor set names the attributes a matrix learns (hairstyle, eyeglasses, ...); each
 attribute holds descriptor groups, phrases CLIP tells apart (a softmax over one group), the
 region name a parser understands (for L_bg and channel pre-selection) and whether it is
-"complex" (gets channel pre-selection).  Built-in sets ship as JSON (faces, cats, cars); a user
-file has the same layout and may extend one.
+"complex" (gets channel pre-selection, with its k_t and d_t in "preselect": {"k": 3500, "d": 1.8},
+the paper's Hairstyle values and the defaults of a complex attribute that gives none).  Built-in
+sets ship as JSON (faces, cats, cars); a user file has the same layout and may extend one.
 
 QMM (Eq. 3): D(I, phi) = softmax_j(tau * cos(CLIP_img(I), CLIP_txt(phi_j))) over one descriptor
 group phi = (phi_1..phi_G).  tau is CLIP's own learned logit scale (exp(logit_scale), 100 for
 OpenAI's models), i.e. exactly CLIP's zero-shot classification probabilities.
+
+A descriptor file may also hold the rules its training set is drawn by (a top-level "training_set"
+entry: CLIP zero-shot checks that exclude latents or give a class a least share of the bank); they
+are parsed here (TrainingSetRules) and applied in methods.sat3d.training_set, whose docstring
+describes the entry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +35,9 @@ from targetclip_core.errors import TargetCLIPError
 DESCRIPTOR_FORMAT = "targetclip.sat3d.descriptors"
 BUILTIN_DESCRIPTORS = ("faces", "cats", "cars")
 OTHERS = "others"
+# channel pre-selection of a complex attribute (Sec. 3.2): k_t channels, M[t, i] = d_t (the paper's Hairstyle values)
+DEFAULT_PRESELECT_K = 3500
+DEFAULT_PRESELECT_D = 1.8
 
 
 # --------------------------------------------------------------------------- descriptor groups
@@ -39,6 +49,41 @@ class AttributeDescriptors:
     groups: tuple[tuple[str, ...], ...]  # full prompts, template applied
     region: str | None = None  # region name a parser understands (hair, eyes, mouth, ...)
     complex: bool = False  # gets channel pre-selection
+    preselect_k: int = DEFAULT_PRESELECT_K  # channels pre-selected (a count for the paper's generator, see preselect)
+    preselect_d: float = DEFAULT_PRESELECT_D  # their initial logit M[t, i]
+
+
+@dataclass(frozen=True)
+class ZeroShotRule:
+    """One training-set rule: CLIP's zero-shot probabilities over `phrases` (full prompts, no template);
+    a latent is of the rule's class when the summed probability of `match` exceeds `threshold`."""
+
+    name: str
+    phrases: tuple[str, ...]
+    match: tuple[str, ...]
+    threshold: float = 0.5
+    share: float | None = None  # min_share rules: the class's least share of the bank
+
+    def to_json(self) -> dict:
+        """The rule as the descriptor file writes it (every field explicit)."""
+        out = {"name": self.name, "phrases": list(self.phrases), "match": list(self.match), "threshold": self.threshold}
+        return out if self.share is None else {**out, "share": self.share}
+
+
+@dataclass(frozen=True)
+class TrainingSetRules:
+    """A descriptor set's training-set rules: latents of an `exclude` class are dropped; each `min_share`
+    class makes at least its share of the bank (methods.sat3d.training_set)."""
+
+    exclude: tuple[ZeroShotRule, ...] = ()
+    min_share: tuple[ZeroShotRule, ...] = ()
+
+    @property
+    def rules(self) -> tuple[ZeroShotRule, ...]:
+        return self.exclude + self.min_share
+
+    def to_json(self) -> dict:
+        return {"exclude": [r.to_json() for r in self.exclude], "min_share": [r.to_json() for r in self.min_share]}
 
 
 @dataclass(frozen=True)
@@ -47,6 +92,7 @@ class DescriptorSet:
     attributes: tuple[AttributeDescriptors, ...]
     source: str = ""
     template: str = "{}"  # the default template (an "extends" file without one inherits it)
+    training_set: TrainingSetRules | None = None  # None: the bank is drawn unfiltered
 
     @property
     def names(self) -> list[str]:
@@ -61,7 +107,8 @@ class DescriptorSet:
 
 def load_descriptors(name_or_path: str | os.PathLike) -> DescriptorSet:
     """A built-in set ("faces", "cats", "cars") or a user JSON file (same layout; may say
-    "extends": "faces" to add attributes to, or replace attributes of, another set)."""
+    "extends": "faces" to add attributes to, or replace attributes of, another set; it inherits the
+    set's "training_set" rules unless it has its own, where {} means none)."""
     name = str(name_or_path)
     if name in BUILTIN_DESCRIPTORS:
         text = resources.files("targetclip_core").joinpath("data", "sat3d_descriptors", f"{name}.json").read_text("utf-8")
@@ -87,7 +134,8 @@ def descriptors_from_dict(data: dict, source: str = "") -> DescriptorSet:
     if not parsed:
         raise TargetCLIPError(f"{source}: no attributes")
     domain = data.get("domain", base.domain if base else (Path(source).stem or "custom"))
-    return DescriptorSet(str(domain), tuple(parsed.values()), source, template)
+    rules = _parse_training_set(data["training_set"], source) if "training_set" in data else (base.training_set if base else None)
+    return DescriptorSet(str(domain), tuple(parsed.values()), source, template, rules)
 
 
 def _parse_attribute(name, spec, template, source) -> AttributeDescriptors:
@@ -108,7 +156,97 @@ def _parse_attribute(name, spec, template, source) -> AttributeDescriptors:
         if len(set(g)) != len(g):
             raise TargetCLIPError(f"{source}: group of {name!r} repeats a phrase: {g!r}")
         out.append(tuple(tpl.format(x.strip()) for x in g))
-    return AttributeDescriptors(name, tuple(out), spec.get("region"), bool(spec.get("complex", False)))
+    return AttributeDescriptors(name, tuple(out), spec.get("region"), bool(spec.get("complex", False)),
+                                *_parse_preselect(name, spec, source))
+
+
+def _parse_preselect(name, spec, source) -> tuple[int, float]:
+    """(k_t, d_t) of an attribute's optional "preselect": {"k": int >= 0, "d": number}; only a complex one has it."""
+    given = spec.get("preselect")
+    if given is None:
+        return DEFAULT_PRESELECT_K, DEFAULT_PRESELECT_D
+    if not spec.get("complex", False):
+        raise TargetCLIPError(f"{source}: attribute {name!r} has 'preselect' but is not 'complex' (only complex "
+                              "attributes get channel pre-selection): add \"complex\": true or remove it")
+    if not isinstance(given, dict) or set(given) - {"k", "d"}:
+        raise TargetCLIPError(f"{source}: 'preselect' of {name!r} is an object with 'k' (channels) and/or 'd' (initial "
+                              f"logit), got {given!r}")
+    k, d = given.get("k", DEFAULT_PRESELECT_K), given.get("d", DEFAULT_PRESELECT_D)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise TargetCLIPError(f"{source}: 'preselect' k of {name!r} must be a whole number of channels >= 0, got {k!r}")
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+        raise TargetCLIPError(f"{source}: 'preselect' d of {name!r} must be a number, got {d!r}")
+    return k, float(d)
+
+
+RULE_KINDS = ("exclude", "min_share")
+
+
+def _parse_training_set(spec, source) -> TrainingSetRules | None:
+    """The "training_set" entry of a descriptor file (see methods.sat3d.training_set); None when it has no rules."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise TargetCLIPError(f"{source}: 'training_set' must be an object with 'exclude' and/or 'min_share' lists of rules")
+    unknown = sorted(set(spec) - set(RULE_KINDS))
+    if unknown:
+        raise TargetCLIPError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} in 'training_set' "
+                              f"(known: {', '.join(RULE_KINDS)})")
+    parsed = {}
+    for kind in RULE_KINDS:
+        items = spec.get(kind, [])
+        if not isinstance(items, list):
+            raise TargetCLIPError(f"{source}: training_set.{kind} must be a list of rules")
+        parsed[kind] = tuple(_parse_rule(item, f"training_set.{kind}[{i}]", kind, source) for i, item in enumerate(items))
+    names = [r.name for kind in RULE_KINDS for r in parsed[kind]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TargetCLIPError(f"{source}: training_set rule name(s) {', '.join(map(repr, twice))} used more than once")
+    total = sum(r.share for r in parsed["min_share"])
+    if total > 1 + 1e-9:
+        raise TargetCLIPError(f"{source}: the min_share shares of training_set add up to {total:g}, more than the whole bank (1)")
+    return TrainingSetRules(parsed["exclude"], parsed["min_share"]) if names else None
+
+
+def _parse_rule(item, where, kind, source) -> ZeroShotRule:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
+        raise TargetCLIPError(f"{source}: {where} must be an object with a 'name' and 'phrases'")
+    name = item["name"].strip()
+    known = {"name", "phrases", "match", "threshold"} | ({"share"} if kind == "min_share" else set())
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise TargetCLIPError(f"{source}: {where} ({name!r}) has unknown key(s) {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
+    phrases = item.get("phrases")
+    if not isinstance(phrases, list) or len(phrases) < 2 or not all(isinstance(x, str) and x.strip() for x in phrases):
+        raise TargetCLIPError(f"{source}: {where} ({name!r}) needs 'phrases', at least two (CLIP's zero-shot softmax "
+                              f"is over them): {phrases!r}")
+    phrases = tuple(x.strip() for x in phrases)
+    if len(set(phrases)) != len(phrases):
+        raise TargetCLIPError(f"{source}: {where} ({name!r}) repeats a phrase: {list(phrases)!r}")
+    match = item.get("match", [phrases[0]])
+    if isinstance(match, str):
+        match = [match]
+    if (not isinstance(match, list) or not match or not all(isinstance(x, str) and x.strip() in phrases for x in match)
+            or len(set(match)) == len(phrases)):
+        raise TargetCLIPError(f"{source}: {where} ({name!r}): 'match' must list some, not all, of its phrases: {match!r}")
+    threshold = _number(item.get("threshold", 0.5), where, name, "threshold", source)
+    if not 0 < threshold < 1:
+        raise TargetCLIPError(f"{source}: {where} ({name!r}): threshold must be in (0, 1), got {threshold:g}")
+    share = None
+    if kind == "min_share":
+        if "share" not in item:
+            raise TargetCLIPError(f"{source}: {where} ({name!r}) needs a 'share', the class's least part of the bank in (0, 1]")
+        share = _number(item["share"], where, name, "share", source)
+        if not 0 < share <= 1:
+            raise TargetCLIPError(f"{source}: {where} ({name!r}): share must be in (0, 1], got {share:g}")
+    return ZeroShotRule(name, phrases, tuple(dict.fromkeys(x.strip() for x in match)), threshold, share)
+
+
+def _number(value, where, name, key, source) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TargetCLIPError(f"{source}: {where} ({name!r}): {key} must be a number, got {value!r}")
+    return float(value)
 
 
 def descriptor_info(measure, descriptors):

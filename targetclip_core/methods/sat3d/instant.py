@@ -16,7 +16,7 @@ from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout, as_styles
 from targetclip_core.methods.sat3d.descriptors import descriptor_info
 from targetclip_core.methods.sat3d.inference import transfer_styles
-from targetclip_core.methods.sat3d.losses import DEFAULT_LAMBDAS, LOSS_TERMS
+from targetclip_core.methods.sat3d.losses import LOSS_TERMS, check_lambdas, objective_info
 from targetclip_core.methods.sat3d.matrix import (
     SAT3DMatrix,
     attribute_mask,
@@ -53,7 +53,7 @@ def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 
     attribute_mask(torch.zeros(len(all_attrs) + 1, 1), all_attrs, target)  # unknown names fail here
     delta = check_delta(delta)
     descriptors, regions, _ = descriptor_info(measure, descriptors)
-    lambdas = {**DEFAULT_LAMBDAS, **(lambdas or {})}
+    lambdas = check_lambdas(lambdas)
     layout = StyleLayout.from_generator(G)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
     objective = PairObjective(G, measure, layout, lambdas, parser, regions, res)
@@ -88,7 +88,8 @@ def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 
     return SAT3DMatrix(logits=best.cpu(), attributes=all_attrs, layout=layout, generator=dict(G.identity),
                        fingerprint=generator_fingerprint(G), descriptors=getattr(descriptors, "source", "") if descriptors else "",
                        clip=getattr(getattr(measure, "clip", None), "identity", None), steps=len(log["total"]), losses=log,
-                       preselection=f"instant pair transfer of {', '.join(target)}")
+                       preselection=f"instant pair transfer of {', '.join(target)}",
+                       objective=objective_info(lambdas, background=parser is not None))
 
 
 @dataclass
@@ -133,7 +134,7 @@ def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, refer
     if references.shape[0] not in (1, n):
         raise TargetCLIPError(f"{n} sources need 1 or {n} references, got {references.shape[0]}")
     delta = check_delta(delta)
-    lambdas = {**DEFAULT_LAMBDAS, **(lambdas or {})}
+    lambdas = check_lambdas(lambdas)
     score = dict(delta=delta, lambdas=lambdas, parser=parser, descriptors=descriptors, out_resolution=out_resolution)
     pairs = []
     for i in range(n):

@@ -1,74 +1,112 @@
-"""The SAT3D loss terms (Zhai et al. 2024, Eqs. 4-7), on QMM measurements and images.
+"""The SAT3D loss terms (Zhai et al. 2024, Sec. 3.2), as the paper defines them.
 
-  Eq. 4  L_ref = mean_{a in Omega} mean_{phi in Phi_a} || D(I_edit, phi) - D(I_ref, phi) ||_1
-  Eq. 5  L_src = mean_{a not in Omega} mean_{phi in Phi_a} || D(I_edit, phi) - D(I_src, phi) ||_1
-  Eq. 6  L_bg  = sum(B * (I_edit - I_src)^2) / sum(B * 3),  B = 1 - max(R(I_src), R(I_edit)),
-         R the parser's soft region of the target attribute (background = outside it)
-  Eq. 7  L_prob = mean_c m_Omega(c);  L = L_ref + 3.5 L_src + 40 L_bg + 0.1 L_prob
+  L_ref  = sum_{t in Omega} sum_{phi in Phi_t} | D(I_edit, phi) - D(I_ref, phi) |_1
+  L_src  = sum_{t not in Omega} sum_{phi in Phi_t} | D(I_edit, phi) - D(I_src, phi) |_1
+  L_attr = L_ref + L_src
+  L_bg   = (1 / sum B) * sum | I_edit * B - I_src * B |,  B = (not B_src) and (not B_edit)
+           (binary masks of the target attributes' alterable region, from the face parser on
+           the source and on the edit; the numerator sums over pixels and colour channels, sum B
+           counts mask pixels)
+  L_prob = (1/n) sum_i | 1 - max_rows softmax(M)^i |   (each channel belongs to one attribute)
+  L      = 3.5 L_attr + 40 L_bg + 0.1 L_prob
 
-Decisions where the paper leaves room:
-  - Weights: the paper lists 3.5 / 40 / 0.1 for L_src / L_bg / L_prob with L_ref at weight 1.
-  - Means, not sums, over attributes and groups, so the weights do not change meaning when a
-    user adds descriptor groups or attributes.
-  - L_prob is read as a sparsity term on the control probabilities of the target set (the
-    mean of m_Omega): it makes the mask concentrate on the few channels the attribute needs.
-  - L_bg is a masked MSE on images in [-1, 1].
+D(I, phi) is the QMM's distribution over a descriptor group's phrases [B, K]. The paper writes the
+losses for one pair; over a batch of pairs we take their mean (and L_bg's sums run over the whole
+batch, so it is the mean absolute change of a background pixel's colour). Variants, off by default:
+`reduction="mean"` averages over attributes and groups instead of summing (the weights then keep
+their meaning when a user adds attributes or groups); lambdas with "ref" and/or "src" weight those
+two terms apart instead of lambda_attr on their sum.
 """
 
 from __future__ import annotations
 
 import torch
 
+from targetclip_core.errors import TargetCLIPError
+
 LOSS_TERMS = ("total", "ref", "src", "bg", "prob")
+DEFAULT_LAMBDAS = {"attr": 3.5, "bg": 40.0, "prob": 0.1}
+REDUCTIONS = ("sum", "mean")
 
 
-def attribute_distance(d_a: list[torch.Tensor], d_b: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over an attribute's groups of the L1 distance of two distributions: [B]."""
-    return torch.stack([(p - q).abs().sum(-1) for p, q in zip(d_a, d_b)]).mean(0)
+def attribute_distance(d_a: list[torch.Tensor], d_b: list[torch.Tensor], reduction: str = "sum") -> torch.Tensor:
+    """The L1 distance of two measurements of one attribute, summed over its descriptor groups: [B]."""
+    per_group = torch.stack([(p - q).abs().sum(-1) for p, q in zip(d_a, d_b)])
+    return _reduce(per_group, reduction)
 
 
-def loss_ref(d_edit: dict, d_ref: dict, target: list[str]) -> torch.Tensor:
-    """Eq. 4: the edit should measure like the reference on the target attributes."""
-    return torch.stack([attribute_distance(d_edit[a], d_ref[a]) for a in target]).mean(0).mean()
+def loss_ref(d_edit: dict, d_ref: dict, target: list[str], reduction: str = "sum") -> torch.Tensor:
+    """L_ref: the edit measures like the reference on the target attributes (mean over the batch)."""
+    return _reduce(torch.stack([attribute_distance(d_edit[a], d_ref[a], reduction) for a in target]), reduction).mean()
 
 
-def loss_src(d_edit: dict, d_src: dict, target: list[str]) -> torch.Tensor:
-    """Eq. 5: the edit should measure like the source on every other attribute."""
+def loss_src(d_edit: dict, d_src: dict, target: list[str], reduction: str = "sum") -> torch.Tensor:
+    """L_src: the edit measures like the source on every other attribute (mean over the batch)."""
     others = [a for a in d_edit if a not in target]
     if not others:
         return next(iter(d_edit.values()))[0].new_zeros(())
-    return torch.stack([attribute_distance(d_edit[a], d_src[a]) for a in others]).mean(0).mean()
+    return _reduce(torch.stack([attribute_distance(d_edit[a], d_src[a], reduction) for a in others]), reduction).mean()
 
 
-def loss_bg(img_edit: torch.Tensor, img_src: torch.Tensor, background: torch.Tensor, eps: float = 1e-8,
-            normaliser: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 6: mean squared change over background pixels; background [B, H, W] or [B,1,H,W] in [0,1].
+def background_mask(region_src: torch.Tensor, region_edit: torch.Tensor) -> torch.Tensor:
+    """B = (not B_src) and (not B_edit) as 0/1 floats [B, H, W], from binary region masks [B, H, W]."""
+    return (~region_src.bool() & ~region_edit.bool()).float()
 
-    normaliser: what the summed weighted change is divided by, instead of this batch's own
-      background weight (+ eps).  Data-parallel training passes (the global batch's weight + eps)
-      / processes, so that the processes' mean loss is the global batch's (see train_sat3d).
+
+def background_loss(image_edit: torch.Tensor, image_src: torch.Tensor, region_src: torch.Tensor,
+                    region_edit: torch.Tensor, normaliser: torch.Tensor | None = None) -> torch.Tensor:
+    """L_bg: sum over pixels and colours of |I_edit * B - I_src * B|, divided by the number of mask pixels.
+
+    images [B, 3, H, W]; regions: binary [B, H, W] (the target attributes' region on the source
+    and on the edit). A batch without background pixels gives 0. normaliser: the pixel count to
+    divide by instead of this batch's own; data-parallel training passes the global batch's count
+    / processes, so the processes' mean loss is the global batch's (see train_sat3d).
     """
-    weight = background_weight(img_edit, background)
-    if normaliser is None:
-        normaliser = weight.sum() + eps
-    return (weight * (img_edit - img_src) ** 2).sum() / normaliser
+    mask = background_mask(region_src, region_edit)[:, None].to(image_edit.dtype)
+    changed = (image_edit * mask - image_src * mask).abs().sum()
+    count = mask.sum() if normaliser is None else normaliser
+    return changed / count.clamp(min=1.0)
 
 
-def background_weight(img: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """The per-pixel weight of Eq. 6: background [B, H, W] or [B,1,H,W] spread over img's channels."""
-    if background.dim() == 3:
-        background = background[:, None]
-    return background.expand_as(img)
-
-
-def loss_prob(mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 7 (regulariser): mean control probability of the target set over the channels."""
-    return mask.mean()
+def probability_loss(logits: torch.Tensor) -> torch.Tensor:
+    """L_prob = (1/n) sum_i |1 - max over the rows of softmax(M)[:, i]|; logits [m+1, n] -> scalar."""
+    return (1 - logits.softmax(dim=0).amax(dim=0)).abs().mean()
 
 
 def total_loss(terms: dict, lambdas: dict) -> torch.Tensor:
-    """Eq. 7: the weighted sum of the ref, src, bg and prob terms."""
-    return sum(lambdas[k] * terms[k] for k in ("ref", "src", "bg", "prob"))
+    """L = lambda_attr (L_ref + L_src) + lambda_bg L_bg + lambda_prob L_prob; "ref" / "src" in
+    `lambdas` (a variant) weight those two terms apart."""
+    attr = lambdas.get("attr", DEFAULT_LAMBDAS["attr"])
+    return (lambdas.get("ref", attr) * terms["ref"] + lambdas.get("src", attr) * terms["src"]
+            + lambdas["bg"] * terms["bg"] + lambdas["prob"] * terms["prob"])
 
 
-DEFAULT_LAMBDAS = {"ref": 1.0, "src": 3.5, "bg": 40.0, "prob": 0.1}
+def objective_info(lambdas: dict, reduction: str = "sum", background: bool = True) -> dict:
+    """What a matrix file records about the losses that trained it (SAT3DMatrix.objective)."""
+    weights = {k: float(v) for k, v in lambdas.items()}
+    attr = weights.get("attr", DEFAULT_LAMBDAS["attr"])
+    ref, src = weights.get("ref", attr), weights.get("src", attr)
+    attr_text = f"{attr:g} (L_ref + L_src)" if ref == src == attr else f"{ref:g} L_ref + {src:g} L_src"
+    bg = f" + {weights['bg']:g} L_bg (binary parse, L1)" if background and weights.get("bg") else " (no L_bg)"
+    return {
+        "name": "paper" if reduction == "sum" else "paper, means over attributes and groups",
+        "lambdas": weights, "reduction": reduction, "background": bool(background and weights.get("bg")),
+        "summary": f"{attr_text}{bg} + {weights['prob']:g} L_prob (one attribute per channel); "
+                   f"{'sums' if reduction == 'sum' else 'means'} over attributes and groups",
+    }
+
+
+def check_lambdas(lambdas: dict | None, reduction: str = "sum") -> dict:
+    """The paper's weights updated by `lambdas`, refused when a key or the reduction is unknown."""
+    known = {"attr", "ref", "src", "bg", "prob"}
+    unknown = set(lambdas or {}) - known
+    if unknown:
+        raise TargetCLIPError(f"unknown SAT3D loss weight(s) {sorted(unknown)}; known: {sorted(known)}")
+    if reduction not in REDUCTIONS:
+        raise TargetCLIPError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return {**DEFAULT_LAMBDAS, **(lambdas or {})}
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Sum (the paper) or mean (a variant) over the first dimension."""
+    return values.sum(0) if reduction == "sum" else values.mean(0)

@@ -4,8 +4,9 @@
          P = softmax over the m+1 rows, per channel; m_Omega = sum_{a in Omega} P_a.
 
 Initialisation (Sec. 3.2): logits 0 everywhere except the "others" row = 1, i.e. every channel
-starts as "belongs to none of the attributes" (P_a = 1/(e + m)); pre-selected channels of a
-"complex" attribute start as owned by it (M[a, c] = 1, M[others, c] = 0; see preselect).
+starts as "belongs to none of the attributes" (P_a = 1/(e + m)); a channel pre-selected for a
+"complex" attribute t starts with M[t, c] = d_t (paper: d_Hairstyle = 1.8) and M[others, c] = 0
+(see preselect).
 
 A matrix belongs to one generator: its file stores the layout of the StyleSpace and a
 fingerprint of the weights; loading it for another generator is refused (the channel semantics
@@ -46,14 +47,16 @@ def check_delta(delta: float) -> float:
     return delta
 
 
-def initial_logits(attributes: list[str], n_channels: int, preselected: dict | None = None, value: float = 1.0) -> torch.Tensor:
-    """[(m+1), n]: "others" = value everywhere, except pre-selected channels owned by their attribute."""
+def initial_logits(attributes: list[str], n_channels: int, preselected: dict | None = None, value: float = 1.0,
+                   strengths: dict | None = None) -> torch.Tensor:
+    """[(m+1), n] as the paper: zeros; M[t, i] = d_t (strengths[t], default `value`) on the channels pre-selected for
+    attribute t, M[others, i] = `value` (1) on every channel pre-selected for none."""
     logits = torch.zeros(len(attributes) + 1, n_channels)
     logits[-1] = value
     for name, channels in (preselected or {}).items():
         idx = torch.as_tensor(channels, dtype=torch.long)
         if idx.numel():
-            logits[attributes.index(name), idx] = value
+            logits[attributes.index(name), idx] = float((strengths or {}).get(name, value))
             logits[-1, idx] = 0.0
     return logits
 
@@ -81,7 +84,7 @@ class SAT3DMatrix:
     steps: int = 0
     losses: dict = field(default_factory=dict)  # term -> per-step values
     preselection: str = "none"
-    objective: dict = field(default_factory=lambda: dict(LEGACY_OBJECTIVE))  # which losses made it (see losses.objective_info)
+    objective: dict = field(default_factory=dict)  # which losses made it (losses.objective_info; older files: LEGACY_OBJECTIVE)
     training_set: dict = field(default_factory=dict)  # how the training latents were drawn and filtered
 
     def __post_init__(self):
@@ -174,8 +177,9 @@ def describe_matrix(matrix: SAT3DMatrix, name: str = "") -> str:
         f"  generator: {gen.get('resolution', '?')}px {gen.get('arch', '?')} (weights {matrix.fingerprint[:12]})",
         f"  training: {matrix.steps} steps; descriptors {matrix.descriptors or '?'}; "
         f"pre-selection {matrix.preselection}",
-        f"  losses: {matrix.objective.get('summary') or matrix.objective.get('name', '?')}",
     ]
+    if matrix.objective:
+        lines.append(f"  losses: {matrix.objective.get('summary') or matrix.objective.get('name', '?')}")
     if matrix.training_set:
         lines.append(f"  training set: {matrix.training_set.get('summary', matrix.training_set)}")
     for attr in matrix.attributes:

@@ -17,16 +17,16 @@ from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout, edit_styles
 from targetclip_core.methods.sat3d.descriptors import descriptor_info
 from targetclip_core.methods.sat3d.losses import (
-    DEFAULT_LAMBDAS,
-    background_weight,
-    loss_bg,
-    loss_prob,
+    background_loss,
+    background_mask,
+    check_lambdas,
     loss_ref,
     loss_src,
+    probability_loss,
     total_loss,
 )
 from targetclip_core.methods.sat3d.matrix import attribute_mask
-from targetclip_core.methods.sat3d.regions import RegionParser
+from targetclip_core.methods.sat3d.regions import RegionParser, binary_region
 
 
 def render_resolution(G, measure) -> int | None:
@@ -51,12 +51,16 @@ class SAT3DStep:
 
 
 class PairObjective:
-    """The SAT3D losses of one batch of (source, reference) pairs for a target attribute set."""
+    """The SAT3D losses of one batch of (source, reference) pairs for a target attribute set.
 
-    def __init__(self, G, measure, layout, lambdas, parser, regions, res, world: int = 1):
+    reduction: "sum" over attributes and groups (the paper) or "mean" (a variant, see losses).
+    """
+
+    def __init__(self, G, measure, layout, lambdas, parser, regions, res, world: int = 1, reduction: str = "sum"):
         self.G, self.measure, self.layout = G, measure, layout
         self.lambdas, self.parser, self.regions, self.res = lambdas, parser, regions, res
         self.world = world  # > 1: this batch is one process's shard of a global batch
+        self.reduction = reduction
 
     def constants(self, wp_src, wp_ref):
         """Everything that does not depend on the mask, computed without a graph."""
@@ -65,45 +69,59 @@ class PairObjective:
             img_src = self.G.synthesis_from_styles(st_src, out_resolution=self.res)
             img_ref = self.G.synthesis_from_styles(st_ref, out_resolution=self.res)
             return {"styles_src": st_src, "flat_src": self.layout.flatten(st_src), "flat_ref": self.layout.flatten(st_ref),
-                    "img_src": img_src, "d_src": self.measure(img_src), "d_ref": self.measure(img_ref)}
+                    "img_src": img_src, "d_src": self.measure(img_src), "d_ref": self.measure(img_ref),
+                    "regions_src": {}}  # binary regions of the source, parsed when a target first needs them
 
     def __call__(self, logits, attributes_all, target, c, delta=1.0) -> dict:
-        return self.with_mask(attribute_mask(logits, attributes_all, target), target, c, delta)
+        return self.with_mask(attribute_mask(logits, attributes_all, target), target, c, delta, logits=logits)
 
-    def with_mask(self, mask, target, c, delta=1.0) -> dict:
+    def with_mask(self, mask, target, c, delta=1.0, *, logits) -> dict:
+        """The loss terms of the edit by `mask` (m_Omega of `logits`, the whole matrix, which L_prob reads)."""
         flat_edit = edit_styles(c["flat_src"], c["flat_ref"], mask, delta)
         img_edit = self.G.synthesis_from_styles(self.layout.unflatten(flat_edit, c["styles_src"]), out_resolution=self.res)
         d_edit = self.measure(img_edit)
-        terms = {"ref": loss_ref(d_edit, c["d_ref"], target), "src": loss_src(d_edit, c["d_src"], target),
-                 "prob": loss_prob(mask)}
-        region = [self.regions.get(a) for a in target if self.regions.get(a)]
-        if self.parser is not None and region:
-            with torch.no_grad():  # where the attribute lives: never pushed by the loss
-                inside = torch.stack([torch.maximum(self.parser(c["img_src"], r), self.parser(img_edit, r)) for r in region]).amax(0)
-            background = 1 - inside
+        terms = {"ref": loss_ref(d_edit, c["d_ref"], target, self.reduction),
+                 "src": loss_src(d_edit, c["d_src"], target, self.reduction),
+                 "prob": probability_loss(logits)}
+        regions = sorted({self.regions[a] for a in target if self.regions.get(a)})
+        if self.parser is not None and regions and self.lambdas["bg"]:
+            region_src, region_edit = self._regions(c, regions, img_edit)
             normaliser = None
-            if self.world > 1:  # divide by the global batch's background weight, not this shard's
-                normaliser = background_weight(img_edit, background).sum()
+            if self.world > 1:  # divide by the global batch's background pixel count, not this shard's
+                normaliser = background_mask(region_src, region_edit).sum()
                 torch.distributed.all_reduce(normaliser)
-                normaliser = (normaliser + 1e-8) / self.world
-            terms["bg"] = loss_bg(img_edit, c["img_src"], background, normaliser=normaliser)
+                normaliser = normaliser / self.world
+            terms["bg"] = background_loss(img_edit, c["img_src"], region_src, region_edit, normaliser=normaliser)
         else:
             terms["bg"] = img_edit.new_zeros(())
         terms["total"] = total_loss(terms, self.lambdas)
         return terms
 
+    def _regions(self, c, regions, img_edit):
+        """Binary masks [B, H, W] of the target attributes' region (their union) on the source and on the edit;
+        parsed without a graph: where the attribute lives is never pushed by the loss."""
+        with torch.no_grad():
+            parsed = c.setdefault("regions_src", {})
+            for r in regions:
+                if r not in parsed:
+                    parsed[r] = binary_region(self.parser, c["img_src"], r)
+            region_src = torch.stack([parsed[r] for r in regions]).any(0)
+            region_edit = torch.stack([binary_region(self.parser, img_edit, r) for r in regions]).any(0)
+        return region_src, region_edit
+
 
 @torch.no_grad()
 def sat3d_losses(G, measure, logits: torch.Tensor, source, reference, attributes, *, delta: float = 1.0,
                  lambdas: dict | None = None, parser: RegionParser | None = None, descriptors=None,
-                 out_resolution="auto") -> dict:
+                 out_resolution="auto", reduction: str = "sum") -> dict:
     """The SAT3D loss terms (floats) of one matrix (its logits) on given pairs and target set:
     for evaluating a matrix on held-out pairs, or comparing two matrices."""
     target = [attributes] if isinstance(attributes, str) else list(attributes)
     _, regions, _ = descriptor_info(measure, descriptors)
     layout = StyleLayout.from_generator(G)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
-    objective = PairObjective(G, measure, layout, {**DEFAULT_LAMBDAS, **(lambdas or {})}, parser, regions, res)
+    objective = PairObjective(G, measure, layout, check_lambdas(lambdas, reduction), parser, regions, res,
+                              reduction=reduction)
     c = objective.constants(G.to_wplus(as_styles_input(G, source)), G.to_wplus(as_styles_input(G, reference)))
     terms = objective(logits.to(G.device), list(measure.attributes), target, c, delta)
     return {k: float(v) for k, v in terms.items()}
