@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 from helpers.clip import tiny_clip
 from helpers.generators import tiny_generator
+from helpers.paths import REPO_ROOT
+from helpers.stand_ins import StandInGenerator
 from torch import nn
 
-from helpers.paths import REPO_ROOT
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout, edit_styles, flatten_styles, is_torgb, unflatten
 from targetclip_core.methods import sat3d
@@ -28,30 +28,16 @@ torch.set_num_threads(1)  # tiny tensors: threads only add contention
 # (8 channels each) -> 40 values + 8 zeros = a [3, 4, 4] image.
 
 
-class PlantedGenerator(nn.Module):
+class PlantedGenerator(StandInGenerator):
     LAYERS = ("b4.conv1", "b4.torgb", "b8.conv0", "b8.conv1", "b8.torgb")
 
     def __init__(self, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.w_dim = self.z_dim = 8
         self.n_latent = len(self.LAYERS)
         self.map = nn.Parameter(torch.randn(8, 8, generator=g), requires_grad=False)
         self.affines = nn.Parameter(torch.randn(self.n_latent, 8, 8, generator=g), requires_grad=False)
         self.identity = {"arch": "planted", "resolution": 4, "n_latent": self.n_latent, "w_dim": 8}
-
-    @property
-    def device(self):
-        return self.map.device
-
-    def mapping(self, z, truncation=1.0):
-        return z @ self.map
-
-    def to_wplus(self, w):
-        return w if w.dim() == 3 else w[:, None].expand(-1, self.n_latent, -1)
-
-    def styles(self, wp):
-        return OrderedDict((name, wp[:, i] @ self.affines[i]) for i, name in enumerate(self.LAYERS))
 
     def synthesis_from_styles(self, styles, out_resolution=None, noise_mode="const"):
         flat = torch.cat(list(styles.values()), dim=1)

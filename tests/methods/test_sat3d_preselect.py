@@ -5,12 +5,12 @@ checkpoint (resume) and in a reusable file."""
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 
 import pytest
 import torch
 from helpers.clip import tiny_clip
 from helpers.generators import tiny_generator
+from helpers.stand_ins import StandInGenerator
 from torch import nn
 
 from targetclip_core.errors import TargetCLIPError
@@ -31,7 +31,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add contention
 # --------------------------------------------------------------------- a generator whose channels paint known pixels
 
 
-class PaintGenerator(nn.Module):
+class PaintGenerator(StandInGenerator):
     """Image = sum_c s_c P_c on [3, 8, 8] (so d image / d s_c = P_c): b4.conv1 channels 0-3 paint the top half
     (rows 0-3; the bottom faintly), channels 4-7 the bottom half (the top faintly), b8.conv0's 8 channels everywhere
     alike; b4.torgb paints nothing (it is never a StyleSpace channel of SAT3D)."""
@@ -41,7 +41,6 @@ class PaintGenerator(nn.Module):
     def __init__(self, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.w_dim = self.z_dim = 8
         self.n_latent = len(self.LAYERS)
         self.map = nn.Parameter(torch.randn(8, 8, generator=g) / 3, requires_grad=False)
         self.affines = nn.ParameterList(nn.Parameter(torch.randn(8, c, generator=g) / 3, requires_grad=False)
@@ -52,19 +51,6 @@ class PaintGenerator(nn.Module):
         patterns += [torch.ones(8, 8)] * 8
         self.register_buffer("patterns", torch.stack(patterns)[:, None].expand(-1, 3, -1, -1).clone())  # [20, 3, 8, 8]
         self.identity = {"arch": "paint", "resolution": 8, "n_latent": self.n_latent, "w_dim": 8}
-
-    @property
-    def device(self):
-        return self.map.device
-
-    def mapping(self, z, truncation=1.0):
-        return z @ self.map
-
-    def to_wplus(self, w):
-        return w if w.dim() == 3 else w[:, None].expand(-1, self.n_latent, -1)
-
-    def styles(self, wp):
-        return OrderedDict((name, wp[:, i] @ self.affines[i]) for i, (name, _) in enumerate(self.LAYERS))
 
     def synthesis_from_styles(self, styles, out_resolution=None, noise_mode="const"):
         flat = torch.cat(list(styles.values()), dim=1)  # [B, 20], toRGB included
