@@ -107,7 +107,7 @@ def train_sat3d(
     lambdas = check_lambdas(lambdas, reduction)
     if parser is None and lambdas["bg"]:
         warnings.warn("SAT3D: L_bg is off: no region parser was given (a face parser is needed for the background loss: "
-                      "face_parsing.load_face_parser, sat3d-train --parser)",
+                      "faces.parsing.load_face_parser, sat3d-train --parser)",
                       stacklevel=2)
     if parser is not None and hasattr(parser, "check_regions"):  # an unknown region fails now, not mid-run
         parser.check_regions(sorted({r for r in regions.values() if r}))
