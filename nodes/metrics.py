@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
-import torch
 
 from targetclip_core.encoders.arcface import load_arcface
 from targetclip_core.metrics.evaluation import sources_from_seeds
-from targetclip_core.metrics.interpret import interpret_essence, load_vocabulary
-from targetclip_core.metrics.scores import score_edits
+from targetclip_core.metrics.interpret import interpret_essence, load_vocabulary, parse_phrases
+from targetclip_core.metrics.scores import pair_sources, score_edits
 
 from .common import (
     CATEGORY,
@@ -24,19 +23,6 @@ from .common import (
 )
 
 ARCFACE_FOLDER = "e4e"  # model_ir_se50.pth sits beside the e4e/pSp checkpoints it comes with
-
-
-def _sources_for(edits: torch.Tensor, sources: torch.Tensor | None):
-    """Sources paired with the edits: as many as the edits, or one repeated."""
-    if sources is None:
-        return None
-    if sources.shape[0] == 1 and edits.shape[0] > 1:
-        sources = sources.expand(edits.shape[0], -1, -1, -1)
-    if sources.shape[0] != edits.shape[0]:
-        raise ValueError(f"{sources.shape[0]} source images for {edits.shape[0]} edits: connect one source per edit, in the same order")
-    if sources.shape[-2:] != edits.shape[-2:]:
-        raise ValueError(f"sources are {tuple(sources.shape[-2:])} but edits {tuple(edits.shape[-2:])}: use images of one size")
-    return sources
 
 
 class CLIPScore:
@@ -68,7 +54,7 @@ class CLIPScore:
     def score(self, clip, images, target, sources=None):
         device = compute_device()
         edits = image_to_core(images, device)
-        src = _sources_for(edits, image_to_core(sources, device) if sources is not None else None)
+        src = pair_sources(edits, image_to_core(sources, device) if sources is not None else None)
         scores = score_edits(clip, edits, image_to_core(target[:1], device), src)
         consistency = scores.consistency if scores.consistency is not None else 0.0
         return (float(scores.semantic.mean()), float(consistency), scores.report())
@@ -140,7 +126,7 @@ class IdentityScore:
             if ref is None:
                 continue
             ref = image_to_core(ref, device)
-            ref = _sources_for(edits, ref) if name == "ID source" else ref[:1]
+            ref = pair_sources(edits, ref) if name == "ID source" else ref[:1]
             per_edit = identity_scores(arcface_embeddings(arcface, ref), edit_ids).cpu()
             means[name] = float(per_edit.mean())
             lines.append(f"  {name:<10} {means[name]:.4f}  (per edit: " + ", ".join(f"{float(v):.4f}" for v in per_edit) + ")")
@@ -176,8 +162,7 @@ class EssenceInterpret:
 
     def interpret(self, essence, generator, clip, top_k, n_sources, seed, strength, extra_phrases="", only_extra_phrases=False):
         G = generator
-        extra = [line.split("#", 1)[0].strip() for line in extra_phrases.splitlines()]
-        phrases = load_vocabulary(phrases=[p for p in extra if p], include_default=not only_extra_phrases)
+        phrases = load_vocabulary(phrases=parse_phrases(extra_phrases), include_default=not only_extra_phrases)
         check_interrupted()
         sources = sources_from_seeds(G, range(seed, seed + n_sources))
         ranked = interpret_essence(G, clip, essence, sources, vocabulary=phrases, top_k=top_k, strength=strength)

@@ -29,14 +29,19 @@ DEFAULT_TEMPLATE = "a face with {}"
 NEUTRAL_PROMPT = "a face"
 
 
+def parse_phrases(text: str) -> list[str]:
+    """Phrases of a vocabulary text: one per line, `#` starts a comment, blank lines skipped."""
+    return [phrase for line in text.splitlines() if (phrase := line.split("#", 1)[0].strip())]
+
+
 def read_vocabulary(path: str | os.PathLike) -> list[str]:
-    """Phrases of a vocabulary file: one per line, `#` starts a comment, blank lines skipped."""
+    """Phrases of a vocabulary file (see parse_phrases)."""
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise TargetCLIPError(f"{p}: cannot read the vocabulary ({e.strerror or e})") from None
-    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    return parse_phrases(text)
 
 
 def load_vocabulary(files=(), phrases=(), include_default: bool = True) -> list[str]:

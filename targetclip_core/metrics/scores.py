@@ -281,6 +281,22 @@ class EditScores:
         return "\n".join(lines)
 
 
+def pair_sources(edits: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor | None:
+    """Source images [N, 3, H, W] paired with N edits: as many as the edits, or one repeated; refused when the
+    counts or the sizes differ."""
+    if sources is None:
+        return None
+    if sources.shape[0] == 1 and edits.shape[0] > 1:
+        sources = sources.expand(edits.shape[0], -1, -1, -1)
+    if sources.shape[0] != edits.shape[0]:
+        raise TargetCLIPError(f"{sources.shape[0]} source images for {edits.shape[0]} edits: connect one source per edit, "
+                              "in the same order")
+    if sources.shape[-2:] != edits.shape[-2:]:
+        raise TargetCLIPError(f"sources are {tuple(sources.shape[-2:])} but edits {tuple(edits.shape[-2:])}: use images "
+                              "of one size")
+    return sources
+
+
 def score_edits(C, edits: torch.Tensor, target: torch.Tensor, sources: torch.Tensor | None = None, *, arcface=None,
                 face_mask: torch.Tensor | None = None, blip=None, official_id_input: bool = False,
                 batch_size: int = 16) -> EditScores:

@@ -563,3 +563,23 @@ def test_metric_nodes_run_under_inference_mode(metric_nodes, G, C, A):
                          "red hair\na beard # comment\nglasses\na tiara", True)
     lines = text.splitlines()
     assert len(lines) == 3 and top == pytest.approx(float(lines[0].split()[0]), abs=1e-4)
+
+
+def test_sources_are_paired_with_the_edits_or_refused():
+    from targetclip_core.metrics.scores import pair_sources
+
+    edits, one, three = torch.zeros(3, 3, 8, 8), torch.rand(1, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    assert pair_sources(edits, None) is None
+    assert torch.equal(pair_sources(edits, three), three)
+    paired = pair_sources(edits, one)
+    assert paired.shape == (3, 3, 8, 8) and all(torch.equal(paired[i], one[0]) for i in range(3))
+    with pytest.raises(TargetCLIPError, match="2 source images for 3 edits"):
+        pair_sources(edits, torch.rand(2, 3, 8, 8))
+    with pytest.raises(TargetCLIPError, match=r"sources are \(4, 4\) but edits \(8, 8\)"):
+        pair_sources(edits, torch.rand(3, 3, 4, 4))
+
+
+def test_phrase_text_is_one_phrase_a_line_with_comments():
+    from targetclip_core.metrics.interpret import parse_phrases
+
+    assert parse_phrases("red hair  # a colour\n\n# only a comment\n  a beard\n") == ["red hair", "a beard"]
