@@ -15,6 +15,8 @@ import importlib.util
 import os
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -96,3 +98,23 @@ class _InferenceMode:
 
 def node(pack, key):
     return _InferenceMode(pack.NODE_CLASS_MAPPINGS[key]())
+
+
+def loaded_generator(pack, G, name: str, folder: str = "stylegan"):
+    """`G` saved into ComfyUI's model folder `folder` as `name` and read back through the pack's loader node."""
+    from targetclip_core.generators.load import save_generator
+
+    where = Path(folder_paths.get_folder_paths(folder)[0])
+    where.mkdir(parents=True, exist_ok=True)
+    save_generator(G, where / name)
+    loader = "TargetCLIP_LoadEG3D" if folder == "eg3d" else "TargetCLIP_LoadStyleGAN"
+    return node(pack, loader).load(name)[0]
+
+
+def loaded_tiny_clip(pack, seed: int = 1):
+    """The tiny test CLIP (random weights drawn under `seed`) through the pack's Load CLIP node."""
+    from helpers.clip import TINY_CLIP, register_tiny_clip
+
+    register_tiny_clip()
+    torch.manual_seed(seed)
+    return node(pack, "TargetCLIP_LoadCLIP").load(TINY_CLIP, "none", "default")[0]

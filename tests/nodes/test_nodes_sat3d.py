@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from helpers.paths import REPO_ROOT
 import torch
-from helpers.clip import register_tiny_clip
 from helpers.generators import tiny_generator
 
 REPO = REPO_ROOT
 torch.set_num_threads(1)
 
-from helpers.comfy import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import loaded_generator, loaded_tiny_clip, node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -44,21 +43,12 @@ TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, trun
 
 @pytest.fixture(scope="module")
 def G(pack):
-    from targetclip_core.generators.load import save_generator
-
-    folder = Path(folder_paths.get_folder_paths("stylegan")[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    save_generator(tiny_generator(32), folder / "tiny.safetensors")
-    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load("tiny.safetensors")
-    return G
+    return loaded_generator(pack, tiny_generator(32), "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
 def C(pack):
-    register_tiny_clip()
-    torch.manual_seed(1)
-    (C,) = node(pack, "TargetCLIP_LoadCLIP").load("TargetCLIP-Tiny", "none", "default")
-    return C
+    return loaded_tiny_clip(pack)
 
 
 @pytest.fixture(scope="module")
@@ -362,19 +352,34 @@ def test_essence_grid(pack, G):
         grid_node.grid(G, lat, "first", e1, 1.0, "all", True, essence_2=other)
 
 
-def test_train_node_filters_the_training_set(pack, G, C):
-    """With the faces rules (no hats, >= 40% glasses) the node filters first, with its own progress bar, and the
-    matrix records the training set: the same as the engine called directly."""
-    totals = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: totals.append(total))
-    try:
-        matrix, _, _ = node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **{**TRAIN, "steps": 2, "filter_training_set": True})
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-    assert totals[0] != 2 and totals[-1] == 2  # the filtering bar, then the training bar
-    assert matrix.training_set["mode"] != "unfiltered" and "glasses" in matrix.training_set["summary"]
-    with warnings.catch_warnings():
+def test_train_node_shows_the_filtering_can_cancel_it_and_switch_it_off(pack, G, C):
+    inputs = pack.NODE_CLASS_MAPPINGS["TargetCLIP_SAT3DTrain"].INPUT_TYPES()
+    assert inputs["optional"]["filter_training_set"][1]["default"] is True
+    settings = {k: d[1]["default"] for k, d in inputs["required"].items() if "default" in d[1]}  # whatever the losses' names
+    settings.update(descriptors="faces", steps=2, batch_size=1, n_codes=4, lr=0.1, preview_every=2)
+
+    def train(hook, **kw):
+        comfy.utils.set_progress_bar_global_hook(hook)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return node(pack, "TargetCLIP_SAT3DTrain").train(G, C, **settings, **kw)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+            mm.interrupt_current_processing(False)
+
+    updates = []
+    matrix, _, report = train(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    filtering = [u for u in updates if u[1] == 16]  # 4 x n_codes candidates at most, then the 2 steps
+    assert filtering and updates[: len(filtering)] == filtering and updates[-1] == (2, 2)
+    assert matrix.training_set["mode"] == "filtered" and matrix.training_set["summary"] in report
+    with warnings.catch_warnings():  # the same as the engine called directly with those settings
         warnings.simplefilter("ignore")
-        direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=2, batch_size=1, lr=0.1, n_codes=4,
-                                    seed=0, lambdas={"bg": 0.0})
+        direct = engine.train_sat3d(G, engine.QMM(C, engine.load_descriptors("faces")), steps=2, batch_size=1, lr=0.1,
+                                    n_codes=4, seed=settings["seed"], lambdas={"bg": 0.0})
     assert direct.training_set == matrix.training_set and torch.allclose(direct.logits, matrix.logits, atol=1e-6)
+    updates.clear()
+    off, _, _ = train(lambda value, total, preview, node_id=None: updates.append((value, total)), filter_training_set=False)
+    assert off.training_set["mode"] == "unfiltered" and all(t == 2 for _, t in updates)
+    with pytest.raises(mm.InterruptProcessingException):  # Cancel while the candidates are checked
+        train(lambda value, total, preview, node_id=None: mm.interrupt_current_processing(total == 16))

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.clip import register_tiny_clip
 from helpers.generators import tiny_generator
 
 torch.set_num_threads(1)
 
-from helpers.comfy import node, pack_module  # noqa: E402, F401 - skips the module without ComfyUI's API
+from helpers.comfy import loaded_generator, loaded_tiny_clip, node, pack_module  # noqa: E402, F401 - skips the module without ComfyUI's API
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -30,15 +29,8 @@ SETTINGS = dict(descriptors="faces", steps=5, batch_size=1, lr=0.1, n_codes=4, t
 def loaded(pack):
     from helpers.parsing import official_state
 
-    from targetclip_core.generators.load import save_generator
-
-    folder = Path(folder_paths.get_folder_paths("stylegan")[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    save_generator(tiny_generator(32), folder / "tiny_preselect.safetensors")
-    (G,) = node(pack, "TargetCLIP_LoadStyleGAN").load("tiny_preselect.safetensors")
-    register_tiny_clip()
-    torch.manual_seed(1)
-    (C,) = node(pack, "TargetCLIP_LoadCLIP").load("TargetCLIP-Tiny", "none", "default")
+    G = loaded_generator(pack, tiny_generator(32), "tiny_preselect.safetensors")
+    C = loaded_tiny_clip(pack)
     faces = Path(folder_paths.get_folder_paths("facedetection")[0])
     faces.mkdir(parents=True, exist_ok=True)
     torch.save(official_state(), faces / "parsing_bisenet.pth")  # random weights, the official layout
