@@ -31,7 +31,6 @@ from targetclip_core.methods.sat3d.objective import PairObjective, SAT3DStep, ma
 from targetclip_core.methods.sat3d.preselect import preselect_channels, preselect_plan, statistics_regions
 from targetclip_core.methods.sat3d.regions import RegionParser
 from targetclip_core.methods.sat3d.training_set import checkpoint_entry, training_latents
-from targetclip_core.methods.sat3d.training_set import sample_latent_bank  # noqa: F401  (its former home)
 
 
 # callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)

@@ -67,7 +67,11 @@ Scorer = Callable[[torch.Tensor], dict]  # images -> {rule name: probabilities [
 
 def sample_latent_bank(G, n: int = 6000, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
     """n W latents [n, w_dim] from the mapping network (their style codes are computed per step)."""
-    gen = torch.Generator().manual_seed(seed)
+    return draw_latents(G, n, torch.Generator().manual_seed(seed), truncation)
+
+
+def draw_latents(G, n: int, gen: torch.Generator, truncation: float = 1.0) -> torch.Tensor:
+    """The next n W latents [n, w_dim] of the seeded stream `gen` (z on the CPU, mapped in chunks, no graph)."""
     z = torch.randn(n, G.z_dim, generator=gen).to(G.device)
     with torch.no_grad():
         return torch.cat([G.mapping(chunk, truncation=truncation) for chunk in z.split(512)]).clone()
@@ -119,8 +123,7 @@ def filtered_latent_bank(G, scorer: Scorer, rules: TrainingSetRules, n: int = 60
     gen = torch.Generator().manual_seed(seed)
     drawn = examined = 0  # candidates rendered and scored / looked at until the bank was complete (whatever the batch)
     while drawn < cap and len(taken) < n:
-        z = torch.randn(n, G.z_dim, generator=gen)[: cap - drawn].to(G.device)  # one round, as sample_latent_bank draws
-        w_round = torch.cat([G.mapping(chunk, truncation=truncation) for chunk in z.split(512)])
+        w_round = draw_latents(G, n, gen, truncation)[: cap - drawn]  # one round: the first is sample_latent_bank's
         for start in range(0, len(w_round), batch_size):
             w = w_round[start : start + batch_size]
             images = G.synthesis_from_styles(G.styles(G.to_wplus(w)), out_resolution=res)
