@@ -11,15 +11,17 @@ import os
 import pickle
 import re
 import struct
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
-from targetclip_core.errors import CheckpointError, UnsafePickleError
+from targetclip_core.errors import CheckpointError, TargetCLIPError, UnsafePickleError
+from targetclip_core.formats.limits import short_repr
+from targetclip_core.formats.torch_files import TORCH_LEGACY_MAGIC, check_loaded_checkpoint, check_torch_container
 
-TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-zip format starts with this pickled number
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def sniff_format(file: Path) -> str:
@@ -44,10 +46,21 @@ def sniff_format(file: Path) -> str:
 
 
 def torch_load_safely(file: Path):
-    """torch.load with weights_only=True (plus argparse.Namespace, which training scripts save)."""
+    """torch.load with weights_only=True (plus argparse.Namespace, which training scripts save).
+
+    The container is checked first (``formats.torch_files.check_torch_container``: declared sizes
+    against the file, CRCs, a dry run of the pickle) and what torch returns after
+    (``check_loaded_checkpoint``); every failure is a CheckpointError naming the file.
+    """
     try:
+        with open(file, "rb") as f:
+            check_torch_container(f, os.fstat(f.fileno()).st_size)
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(file, map_location="cpu", weights_only=True)
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+        check_loaded_checkpoint(loaded)
+        return loaded
+    except TargetCLIPError as e:
+        raise type(e)(f"{file}: {e}") from None
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?([\w.]+)", msg)
@@ -58,9 +71,17 @@ def torch_load_safely(file: Path):
                 "of a weights file; nothing from it was executed. If you trust this file, "
                 "re-save its state dict with torch.save(model.state_dict())."
             ) from None
-        raise CheckpointError(f"{file}: corrupt or truncated PyTorch checkpoint ({msg.splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: corrupt or truncated PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{file}: corrupt or truncated PyTorch checkpoint ({first_line(e)})") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot read ({e.strerror or first_line(e)})") from None
+    except Exception as e:  # anything else torch raises on untrusted bytes means a broken file
+        raise CheckpointError(f"{file}: corrupt or truncated PyTorch checkpoint ({first_line(e)})") from None
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none), for messages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 class TranslatedState(OrderedDict):
@@ -73,12 +94,42 @@ class TranslatedState(OrderedDict):
 
 def load_state_checked(model: torch.nn.Module, state: dict, source) -> None:
     """Load `state` into `model`, naming every mismatch clearly (by the file's own key names)."""
+    check_state_matches(model.state_dict(), state, source)
+    _load_checked_state(model, state)
+
+
+def build_checked(make: Callable[[], M], state: dict, source) -> M:
+    """`make()` with `state` loaded, the network's declared sizes checked against the file first.
+
+    The network is built once on the meta device, which allocates nothing, and its parameter
+    shapes are compared with the file's tensors; only a network the file really holds is then
+    built for real.  So a small file whose config or inferred shapes declare a huge network
+    is refused before any memory is spent on it.
+    """
+    with torch.device("meta"):
+        skeleton = make()
+    check_state_matches(skeleton.state_dict(), state, source)
+    model = make()
+    _load_checked_state(model, state)
+    return model
+
+
+def _load_checked_state(model: torch.nn.Module, state: dict) -> None:
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+
+
+def check_state_matches(expected: dict, state: dict, source) -> None:
+    """Raise a CheckpointError naming the file's keys unless `state` has exactly `expected`'s keys,
+    shapes and kinds of values (tensors, floating point where the model's are, all finite).
+
+    `expected` may come from a model on the meta device: then nothing is allocated for the
+    network before its declared sizes are known to match the file.
+    """
     origin = getattr(state, "origin", {})
 
     def name(k):
         return f"{origin[k]} (our {k})" if k in origin and origin[k] != k else k
 
-    expected = model.state_dict()
     missing = [name(k) for k in expected if k not in state]
     unexpected = [name(k) for k in state if k not in expected]
     if missing or unexpected:
@@ -94,20 +145,29 @@ def load_state_checked(model: torch.nn.Module, state: dict, source) -> None:
             raise CheckpointError(f"{source}: {name(k)} is a {type(t).__name__}, expected a tensor")
         if tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(f"{source}: shape mismatch for {name(k)}: file has {list(t.shape)}, model expects {list(ref.shape)}")
+        if ref.is_floating_point() and not t.is_floating_point():
+            raise CheckpointError(f"{source}: {name(k)} holds {t.dtype} values, the model expects floating point")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{source}: {name(k)} contains NaN or infinite values")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
 def require_keys(sd, keys, file, what):
-    """Raise a CheckpointError naming the missing `keys` unless `sd` has them all."""
+    """Raise a CheckpointError naming the missing `keys` unless `sd` is a dict that has them all,
+    each holding a tensor (callers read their shapes next)."""
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{file}: not a {what} checkpoint: expected a state dict, found {type(sd).__name__}")
     missing = [k for k in keys if k not in sd]
     if missing:
         present = few_keys(list(sd))
         raise CheckpointError(f"{file}: not a {what} checkpoint: missing {few_keys(missing)} (it has {present})")
+    not_tensors = [k for k in keys if not torch.is_tensor(sd[k])]
+    if not_tensors:
+        k = not_tensors[0]
+        raise CheckpointError(f"{file}: not a {what} checkpoint: {k} is a {type(sd[k]).__name__}, expected a tensor")
 
 
 def few_keys(keys, n=5) -> str:
-    """The first `n` keys, comma-separated, and how many more: for error messages."""
+    """The first `n` keys, comma-separated, and how many more: for error messages (any key type)."""
     keys = list(keys)
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+    shown = [k if isinstance(k, str) else short_repr(k) for k in keys[:n]]
+    return ", ".join(shown) + (f" and {len(keys) - n} more" if len(keys) > n else "")

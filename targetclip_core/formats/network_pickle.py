@@ -30,7 +30,7 @@ calling or running anything the file chooses:
   loader, and must come back as a storage (``pickle_arrays``, with the
   checked tensor views and numpy values).
 * Forged length fields cannot make the reader allocate more than the file
-  holds (``_BoundedReader``).
+  holds (``BoundedReader``).
 
 Remaining trust: torch's weights-only loader for storage bytes (including any
 globals the host process added with ``torch.serialization.add_safe_globals``),
@@ -53,6 +53,7 @@ from typing import Any, BinaryIO
 import torch
 
 from targetclip_core.errors import CheckpointError, TargetCLIPError, UnsafePickleError
+from targetclip_core.formats.limits import check_structure, plain_children, require_key, short_repr
 from targetclip_core.formats.pickle_arrays import (
     NDARRAY,
     TORCH_DTYPES,
@@ -68,6 +69,7 @@ from targetclip_core.formats.pickle_arrays import (
 from targetclip_core.formats.pickle_records import ModuleRecord, PersistentRecord, PickledEasyDict
 from targetclip_core.formats.unpickler import (
     NOTHING_RAN,
+    BoundedReader,
     RestrictedUnpickler,
     StandIn,
     call_stand_ins,
@@ -96,16 +98,16 @@ def _persistent_obj(meta: Any) -> PersistentRecord:
     if not isinstance(meta, dict):
         raise CheckpointError(f"persistent object metadata is a {type(meta).__name__}, not a dict")
     kind = meta.get("type")
-    if kind != "class":
+    if not (isinstance(kind, str) and kind == "class"):
         raise UnsafePickleError(
             "torch_utils.persistence._reconstruct_persistent_obj was asked to rebuild an object "
-            f"of type {kind!r}; only type 'class' records are read, and {NOTHING_RAN}")
+            f"of type {short_repr(kind)}; only type 'class' records are read, and {NOTHING_RAN}")
     class_name, version, src = meta.get("class_name"), meta.get("version"), meta.get("module_src")
     state = meta.get("state")
     if not isinstance(class_name, str) or not class_name.isidentifier():
-        raise CheckpointError(f"persistent object has a bad class_name {class_name!r}")
+        raise CheckpointError(f"persistent object has a bad class_name {short_repr(class_name)}")
     if not is_int(version):
-        raise CheckpointError(f"persistent {class_name}: bad version {version!r}")
+        raise CheckpointError(f"persistent {class_name}: bad version {short_repr(version)}")
     if not isinstance(src, str):
         raise CheckpointError(f"persistent {class_name}: module_src is not text")
     if state is None:
@@ -130,14 +132,14 @@ def _ordered_dict(items: Any = ()) -> OrderedDict:
 def _pairs(items: list | tuple) -> list[tuple[Any, Any]]:
     if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items):
         raise CheckpointError("expected key/value pairs")
-    return [(k, v) for k, v in items]
+    return [(require_key(k), v) for k, v in items]
 
 
 def _set(items: Any = ()) -> set:
     # Protocols 2 and 3 have no set opcode: set() is pickled as a call on a list.
     if not isinstance(items, (list, tuple)):
         raise CheckpointError("set needs a list")
-    return set(items)
+    return {require_key(v, "set member") for v in items}
 
 
 def _frozenset(items: Any = ()) -> frozenset:
@@ -258,7 +260,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
     }
     describe = staticmethod(_describe)
 
-    def __init__(self, file: "_BoundedReader") -> None:
+    def __init__(self, file: "BoundedReader") -> None:
         super().__init__(file, file.total, "the file")
         self.memo = _Memo()
         self._pending: dict[int, BuildStub] = {}  # stubs made by REDUCE, not yet BUILT
@@ -293,40 +295,6 @@ class _RestrictedUnpickler(RestrictedUnpickler):
             self._pending.pop(id(inst), None)
 
 
-class _BoundedReader:
-    """File wrapper refusing reads longer than what is left, before allocating for them."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file
-        self._left: int | None
-        try:
-            here = file.tell()
-            end = file.seek(0, os.SEEK_END)
-            file.seek(here)
-            self._left = end - here
-        except (AttributeError, OSError, ValueError):
-            self._left = None  # not seekable: rely on the stream's own end
-        self.total = self._left  # the whole file's size (None: unknown), which bounds BYTEARRAY8
-
-    def check_available(self, n: int) -> None:
-        if self._left is not None and n > self._left:
-            raise EOFError(f"pickle data was truncated: {n} bytes wanted, {self._left} left")
-
-    def read(self, n: int = -1) -> bytes:
-        if n is not None and n >= 0:
-            self.check_available(n)
-        data = self._file.read(n)
-        if self._left is not None:
-            self._left -= len(data)
-        return data
-
-    def readline(self) -> bytes:
-        data = self._file.readline()
-        if self._left is not None:
-            self._left -= len(data)
-        return data
-
-
 # --------------------------------------------------------------------------
 # Entry point.
 
@@ -351,14 +319,26 @@ def load_network_pickle(source: str | os.PathLike | BinaryIO) -> Any:
 
 
 def _load(file: BinaryIO, name: str) -> Any:
-    unpickler = _RestrictedUnpickler(_BoundedReader(file))
+    unpickler = _RestrictedUnpickler(BoundedReader(file))
+
+    def named(obj: Any) -> None:
+        if isinstance(obj, (PersistentRecord, ModuleRecord)):
+            obj.source = name  # the records' own errors (state_dict, init_kwargs) name the file
+
     try:
         data = unpickler.load()
         unpickler.check_complete()
+        check_structure(data, _children, named)  # bounded before any caller walks it
     except TargetCLIPError as exc:
         raise type(exc)(f"{name}: {exc}") from None
     except Exception as exc:  # anything else from untrusted bytes means a broken file
         raise CheckpointError(
-            f"{name}: not a readable network pickle (truncated or corrupt): {type(exc).__name__}: {exc}"
-        ) from exc
+            f"{name}: not a readable network pickle (truncated or corrupt): {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     return data
+
+
+def _children(obj: Any) -> Any:
+    if isinstance(obj, (PersistentRecord, ModuleRecord)):
+        return (obj.state,)
+    return plain_children(obj)

@@ -12,7 +12,6 @@ is a ``BuildStub`` that the unpickler swaps for the finished value.
 
 from __future__ import annotations
 
-import io
 import math
 import pickle
 import re
@@ -24,7 +23,17 @@ import numpy as np
 import torch
 
 from targetclip_core.errors import CheckpointError, UnsafePickleError
-from targetclip_core.formats.unpickler import NOTHING_RAN, StandIn, int_tuple, is_int, view_geometry, view_last_index
+from targetclip_core.formats.limits import short_repr
+from targetclip_core.formats.torch_files import storage_bytes_checked
+from targetclip_core.formats.unpickler import (
+    NOTHING_RAN,
+    StandIn,
+    empty_table,
+    int_tuple,
+    is_int,
+    view_geometry,
+    view_last_index,
+)
 
 __all__ = [
     "BuildStub",
@@ -52,20 +61,28 @@ class BuildStub(ABC):
 
 
 def load_storage(data: Any) -> torch.storage.TypedStorage:
-    """A storage pickled by torch: the bytes of a torch.save (legacy or zip)."""
+    """A storage pickled by torch: the bytes of a torch.save (legacy or zip).
+
+    The bytes are checked like a torch file on disk (``torch_files.storage_bytes_checked``: the
+    element count they declare against the bytes they hold) before torch allocates anything.
+    """
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError("tensor storage is not given as bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation chatter
-            storage = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
+            storage = torch.load(storage_bytes_checked(bytes(data)), weights_only=True, map_location="cpu")
+    except CheckpointError as exc:  # UnsafePickleError included
+        raise type(exc)(f"tensor storage inside the pickle: {exc}") from None
     except pickle.UnpicklingError as exc:
         refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line.upper()]
         if refused:
             raise UnsafePickleError(
                 "a tensor storage inside the pickle was refused by torch's weights-only loader "
-                f"({refused[0]}); {NOTHING_RAN}") from None
-        raise CheckpointError(f"unreadable tensor storage: {exc}") from None
+                f"({refused[0][:200]}); {NOTHING_RAN}") from None
+        raise CheckpointError(f"unreadable tensor storage: {str(exc)[:200]}") from None
+    except Exception as exc:  # anything else torch raises on untrusted bytes means a broken storage
+        raise CheckpointError(f"unreadable tensor storage: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(storage, torch.storage.TypedStorage):
         raise CheckpointError(f"tensor storage bytes hold a {type(storage).__name__}, not a storage")
     return storage
@@ -77,7 +94,7 @@ def rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_g
     if not isinstance(storage, torch.storage.TypedStorage):
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not a storage")
     size_t, stride_t = view_geometry(offset, size, stride)
-    if backward_hooks or metadata:
+    if not empty_table(backward_hooks) or not empty_table(metadata):
         # Hooks would be callables and metadata sets conj/neg bits: real network files have neither.
         raise CheckpointError("tensor carries backward hooks or metadata")
     with warnings.catch_warnings():
@@ -92,9 +109,9 @@ def rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_g
 def torch_device(kind: Any, index: Any = None) -> torch.device:
     """torch.device(kind[, index]) for a well-formed device name; nothing touches the device."""
     if not isinstance(kind, str) or not re.fullmatch(r"[a-z]+(:\d+)?", kind):
-        raise CheckpointError(f"bad torch.device {kind!r}")
+        raise CheckpointError(f"bad torch.device {short_repr(kind)}")
     if index is not None and not is_int(index):
-        raise CheckpointError(f"bad torch.device index {index!r}")
+        raise CheckpointError(f"bad torch.device index {short_repr(index)}")
     return torch.device(kind) if index is None else torch.device(kind, index)
 
 
@@ -113,7 +130,7 @@ _NUMPY_DTYPE_SPEC = r"[?bBhHiIlLqQefdgFDG]|[biufc]\d{1,2}"
 def np_dtype(spec: Any, align: Any = False, copy: Any = True) -> "_DTypeStub":
     """numpy.dtype(spec) for a numeric spec: a stub that BUILD completes with the byte order."""
     if not isinstance(spec, str) or not re.fullmatch(_NUMPY_DTYPE_SPEC, spec):
-        raise CheckpointError(f"unsupported numpy dtype {spec!r} (numeric dtypes only)")
+        raise CheckpointError(f"unsupported numpy dtype {short_repr(spec)} (numeric dtypes only)")
     return _DTypeStub(np.dtype(spec))
 
 
@@ -129,13 +146,13 @@ class _DTypeStub(BuildStub):
             raise CheckpointError("unsupported numpy dtype state (subarray or fields)")
         order = state[1]
         if order not in ("<", ">", "|", "="):
-            raise CheckpointError(f"bad numpy byte order {order!r}")
+            raise CheckpointError(f"bad numpy byte order {short_repr(order)}")
         return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
 
 
 def _require_dtype(dtype: Any) -> np.dtype:
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
-        raise CheckpointError(f"numpy data with dtype {dtype!r}")
+        raise CheckpointError(f"numpy data with dtype {short_repr(dtype)}")
     return dtype
 
 
@@ -163,7 +180,7 @@ class _ArrayStub(BuildStub):
 def np_reconstruct(cls: Any, shape: Any = (0,), typecode: Any = b"b") -> _ArrayStub:
     """numpy's multiarray._reconstruct, for ndarray only: a stub that BUILD fills with the data."""
     if cls is not NDARRAY:
-        raise UnsafePickleError(f"numpy _reconstruct asked to build {cls!r}; {NOTHING_RAN}")
+        raise UnsafePickleError(f"numpy _reconstruct asked to build {short_repr(cls)}; {NOTHING_RAN}")
     return _ArrayStub()
 
 
@@ -171,7 +188,7 @@ def np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndar
     """numpy's numeric._frombuffer: a numeric array copied from a buffer that matches its shape."""
     # Protocol 5 pickles arrays as numpy.core.numeric._frombuffer(buffer, dtype, shape, order).
     if order not in ("C", "F"):
-        raise CheckpointError(f"bad numpy order {order!r}")
+        raise CheckpointError(f"bad numpy order {short_repr(order)}")
     return _array_from_bytes(buf, dtype, shape, order == "F")
 
 

@@ -6,6 +6,11 @@ module into a ``ModuleRecord``; a pickled ``dnnlib.EasyDict`` becomes a
 ``PickledEasyDict``.  Records hold the object's ``__dict__`` as it was pickled,
 never code, and ``state_dict()`` collects their tensors the way
 ``torch.nn.Module.state_dict()`` names and orders them.
+
+``load_network_pickle`` has bounded the data (``limits.check_structure``:
+depth, expanded size, no cycles) before anyone walks it, and sets each
+record's ``source`` to the file, which the records' own errors then name.
+The walks here still guard depth themselves and convert shared parts once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 
 from targetclip_core.errors import CheckpointError
+from targetclip_core.formats.limits import MAX_NESTING
 
 __all__ = [
     "PersistentRecord",
@@ -29,6 +35,7 @@ class _Record(ABC):
     """Common part of persistent and plain module records: a module's __dict__."""
 
     state: dict
+    source: str | None = None  # the file the record was read from, for messages
 
     def state_dict(self, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
         """Tensors in ``torch.nn.Module.state_dict()`` order and naming.
@@ -40,6 +47,10 @@ class _Record(ABC):
         _collect_tensors(self, prefix, out, set())
         return out
 
+    def _where(self) -> str:
+        """The label, prefixed with the file when known."""
+        return f"{self.source}: {self._label()}" if self.source else self._label()
+
     @property
     def init_kwargs(self) -> dict:
         """Constructor keyword arguments as plain (recursively plain) dicts; {} if absent."""
@@ -48,8 +59,8 @@ class _Record(ABC):
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{self._label()}: init_kwargs is a {type(raw).__name__}, not a dict")
-        return _plain(raw)
+            raise CheckpointError(f"{self._where()}: init_kwargs is a {type(raw).__name__}, not a dict")
+        return _plain(raw, {}, 0, self)
 
     @property
     def init_args(self) -> tuple:
@@ -58,8 +69,8 @@ class _Record(ABC):
         if raw is None:
             return ()
         if not isinstance(raw, (tuple, list)):
-            raise CheckpointError(f"{self._label()}: init_args is a {type(raw).__name__}, not a tuple")
-        return tuple(_plain(list(raw)))
+            raise CheckpointError(f"{self._where()}: init_args is a {type(raw).__name__}, not a tuple")
+        return tuple(_plain(list(raw), {}, 0, self))
 
     @abstractmethod
     def _label(self) -> str:
@@ -131,27 +142,32 @@ class PickledEasyDict(dict):
 
 def _collect_tensors(record: _Record, prefix: str, out: dict, path: set[int]) -> None:
     if id(record) in path:
-        raise CheckpointError(f"{record._label()}: module graph has a cycle at {prefix or '<root>'}")
+        raise CheckpointError(f"{record._where()}: module graph has a cycle at {prefix or '<root>'}")
+    if len(path) >= MAX_NESTING:
+        raise CheckpointError(f"{record._where()}: modules nested more than {MAX_NESTING} deep at {prefix}")
     path.add(id(record))
     state = record.state
     params = _mapping_field(record, "_parameters")
     buffers = _mapping_field(record, "_buffers")
     modules = _mapping_field(record, "_modules")
     non_persistent = state.get("_non_persistent_buffers_set") or set()
-    if not isinstance(non_persistent, (set, frozenset, list, tuple)):
-        raise CheckpointError(f"{record._label()}: _non_persistent_buffers_set is not a set")
+    if not isinstance(non_persistent, (set, frozenset, list, tuple)) or not all(
+            isinstance(n, str) for n in non_persistent):
+        raise CheckpointError(f"{record._where()}: _non_persistent_buffers_set is not a set of names")
+    non_persistent = set(non_persistent)
     for name, value in params.items():
         if value is not None:
-            out[prefix + _require_name(name)] = _require_tensor(value, prefix + name)
+            out[prefix + _require_name(record, name)] = _require_tensor(record, value, prefix + name)
     for name, value in buffers.items():
-        if value is not None and name not in non_persistent:
-            out[prefix + _require_name(name)] = _require_tensor(value, prefix + name)
+        if value is not None and _require_name(record, name) not in non_persistent:
+            out[prefix + name] = _require_tensor(record, value, prefix + name)
     for name, child in modules.items():
         if child is None:
             continue
-        _require_name(name)
+        _require_name(record, name)
         if not isinstance(child, _Record):
-            raise CheckpointError(f"{prefix + name}: child module is a {type(child).__name__}, not a record")
+            raise CheckpointError(
+                f"{record._where()}: child module {prefix + name} is a {type(child).__name__}, not a record")
         _collect_tensors(child, f"{prefix}{name}.", out, path)
     path.discard(id(record))
 
@@ -161,29 +177,39 @@ def _mapping_field(record: _Record, key: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise CheckpointError(f"{record._label()}: {key} is a {type(value).__name__}, not a dict")
+        raise CheckpointError(f"{record._where()}: {key} is a {type(value).__name__}, not a dict")
     return value
 
 
-def _require_name(name: Any) -> str:
+def _require_name(record: _Record, name: Any) -> str:
     if not isinstance(name, str):
-        raise CheckpointError(f"module entry named by a {type(name).__name__}, not a string")
+        raise CheckpointError(f"{record._where()}: module entry named by a {type(name).__name__}, not a string")
     return name
 
 
-def _require_tensor(value: Any, name: str) -> torch.Tensor:
+def _require_tensor(record: _Record, value: Any, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"{name}: expected a tensor, found {type(value).__name__}")
+        raise CheckpointError(f"{record._where()}: {name}: expected a tensor, found {type(value).__name__}")
     return value
 
 
-def _plain(value: Any) -> Any:
-    """Dict subclasses (EasyDict, OrderedDict) to dict, recursively through lists/tuples."""
+def _plain(value: Any, memo: dict[int, Any], depth: int, record: _Record) -> Any:
+    """Dict subclasses (EasyDict, OrderedDict) to dict, recursively through lists/tuples.
+
+    A part the data shares is converted once (``memo``, by id), so shared parts stay shared
+    and the work is linear in the distinct parts.
+    """
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if id(value) in memo:
+        return memo[id(value)]
+    if depth >= MAX_NESTING:
+        raise CheckpointError(f"{record._where()}: init arguments nest more than {MAX_NESTING} deep")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
-
+        out: Any = {k: _plain(v, memo, depth + 1, record) for k, v in value.items()}
+    elif isinstance(value, list):
+        out = [_plain(v, memo, depth + 1, record) for v in value]
+    else:
+        out = tuple(_plain(v, memo, depth + 1, record) for v in value)
+    memo[id(value)] = out
+    return out

@@ -11,7 +11,8 @@ runs that source and unpickles with TorchScript's own unpickler; ``torch.load``
 with ``weights_only=True`` refuses such files.  A file from a mirror or a
 stranger must not get that far, so this module reads the archive as data:
 
-* The zip is opened with ``zipfile``.  ``<root>/data.pkl`` is unpickled by a
+* The zip is opened with ``zipfile``, its directory checked like a torch file's
+  (``torch_files.check_zip_records``).  ``<root>/data.pkl`` is unpickled by a
   pure-Python unpickler whose ``find_class`` never imports: ``__torch__.*``
   classes become ``ScriptObjectRecord`` stand-ins (filled by NEWOBJ + BUILD
   with their attribute dict), a fixed allow-list (``_ALLOWED``) maps the few
@@ -30,6 +31,7 @@ stranger must not get that far, so this module reads the archive as data:
   ``__parameters__ = [...]`` / ``__buffers__ = [...]`` lines); the code is
   never compiled or run.  The result has the keys and order of
   ``torch.jit.load(path).state_dict()``.
+* The module tree is bounded (``limits.check_structure``) before it is walked.
 
 Nothing in this module calls eval, exec, compile, importlib, torch.jit.load or
 torch.load.  Remaining trust: ``zipfile`` and ``zlib`` for the container, the
@@ -58,11 +60,14 @@ from typing import Any, Callable
 import torch
 
 from targetclip_core.errors import CheckpointError, TargetCLIPError
+from targetclip_core.formats.limits import check_structure, plain_children, require_key, short_repr
+from targetclip_core.formats.torch_files import STORAGE_DTYPES, check_zip_records
 from targetclip_core.formats.unpickler import (
     RestrictedUnpickler,
     StandIn,
     call_stand_ins,
     describe_object,
+    empty_table,
     is_int,
     rebuild_parameter,
     unlisted_global,
@@ -144,8 +149,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not an archive storage")
     size_t, stride_t = view_geometry(offset, size, stride)
     if not isinstance(requires_grad, bool):
-        raise CheckpointError(f"bad requires_grad flag {requires_grad!r}")
-    if backward_hooks or metadata:
+        raise CheckpointError(f"bad requires_grad flag {short_repr(requires_grad)}")
+    if not empty_table(backward_hooks) or not empty_table(metadata):
         # hooks would be callables, metadata sets conj/neg bits: archives of weights have neither
         raise CheckpointError("tensor carries backward hooks or metadata")
     last = view_last_index(offset, size_t, stride_t)
@@ -161,7 +166,7 @@ def _ordered_dict(items: Any = ()) -> OrderedDict:
     # Tensors' empty backward_hooks table: OrderedDict() (items arrive by SETITEMS, if any).
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items):
         raise CheckpointError("OrderedDict needs a list of key/value pairs")
-    return OrderedDict((k, v) for k, v in items)
+    return OrderedDict((require_key(k), v) for k, v in items)
 
 
 def _typed_list(what: str, check: Callable[[Any], bool]) -> Callable[[Any], list]:
@@ -183,19 +188,14 @@ def _restore_type_tag(value: Any, type_str: Any) -> Any:
 def _device(kind: Any, index: Any = None) -> torch.device:
     # a Device-typed attribute: a harmless value (making a torch.device does not touch the device)
     if not isinstance(kind, str) or not _LOCATION.fullmatch(kind):
-        raise CheckpointError(f"bad torch.device {kind!r}")
+        raise CheckpointError(f"bad torch.device {short_repr(kind)}")
     if index is not None and not is_int(index):
-        raise CheckpointError(f"bad torch.device index {index!r}")
+        raise CheckpointError(f"bad torch.device index {short_repr(index)}")
     return torch.device(kind) if index is None else torch.device(kind, index)
 
 
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-}
+# quantized storages are refused: a TorchScript archive of weights has none
+_STORAGE_DTYPES = {name: dtype for name, dtype in STORAGE_DTYPES.items() if not name.startswith("Q")}
 
 
 def _build_allow_list() -> dict[tuple[str, str], Any]:
@@ -261,16 +261,16 @@ class _ArchiveUnpickler(RestrictedUnpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"unsupported persistent id {pid!r:.80}")
+            raise CheckpointError(f"unsupported persistent id {short_repr(pid)}")
         _, kind, key, location, numel = pid
         if not isinstance(kind, _StorageType):
             raise CheckpointError(f"storage of unsupported type {_describe(kind)}")
         if not isinstance(key, str) or not _STORAGE_KEY.fullmatch(key):
-            raise CheckpointError(f"bad storage key {key!r:.80}")
+            raise CheckpointError(f"bad storage key {short_repr(key)}")
         if not isinstance(location, str) or not _LOCATION.fullmatch(location):
-            raise CheckpointError(f"bad storage location {location!r:.80}")
+            raise CheckpointError(f"bad storage location {short_repr(location)}")
         if not is_int(numel) or numel < 0:
-            raise CheckpointError(f"storage {key}: bad element count {numel!r}")
+            raise CheckpointError(f"storage {key}: bad element count {short_repr(numel)}")
         known = self._storages.get(key)
         if known is not None:
             if known.dtype != kind.dtype or known.numel != numel:
@@ -335,6 +335,7 @@ class _Archive:
 
     def __init__(self, zf: zipfile.ZipFile, name: str) -> None:
         self.zf, self.name = zf, name
+        check_zip_records(zf, os.path.getsize(name))
         root = _torchscript_root(zf.namelist())
         if root is None:
             raise CheckpointError(
@@ -400,6 +401,12 @@ class _Archive:
 
 # --------------------------------------------------------------------------
 # From records to a state dict.
+
+
+def _children(obj: Any) -> Any:
+    if isinstance(obj, ScriptObjectRecord):
+        return () if obj.state is None else (obj.state,)
+    return plain_children(obj)
 
 
 def _is_module(record: ScriptObjectRecord, archive: _Archive) -> bool:
@@ -483,14 +490,12 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> "OrderedDict[str, to
                 raise
             except Exception as exc:  # anything else from untrusted bytes means a broken file
                 raise CheckpointError(
-                    f"data.pkl is not a readable pickle (corrupt?): {type(exc).__name__}: {exc}") from None
+                    f"data.pkl is not a readable pickle (corrupt?): {type(exc).__name__}: {str(exc)[:200]}") from None
             if not isinstance(obj, ScriptObjectRecord) or not _is_module(obj, archive):
                 raise CheckpointError(f"data.pkl holds {_describe(obj)}, not a TorchScript module")
+            check_structure(obj, _children)  # bounded (depth, size, no cycle) before it is walked
             out: OrderedDict[str, torch.Tensor] = OrderedDict()
-            try:
-                _collect(obj, "", archive, out, set())
-            except RecursionError:
-                raise CheckpointError("module tree is nested too deeply") from None
+            _collect(obj, "", archive, out, set())
             return out
     except TargetCLIPError as exc:
         raise type(exc)(f"{name}: {exc}") from None
@@ -500,7 +505,8 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> "OrderedDict[str, to
         raise CheckpointError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # zipfile.BadZipFile and friends on a damaged container
         raise CheckpointError(
-            f"{name}: not a readable TorchScript archive (corrupt or truncated zip): {type(exc).__name__}: {exc}"
+            f"{name}: not a readable TorchScript archive (corrupt or truncated zip): {type(exc).__name__}: "
+            f"{str(exc)[:200]}"
         ) from None
 
 

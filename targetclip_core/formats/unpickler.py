@@ -15,6 +15,11 @@ anything the file chooses:
 * APPEND(S), SETITEM(S) and ADDITEMS only touch the exact container types in
   ``container_types``, so no foreign ``append``/``__setitem__``/``add`` runs.
 * BYTEARRAY8 cannot allocate more than the whole input holds.
+* Dict keys and set members must be safe to hash (``limits.require_key``):
+  DICT, SETITEM(S), ADDITEMS and FROZENSET check them before hashing.
+* Every tensor a REDUCE makes is charged to the file's ``ViewBudget``
+  (``limits``), so stride-0 views cannot claim more than a bounded number of
+  repeated elements.
 
 The pure-Python ``pickle._Unpickler`` is used because the C one cannot be
 restricted per opcode.  Its dispatch table holds the handlers below as plain
@@ -31,6 +36,7 @@ module imports, evaluates or compiles anything.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 from collections import OrderedDict
@@ -39,6 +45,7 @@ from typing import Any, BinaryIO, Callable, ClassVar
 import torch
 
 from targetclip_core.errors import CheckpointError, UnsafePickleError
+from targetclip_core.formats.limits import ViewBudget, require_key, short_repr
 
 __all__ = [
     "RestrictedUnpickler",
@@ -52,6 +59,8 @@ __all__ = [
     "view_geometry",
     "view_last_index",
     "rebuild_parameter",
+    "empty_table",
+    "BoundedReader",
 ]
 
 NOTHING_RAN = "nothing from the file was imported or executed"
@@ -112,17 +121,25 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_TENSOR_INDEX = 1 << 62
+"""Sizes, strides and offsets of tensors stay below this (torch indexes with int64)."""
+
+MAX_TENSOR_DIMS = 64
+"""torch refuses tensors of more dimensions."""
+
+
 def int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    """``value`` as a tuple of non-negative ints; CheckpointError naming ``what`` otherwise."""
-    if not isinstance(value, (tuple, list)) or not all(is_int(v) and v >= 0 for v in value):
-        raise CheckpointError(f"{what} must be a tuple of non-negative ints, got {value!r}")
+    """``value`` as a tuple of non-negative ints below MAX_TENSOR_INDEX; CheckpointError naming ``what`` otherwise."""
+    if (not isinstance(value, (tuple, list)) or len(value) > MAX_TENSOR_DIMS
+            or not all(is_int(v) and 0 <= v < MAX_TENSOR_INDEX for v in value)):
+        raise CheckpointError(f"{what} must be a tuple of non-negative ints, got {short_repr(value)}")
     return tuple(value)
 
 
 def view_geometry(offset: Any, size: Any, stride: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The checked size and stride of a strided tensor view; ``offset`` must be a non-negative int."""
-    if not is_int(offset) or offset < 0:
-        raise CheckpointError(f"bad tensor storage offset {offset!r}")
+    if not is_int(offset) or not 0 <= offset < MAX_TENSOR_INDEX:
+        raise CheckpointError(f"bad tensor storage offset {short_repr(offset)}")
     size_t, stride_t = int_tuple(size, "tensor size"), int_tuple(stride, "tensor stride")
     if len(size_t) != len(stride_t):
         raise CheckpointError("tensor size and stride differ in length")
@@ -134,6 +151,11 @@ def view_last_index(offset: int, size_t: tuple[int, ...], stride_t: tuple[int, .
     if math.prod(size_t) > 0:
         return offset + sum((n - 1) * s for n, s in zip(size_t, stride_t))
     return None
+
+
+def empty_table(value: Any) -> bool:
+    """None or an empty dict: what torch pickles for a tensor without backward hooks or metadata."""
+    return value is None or (isinstance(value, dict) and not value)
 
 
 def rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
@@ -148,6 +170,44 @@ def rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any
 
 # --------------------------------------------------------------------------
 # The unpickler.
+
+
+class BoundedReader:
+    """File wrapper refusing reads longer than what is left, before allocating for them.
+
+    A forged length field (BINBYTES8, BINUNICODE8, ...) then cannot make the unpickler allocate
+    more than the file holds; ``total`` is the size of the input from where it started (None: unknown).
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._left: int | None
+        try:
+            here = file.tell()
+            end = file.seek(0, os.SEEK_END)
+            file.seek(here)
+            self._left = end - here
+        except (AttributeError, OSError, ValueError):
+            self._left = None  # not seekable: rely on the stream's own end
+        self.total = self._left  # the whole file's size (None: unknown), which bounds BYTEARRAY8
+
+    def check_available(self, n: int) -> None:
+        if self._left is not None and n > self._left:
+            raise EOFError(f"pickle data was truncated: {n} bytes wanted, {self._left} left")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n >= 0:
+            self.check_available(n)
+        data = self._file.read(n)
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self._file.readline()
+        if self._left is not None:
+            self._left -= len(data)
+        return data
 
 
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
@@ -181,6 +241,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         super().__init__(file)
         self._byte_limit = byte_limit
         self._byte_limit_holder = byte_limit_holder
+        self.views = ViewBudget()  # what this file's tensor views may repeat
 
     # --- hooks
 
@@ -206,6 +267,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise CheckpointError("REDUCE arguments are not a tuple")
         result = func.call(*args)
         self.stack[-1] = result
+        self.views.charge(result)
         self._reduced(result)
 
     def _new(self, cls: Any, args: Any, kwargs: Any) -> Any:
@@ -256,17 +318,24 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def _load_setitem(self) -> None:
         value = self.stack.pop()
         key = self.stack.pop()
-        self._require_container(self.stack[-1], dict)[key] = value
+        self._require_container(self.stack[-1], dict)[require_key(key)] = value
 
     def _load_setitems(self) -> None:
         items = self.pop_mark()
         target = self._require_container(self.stack[-1], dict)
-        for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
+        for key, value in _key_value_pairs(items):
+            target[key] = value
+
+    def _load_dict(self) -> None:
+        self.append(dict(_key_value_pairs(self.pop_mark())))
 
     def _load_additems(self) -> None:
         items = self.pop_mark()
-        self._require_container(self.stack[-1], set).update(items)
+        self._require_container(self.stack[-1], set).update(require_key(v, "set member") for v in items)
+
+    def _load_frozenset(self) -> None:
+        items = self.pop_mark()
+        self.append(frozenset(require_key(v, "set member") for v in items))
 
     def _load_bytearray8(self) -> None:
         # The base version allocates the claimed length before reading; the data
@@ -284,5 +353,13 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         pickle.BUILD[0]: _load_build, pickle.INST[0]: _load_inst, pickle.OBJ[0]: _load_obj,
         pickle.APPEND[0]: _load_append, pickle.APPENDS[0]: _load_appends,
         pickle.SETITEM[0]: _load_setitem, pickle.SETITEMS[0]: _load_setitems, pickle.ADDITEMS[0]: _load_additems,
+        pickle.DICT[0]: _load_dict, pickle.FROZENSET[0]: _load_frozenset,
         pickle.BYTEARRAY8[0]: _load_bytearray8,
     })
+
+
+def _key_value_pairs(items: list[Any]) -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of a SETITEMS / DICT mark, keys checked before anything hashes them."""
+    if len(items) % 2:
+        raise CheckpointError("a dict is given an odd number of keys and values")
+    return [(require_key(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
