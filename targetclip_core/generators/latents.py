@@ -1,9 +1,10 @@
 """Latent files: W+ codes (and plain W) read from the formats people have, written as safetensors.
 
-Accepted for reading: our `.safetensors` (tensor `wplus`, or `w`), `.npy` (the official
-TargetCLIP / e4e dumps), and `.pt`/`.pth` tensors or dicts of one tensor (read with
-weights_only=True).  Everything comes back as float32 on CPU; shape checks against a
-generator happen in `StyleGAN2Generator.to_wplus`.
+Accepted for reading: our `.safetensors` (tensor `wplus`, or `w`; header checked against the file
+before reading, io.safetensors_files), `.npy` (the official TargetCLIP / e4e dumps), and
+`.pt`/`.pth` tensors or dicts of one tensor (formats.checkpoints.torch_load_safely, weights only).
+Everything comes back as float32 on CPU, finite; shape checks against a generator happen in
+`StyleGAN2Generator.to_wplus`.  Files are written the same byte for byte by identical runs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targetclip_core.errors import LatentError
-from targetclip_core.io.files import atomic_path
+from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.formats.checkpoints import torch_load_safely
+from targetclip_core.formats.npy import read_npy
+from targetclip_core.io.safetensors_files import read_safetensors, save_safetensors
 
 LATENT_FORMAT = "targetclip.latents"
 
@@ -29,19 +32,20 @@ def load_latents(path: str | os.PathLike) -> torch.Tensor:
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            t = torch.from_numpy(np.load(p, allow_pickle=False))
+            t = torch.from_numpy(read_npy(p, "latent file", check_shape=_latent_shape_problem, kinds="f",
+                                          error=LatentError))
         elif suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(p))
+            tensors, _ = read_safetensors(p, "latent file", error=LatentError)
             t = _pick_tensor(tensors, p)
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            obj = torch_load_safely(p)
             t = obj if torch.is_tensor(obj) else _pick_tensor(obj, p)
         else:
             raise LatentError(f"{p}: unsupported latent file type {suffix!r} (use .safetensors, .npy or .pt)")
     except LatentError:
         raise
+    except TargetCLIPError as e:  # the checkpoint reader's message already names the file
+        raise LatentError(str(e)) from None
     except Exception as e:  # numpy/safetensors/torch each raise their own types for corrupt files
         raise LatentError(f"{p}: cannot read latents ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not torch.is_tensor(t) or not t.is_floating_point():
@@ -55,16 +59,19 @@ def load_latents(path: str | os.PathLike) -> torch.Tensor:
     return t.float()
 
 
-def save_latents(path: str | os.PathLike, wplus: torch.Tensor, generator_identity: dict | None = None) -> Path:
-    """Write W+ latents as safetensors (tensor `wplus`), with the generator identity as metadata."""
-    from safetensors.torch import save_file
+def _latent_shape_problem(shape: tuple) -> str | None:
+    if len(shape) not in (1, 2, 3):
+        return f"latents of shape {list(shape)}; expected [B, w_dim] or [B, n_latent, w_dim]"
+    return None
 
+
+def save_latents(path: str | os.PathLike, wplus: torch.Tensor, generator_identity: dict | None = None) -> Path:
+    """Write W+ latents as safetensors (tensor `wplus`), with the generator identity as metadata, atomically
+    and the same bytes for the same latents."""
     meta = {"format": LATENT_FORMAT, "format_version": "1"}
     if generator_identity:
         meta["generator"] = json.dumps(generator_identity)
-    with atomic_path(path) as tmp:
-        save_file({"wplus": wplus.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors({"wplus": wplus.detach().float().cpu().contiguous()}, path, meta)
 
 
 def wplus_from_z(G, z, c=None, truncation: float = 1.0, truncation_cutoff: int | None = None) -> torch.Tensor:

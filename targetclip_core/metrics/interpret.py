@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.text import MiB, read_text
 
 VOCABULARY_FILE = Path(__file__).resolve().parents[1] / "data" / "essence_vocabulary.txt"
 DEFAULT_TEMPLATE = "a face with {}"
 NEUTRAL_PROMPT = "a face"
+MAX_VOCABULARY_BYTES = 4 * MiB  # the shipped one is 7 KB; every phrase is encoded by CLIP, so more is a wrong file
 
 
 def parse_phrases(text: str) -> list[str]:
@@ -35,13 +37,8 @@ def parse_phrases(text: str) -> list[str]:
 
 
 def read_vocabulary(path: str | os.PathLike) -> list[str]:
-    """Phrases of a vocabulary file (see parse_phrases)."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TargetCLIPError(f"{p}: cannot read the vocabulary ({e.strerror or e})") from None
-    return parse_phrases(text)
+    """Phrases of a UTF-8 vocabulary file of at most MAX_VOCABULARY_BYTES (see parse_phrases, io.text.read_text)."""
+    return parse_phrases(read_text(Path(path).expanduser(), "vocabulary", max_bytes=MAX_VOCABULARY_BYTES))
 
 
 def load_vocabulary(files=(), phrases=(), include_default: bool = True) -> list[str]:

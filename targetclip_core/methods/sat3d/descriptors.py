@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.text import MiB, read_json, type_name
 
 DESCRIPTOR_FORMAT = "targetclip.sat3d.descriptors"
 BUILTIN_DESCRIPTORS = ("faces", "cats", "cars")
@@ -38,6 +39,8 @@ OTHERS = "others"
 # channel pre-selection of a complex attribute (Sec. 3.2): k_t channels, M[t, i] = d_t (the paper's Hairstyle values)
 DEFAULT_PRESELECT_K = 3500
 DEFAULT_PRESELECT_D = 1.8
+MAX_DESCRIPTOR_BYTES = 4 * MiB  # the built-in sets are a few KB
+MAX_EXTENDS = 16  # a chain of "extends" deeper than this is refused (no set needs more)
 
 
 # --------------------------------------------------------------------------- descriptor groups
@@ -108,47 +111,90 @@ class DescriptorSet:
 def load_descriptors(name_or_path: str | os.PathLike) -> DescriptorSet:
     """A built-in set ("faces", "cats", "cars") or a user JSON file (same layout; may say
     "extends": "faces" to add attributes to, or replace attributes of, another set; it inherits the
-    set's "training_set" rules unless it has its own, where {} means none)."""
+    set's "training_set" rules unless it has its own, where {} means none).  A file that extends
+    itself, a cycle of "extends" or a chain deeper than MAX_EXTENDS is refused."""
+    return _load_descriptors(name_or_path, ())
+
+
+def _load_descriptors(name_or_path, chain: tuple[str, ...]) -> DescriptorSet:
+    """load_descriptors, `chain` holding the sets (built-in names, resolved paths) that extend this one."""
     name = str(name_or_path)
     if name in BUILTIN_DESCRIPTORS:
+        key, source = f"builtin:{name}", f"builtin:{name}"
+    else:
+        p = Path(name).expanduser()
+        key, source = str(p.resolve()), str(p)
+    if key in chain:
+        cycle = " -> ".join((*chain[chain.index(key):], key))
+        raise TargetCLIPError(f"{chain[-1]}: 'extends' makes a cycle ({cycle}): a descriptor set cannot extend itself")
+    if len(chain) >= MAX_EXTENDS:
+        raise TargetCLIPError(f"{chain[0]}: a chain of more than {MAX_EXTENDS} 'extends' ({' -> '.join(chain)} -> ...)")
+    if name in BUILTIN_DESCRIPTORS:
         text = resources.files("targetclip_core").joinpath("data", "sat3d_descriptors", f"{name}.json").read_text("utf-8")
-        return descriptors_from_dict(json.loads(text), source=f"builtin:{name}")
-    p = Path(name).expanduser()
+        return _descriptors_from_dict(json.loads(text), source, (*chain, key))
     if not p.is_file():
         raise TargetCLIPError(f"{p}: no such descriptor file (built-in sets: {', '.join(BUILTIN_DESCRIPTORS)})")
-    try:
-        data = json.loads(p.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise TargetCLIPError(f"{p}: not a readable descriptor JSON file ({e})") from None
-    return descriptors_from_dict(data, source=str(p))
+    data = read_json(p, "descriptor file", max_bytes=MAX_DESCRIPTOR_BYTES)
+    return _descriptors_from_dict(data, source, (*chain, key))
 
 
 def descriptors_from_dict(data: dict, source: str = "") -> DescriptorSet:
+    """A descriptor set from its JSON layout (see load_descriptors); `source` names it in messages."""
+    return _descriptors_from_dict(data, source, ())
+
+
+def _descriptors_from_dict(data, source: str, chain: tuple[str, ...]) -> DescriptorSet:
     if not isinstance(data, dict) or not isinstance(data.get("attributes"), dict):
         raise TargetCLIPError(f"{source}: a descriptor file is a JSON object with an 'attributes' object")
-    base = load_descriptors(data["extends"]) if data.get("extends") else None
-    template = data.get("template", base.template if base else "{}")
+    extends = data.get("extends")
+    if extends and not isinstance(extends, str):
+        raise TargetCLIPError(f"{source}: 'extends' names a built-in set ({', '.join(BUILTIN_DESCRIPTORS)}) or a "
+                              f"descriptor file, got {type_name(extends)}")
+    base = _load_descriptors(extends, chain or (source,)) if extends else None
+    template = _text(data.get("template", base.template if base else "{}"), "template", source)
     parsed = OrderedDict((a.name, a) for a in (base.attributes if base else ()))
     for name, spec in data["attributes"].items():
         parsed[name] = _parse_attribute(name, spec, template, source)
     if not parsed:
         raise TargetCLIPError(f"{source}: no attributes")
-    domain = data.get("domain", base.domain if base else (Path(source).stem or "custom"))
+    domain = _text(data.get("domain", base.domain if base else (Path(source).stem or "custom")), "domain", source)
     rules = _parse_training_set(data["training_set"], source) if "training_set" in data else (base.training_set if base else None)
-    return DescriptorSet(str(domain), tuple(parsed.values()), source, template, rules)
+    return DescriptorSet(domain, tuple(parsed.values()), source, template, rules)
+
+
+def _text(value, key: str, source, where: str = "") -> str:
+    if not isinstance(value, str):
+        raise TargetCLIPError(f"{source}: {where}'{key}' must be a string, got {type_name(value)}")
+    return value
 
 
 def _parse_attribute(name, spec, template, source) -> AttributeDescriptors:
     if isinstance(spec, list):  # shorthand: a bare list of groups (or one group of phrases)
         spec = {"groups": spec}
+    if not isinstance(spec, dict):
+        raise TargetCLIPError(f"{source}: attribute {name!r} must be an object with 'groups' (or a list of groups), "
+                              f"got {type_name(spec)}")
     groups = spec.get("groups")
+    if groups is not None and not isinstance(groups, list):
+        raise TargetCLIPError(f"{source}: 'groups' of {name!r} must be a list of groups of phrases, got {type_name(groups)}")
     if groups and all(isinstance(g, str) for g in groups):
         groups = [groups]
     if not groups:
         raise TargetCLIPError(f"{source}: attribute {name!r} has no descriptor groups")
-    tpl = spec.get("template", template)
+    tpl = _text(spec.get("template", template), "template", source, f"attribute {name!r}: ")
     if "{}" not in tpl:
         raise TargetCLIPError(f"{source}: template {tpl!r} of {name!r} has no '{{}}' for the phrase")
+    try:
+        tpl.format("phrase")
+    except (IndexError, KeyError, ValueError) as e:
+        raise TargetCLIPError(f"{source}: template {tpl!r} of {name!r} must hold one '{{}}' and no other braces "
+                              f"(write '{{{{' and '}}}}' for literal ones): {type(e).__name__} {e}") from None
+    region = spec.get("region")
+    if region is not None and not (isinstance(region, str) and region):
+        raise TargetCLIPError(f"{source}: 'region' of {name!r} must be a region name, got {type_name(region)}")
+    complex_ = spec.get("complex", False)
+    if not isinstance(complex_, bool):
+        raise TargetCLIPError(f"{source}: 'complex' of {name!r} must be true or false, got {type_name(complex_)}")
     out = []
     for g in groups:
         if not isinstance(g, list) or len(g) < 2 or not all(isinstance(x, str) and x.strip() for x in g):
@@ -156,8 +202,7 @@ def _parse_attribute(name, spec, template, source) -> AttributeDescriptors:
         if len(set(g)) != len(g):
             raise TargetCLIPError(f"{source}: group of {name!r} repeats a phrase: {g!r}")
         out.append(tuple(tpl.format(x.strip()) for x in g))
-    return AttributeDescriptors(name, tuple(out), spec.get("region"), bool(spec.get("complex", False)),
-                                *_parse_preselect(name, spec, source))
+    return AttributeDescriptors(name, tuple(out), region, complex_, *_parse_preselect(name, spec, source))
 
 
 def _parse_preselect(name, spec, source) -> tuple[int, float]:

@@ -11,7 +11,8 @@ starts as "belongs to none of the attributes" (P_a = 1/(e + m)); a channel pre-s
 A matrix belongs to one generator: its file stores the layout of the StyleSpace and a
 fingerprint of the weights; loading it for another generator is refused (the channel semantics
 of two networks differ even when their shapes match); strict_weights=False allows a fine-tuned
-relative of the same layout.
+relative of the same layout.  The file is written the same byte for byte for the same matrix
+and read through io.safetensors_files (header checked, logits finite, every metadata entry typed).
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout
-from targetclip_core.io.files import atomic_path
+from targetclip_core.io.safetensors_files import (
+    meta_int,
+    meta_json,
+    meta_number_lists,
+    meta_str,
+    read_safetensors,
+    require_tensor,
+    save_safetensors,
+)
 
 MATRIX_FORMAT = "targetclip.sat3d.matrix"
 # What a matrix file without an "objective" entry was trained with: the losses before they followed the paper
@@ -189,8 +198,7 @@ def describe_matrix(matrix: SAT3DMatrix, name: str = "") -> str:
 
 
 def save_sat3d_matrix(path: str | os.PathLike, matrix: SAT3DMatrix) -> Path:
-    from safetensors.torch import save_file
-
+    """Write a matrix file atomically, the same bytes for the same matrix."""
     meta = {
         "format": MATRIX_FORMAT,
         "format_version": "1",
@@ -206,40 +214,56 @@ def save_sat3d_matrix(path: str | os.PathLike, matrix: SAT3DMatrix) -> Path:
         "objective": json.dumps(matrix.objective),
         "training_set": json.dumps(matrix.training_set),
     }
-    with atomic_path(path) as tmp:
-        save_file({"logits": matrix.logits.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors({"logits": matrix.logits.detach().float().cpu().contiguous()}, path, meta)
+
+
+def style_layout_from_json(data, source, error: type[TargetCLIPError] = TargetCLIPError) -> StyleLayout:
+    """A StyleLayout from its JSON form [[layer name, channels], ...] as a file stores it; anything else is refused
+    naming `source`."""
+    def pair(entry) -> bool:
+        return (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] > 0)
+
+    if not isinstance(data, (list, tuple)) or not data or not all(pair(e) for e in data):
+        raise error(f"{source}: the StyleSpace layout must be a list of [layer name, channel count] pairs, got "
+                    f"{str(data)[:80]}")
+    return StyleLayout.from_json(data)
+
+
+def attribute_names(data, source, error: type[TargetCLIPError] = TargetCLIPError) -> list[str]:
+    """A file's attribute list: distinct non-empty strings, or refused naming `source`."""
+    if (not isinstance(data, list) or not data or not all(isinstance(a, str) and a for a in data)
+            or len(set(data)) != len(data)):
+        raise error(f"{source}: the attributes must be a list of distinct names, got {str(data)[:80]}")
+    return list(data)
 
 
 def load_sat3d_matrix(path: str | os.PathLike, generator=None, strict_weights: bool = True) -> SAT3DMatrix:
-    """Read a matrix file; with `generator`, refuse one trained for another generator."""
-    from safetensors import SafetensorError, safe_open
-
+    """Read a matrix file (header checked, logits finite, every metadata entry of its type); with `generator`, refuse
+    one trained for another generator."""
     p = Path(path)
+    what = "SAT3D matrix file"
     if not p.is_file():
         raise TargetCLIPError(f"{p}: no such SAT3D matrix file")
+    tensors, meta = read_safetensors(p, what)
+    if meta.get("format") != MATRIX_FORMAT:
+        raise TargetCLIPError(f"{p}: not a SAT3D matrix file (format={meta.get('format')!r})")
+    logits = require_tensor(tensors, "logits", p, what, floating=True, ndim=2)
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != MATRIX_FORMAT:
-                raise TargetCLIPError(f"{p}: not a SAT3D matrix file (format={meta.get('format')!r})")
-            logits = f.get_tensor("logits").float()
         matrix = SAT3DMatrix(
-            logits=logits,
-            attributes=json.loads(meta["attributes"]),
-            layout=StyleLayout.from_json(json.loads(meta["layout"])),
-            generator=json.loads(meta["generator"]),
-            fingerprint=meta["fingerprint"],
-            descriptors=meta.get("descriptors", ""),
-            clip=json.loads(meta.get("clip", "null")),
-            steps=int(meta.get("steps", "0")),
-            losses=json.loads(meta.get("losses", "{}")),
-            preselection=meta.get("preselection", "none"),
-            objective=json.loads(meta["objective"]) if "objective" in meta else dict(LEGACY_OBJECTIVE),
-            training_set=json.loads(meta.get("training_set", "{}")),
+            logits=logits.float(),
+            attributes=attribute_names(meta_json(meta, "attributes", list, p, what), p),
+            layout=style_layout_from_json(meta_json(meta, "layout", list, p, what), p),
+            generator=meta_json(meta, "generator", dict, p, what),
+            fingerprint=meta_str(meta, "fingerprint", p, what),
+            descriptors=meta_str(meta, "descriptors", p, what, default=""),
+            clip=meta_json(meta, "clip", (dict, type(None)), p, what, default=None),
+            steps=meta_int(meta, "steps", p, what, default=0, minimum=0),
+            losses=meta_number_lists(meta, "losses", p, what, default={}),
+            preselection=meta_str(meta, "preselection", p, what, default="none"),
+            objective=meta_json(meta, "objective", dict, p, what, default=dict(LEGACY_OBJECTIVE)),
+            training_set=meta_json(meta, "training_set", dict, p, what, default={}),
         )
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
-        raise TargetCLIPError(f"{p}: corrupt or incomplete SAT3D matrix file ({type(e).__name__}: {e})") from None
     except LatentError as e:
         raise LatentError(f"{p}: {e}") from None
     if generator is not None:

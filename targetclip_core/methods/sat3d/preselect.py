@@ -47,7 +47,14 @@ import torch
 
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout
-from targetclip_core.io.files import atomic_path
+from targetclip_core.io.safetensors_files import (
+    meta_int,
+    meta_json,
+    meta_str,
+    read_safetensors,
+    require_tensor,
+    save_safetensors,
+)
 from targetclip_core.methods.sat3d.descriptors import DEFAULT_PRESELECT_D, DEFAULT_PRESELECT_K
 from targetclip_core.methods.sat3d.matrix import cached_fingerprint
 from targetclip_core.methods.sat3d.regions import RegionParser, binary_region
@@ -292,32 +299,66 @@ def preselect_channels(G, layout: StyleLayout, latent_bank: torch.Tensor, parser
 
 
 def save_preselect_statistics(path: str | os.PathLike, stats: PreselectStatistics) -> Path:
-    """Write statistics as safetensors (sums, counts) with JSON metadata, atomically."""
-    from safetensors.torch import save_file
-
+    """Write statistics as safetensors (sums, counts) with JSON metadata, atomically and the same bytes for the same
+    statistics."""
     meta = {"format": STATISTICS_FORMAT, "format_version": "1", "regions": json.dumps(stats.regions),
             "done": str(stats.done), "n_samples": str(stats.n_samples), "seed": str(stats.seed),
             "resolution": json.dumps(stats.resolution), "fingerprint": stats.fingerprint}
     tensors = {"sums": stats.sums.double().contiguous(), "counts": stats.counts.long().contiguous()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors(tensors, path, meta)
 
 
 def load_preselect_statistics(path: str | os.PathLike) -> PreselectStatistics:
-    """Read a statistics file written by save_preselect_statistics."""
-    from safetensors import SafetensorError, safe_open
-
+    """Read a statistics file written by save_preselect_statistics (header checked, sums finite, every entry of its
+    type and the tensors of the shapes the regions give)."""
     p = Path(path)
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != STATISTICS_FORMAT:
-                raise TargetCLIPError(f"{p}: not a SAT3D pre-selection statistics file (format={meta.get('format')!r})")
-            state = {"sums": f.get_tensor("sums"), "counts": f.get_tensor("counts"),
-                     "regions": json.loads(meta["regions"]), "done": int(meta["done"]),
-                     "n_samples": int(meta["n_samples"]), "seed": int(meta["seed"]),
-                     "resolution": json.loads(meta["resolution"]), "fingerprint": meta["fingerprint"]}
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
-        raise TargetCLIPError(f"{p}: unreadable SAT3D pre-selection statistics ({type(e).__name__}: {e})") from None
-    return PreselectStatistics.from_state(state)
+    what = "SAT3D pre-selection statistics"
+    tensors, meta = read_safetensors(p, what)
+    if meta.get("format") != STATISTICS_FORMAT:
+        raise TargetCLIPError(f"{p}: not a SAT3D pre-selection statistics file (format={meta.get('format')!r})")
+    state = {"sums": require_tensor(tensors, "sums", p, what, dtype=torch.float64, ndim=2),
+             "counts": require_tensor(tensors, "counts", p, what, dtype=torch.int64, ndim=1),
+             "regions": meta_json(meta, "regions", list, p, what), "done": meta_int(meta, "done", p, what, minimum=0),
+             "n_samples": meta_int(meta, "n_samples", p, what, minimum=1), "seed": meta_int(meta, "seed", p, what),
+             "resolution": meta_json(meta, "resolution", (int, type(None)), p, what),
+             "fingerprint": meta_str(meta, "fingerprint", p, what)}
+    return PreselectStatistics.from_state(check_statistics_state(state, p))
+
+
+def check_statistics_state(state, where) -> dict:
+    """Refuse statistics (a file's or a checkpoint's PreselectStatistics.to_state) whose fields are not of their types
+    and shapes: distinct region names, sums [R, n] float >= 0 and finite, counts [R] whole numbers in 0..done,
+    0 <= done <= n_samples, a render size > 0 or None, a fingerprint string."""
+    def bad(why: str):
+        return TargetCLIPError(f"{where}: unusable pre-selection statistics ({why}): delete them to run the pass again")
+
+    if not isinstance(state, dict):
+        raise bad(f"{type(state).__name__}, not a dict of statistics")
+    missing = [k for k in ("regions", "sums", "counts", "done", "n_samples", "seed", "resolution", "fingerprint")
+               if k not in state]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    regions, sums, counts = state["regions"], state["sums"], state["counts"]
+    whole = {k: state[k] for k in ("done", "n_samples", "seed")}
+    if not isinstance(regions, list) or not all(isinstance(r, str) and r for r in regions) or len(set(regions)) != len(regions):
+        raise bad(f"regions {str(regions)[:80]} are not distinct names")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in whole.values()):
+        raise bad(f"done / n_samples / seed must be whole numbers, got {whole}")
+    if not 0 <= whole["done"] <= whole["n_samples"]:
+        raise bad(f"{whole['done']} of {whole['n_samples']} images done")
+    resolution = state["resolution"]
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise bad(f"render size {resolution!r}")
+    if not isinstance(state["fingerprint"], str):
+        raise bad("the generator fingerprint is not a string")
+    if not torch.is_tensor(sums) or not sums.is_floating_point() or sums.shape[:1] != (len(regions),) or sums.dim() != 2:
+        raise bad(f"sums must be a float tensor [{len(regions)} regions, channels], got "
+                  f"{list(sums.shape) if torch.is_tensor(sums) else type(sums).__name__}")
+    if not bool(torch.isfinite(sums).all()) or bool((sums < 0).any()):
+        raise bad("sums of |gradient| hold NaN, infinite or negative values")
+    if not torch.is_tensor(counts) or counts.is_floating_point() or counts.shape != (len(regions),):
+        raise bad(f"counts must be whole numbers [{len(regions)} regions], got "
+                  f"{list(counts.shape) if torch.is_tensor(counts) else type(counts).__name__}")
+    if bool((counts < 0).any()) or bool((counts > whole["done"]).any()):
+        raise bad(f"image counts {counts.tolist()} outside 0..{whole['done']}")
+    return state

@@ -22,6 +22,7 @@ from torch import nn
 
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout
+from targetclip_core.methods.optimization import check_converged, check_run_settings
 from targetclip_core.methods.sat3d.checkpoint import check_objective, load_checkpoint, save_checkpoint
 from targetclip_core.methods.sat3d.descriptors import DescriptorSet, descriptor_info
 from targetclip_core.methods.sat3d.distributed import any_process, distributed_rank_world, wrap_ddp
@@ -100,6 +101,7 @@ def train_sat3d(
       checkpoint of a multi-process run of an older version, which drew pairs per process,
       cannot be resumed).
     """
+    check_run_settings(lr=lr, steps=steps, batch_size=batch_size, n_codes=n_codes, checkpoint_every=checkpoint_every)
     make_ready(G, measure)
     attributes = list(measure.attributes)
     descriptors, regions, complex_attrs = descriptor_info(measure, descriptors)
@@ -185,6 +187,7 @@ def train_sat3d(
             values /= world
         for k, v in zip(LOSS_TERMS, values.tolist()):
             log[k].append(v)
+        check_converged(log["total"][-1], f"SAT3D training (step {step})")  # before a NaN matrix is saved
         log_attribute.append(target[0])
         if callback is not None and callback(SAT3DStep(step, steps, target, {k: log[k][-1] for k in LOSS_TERMS},
                                                            logits.detach())):

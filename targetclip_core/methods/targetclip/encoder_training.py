@@ -36,6 +36,8 @@ carries no optimizer state (it is for inference, `last.pt` is for resuming).
 from __future__ import annotations
 
 import csv
+import io
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,11 +48,12 @@ import torch
 from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
 from targetclip_core.encoders.inversion import inverter_from_checkpoint
-from targetclip_core.errors import CheckpointError, TargetCLIPError
+from targetclip_core.errors import CheckpointError, LatentError, TargetCLIPError
 from targetclip_core.formats.checkpoints import load_state_checked, sniff_format, torch_load_safely
 from targetclip_core.io.files import atomic_path
+from targetclip_core.io.text import MiB, read_text
 from targetclip_core.io.weights import resolve_checkpoint
-from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
+from targetclip_core.methods.optimization import check_converged, check_run_settings, loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
 from targetclip_core.methods.targetclip.optimize import LOSS_TERMS, essence_losses, sample_sources
 from targetclip_core.methods.targetclip.training_data import batch_indices, flip_mask, prepare_data, read_training_image
@@ -58,6 +61,7 @@ from targetclip_core.methods.targetclip.training_data import batch_indices, flip
 BEST_NAME, LAST_NAME, LOG_NAME = "best_model.pt", "last.pt", "loss_log.csv"
 CHECKPOINT_FORMAT = "targetclip.essence_encoder"
 RESUMABLE_CHANGES = ("steps", "val_every", "save_every")  # may differ on resume: they do not change the updates
+MAX_LOG_BYTES = 256 * MiB  # a row is ~80 bytes: millions of steps
 
 
 @dataclass(frozen=True)
@@ -174,25 +178,44 @@ class LossLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is None or not path.is_file():
-            with open(path, "w", newline="") as f:
+            with open(path, "w", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(self.COLUMNS)
         else:  # rows a stopped run wrote after its last save are replayed: drop them
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, self.COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
+            rows = [r for r in read_loss_log(path) if r["step"] <= resume_step]
+            with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.COLUMNS)
+                writer.writerows(log_row(r["step"], r["split"], r) for r in rows)
 
     def append(self, step: int, split: str, losses: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([step, split] + [f"{losses[k]:.8g}" for k in LOSS_TERMS])
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow(log_row(step, split, losses))
+
+
+def log_row(step: int, split: str, losses: dict) -> list:
+    """One loss_log.csv row as it is written: the step, the split, then each loss term to 8 significant digits."""
+    return [step, split] + [f"{losses[k]:.8g}" for k in LOSS_TERMS]
 
 
 def read_loss_log(path) -> list[dict]:
-    """The rows of a loss_log.csv, numbers as int/float."""
-    with open(path, newline="") as f:
-        return [{"step": int(r["step"]), "split": r["split"], **{k: float(r[k]) for k in LOSS_TERMS}} for r in csv.DictReader(f)]
+    """The rows of a loss_log.csv, numbers as int/float; a file that is not such a log (not UTF-8, other columns, a
+    row that does not parse) is refused naming the file and the line."""
+    text = read_text(path, "training loss log", max_bytes=MAX_LOG_BYTES)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in LossLog.COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise TargetCLIPError(f"{path}: not a training loss log (no column {', '.join(missing)}; it needs "
+                              f"{', '.join(LossLog.COLUMNS)}): move it away to start a new log")
+    rows = []
+    for r in reader:
+        try:
+            if None in r or any(r[k] is None for k in LossLog.COLUMNS) or r["split"] not in ("train", "val"):
+                raise ValueError("not a row of the log's columns")
+            rows.append({"step": int(r["step"]), "split": r["split"], **{k: float(r[k]) for k in LOSS_TERMS}})
+        except ValueError as e:
+            raise TargetCLIPError(f"{path}: line {reader.line_num} of the training loss log does not parse ({e}): "
+                                  "fix or remove that line, or move the log away to start a new one") from None
+    return rows
 
 
 @dataclass
@@ -296,13 +319,60 @@ def _make_optimizer(name: str, params, lr: float):
 
 
 def _read_resume(path: Path) -> dict:
+    """last.pt of a run, read as data and its fields checked (types and shapes) before any is used."""
     if not path.is_file():
         raise TargetCLIPError(f"{path}: nothing to resume (no last.pt in the output folder)")
     ckpt = torch_load_safely(path)
     opts = ckpt.get("opts") if isinstance(ckpt, dict) else None
     if not isinstance(opts, dict) or opts.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
         raise CheckpointError(f"{path}: not a resumable essence-encoder training checkpoint")
+    check_resume_fields(ckpt, path)
     return ckpt
+
+
+def check_resume_fields(ckpt: dict, path) -> None:
+    """Refuse a last.pt whose fields would fail (or mislead) a resumed run, naming the field."""
+    def bad(why: str):
+        return CheckpointError(f"{path}: damaged essence-encoder training checkpoint ({why}): resume from a good copy "
+                               "or use a new output folder")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    opts, state, sources = ckpt["opts"], ckpt.get("state_dict"), ckpt.get("sources")
+    settings = opts.get("targetclip_train")
+    if (not isinstance(settings, dict) or not isinstance(opts.get("sources"), str)
+            or not all(isinstance(v, (type(None), bool, int, float, str, list, tuple)) for v in settings.values())):
+        raise bad("its opts lack the run's settings ('targetclip_train') or sources")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise bad("'state_dict' is not a dict of tensors")
+    if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["optimizer"].get("state"), dict):
+        raise bad("'optimizer' is not an optimizer state_dict")
+    step, best, best_step = ckpt.get("global_step"), ckpt.get("best_val_loss"), ckpt.get("best_step")
+    if not whole(step):
+        raise bad(f"global_step {step!r} is not a whole number >= 0")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or not math.isfinite(best)):
+        raise bad(f"best_val_loss {best!r} is not a finite number")
+    if best_step is not None and (not whole(best_step) or best_step > step) or (best is None) != (best_step is None):
+        raise bad(f"best_step {best_step!r} does not go with best_val_loss {best!r} at step {step}")
+    if (not torch.is_tensor(sources) or not sources.is_floating_point() or sources.dim() != 3 or not len(sources)
+            or not bool(torch.isfinite(sources).all())):
+        raise bad("'sources' are not finite W+ latents [N, n_latent, w_dim]")
+
+
+def load_optimizer_state(optimizer, state: dict, path) -> None:
+    """optimizer.load_state_dict(state), refused (CheckpointError naming the file) when the state does not fit the
+    optimizer's parameters: other groups, or buffers of other shapes than their parameters."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this encoder ({type(e).__name__}: {e})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.numel() > 1 and value.shape != param.shape:
+                    raise CheckpointError(f"{path}: its optimizer's {name!r} has shape {list(value.shape)} for a "
+                                          f"parameter of shape {list(param.shape)}: damaged or of another encoder")
 
 
 def _check_same_run(saved: dict, cfg: EncoderTrainingConfig, digest: str, models: dict, path: Path) -> None:
@@ -396,6 +466,7 @@ def train_essence_encoder(
       (last.pt is written first); an exception raised in it also writes last.pt, then propagates.
     """
     cfg = replace(config or EncoderTrainingConfig(), **overrides)
+    check_run_settings(lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size)
     out = Path(out_dir)
     last_path, best_path, log_path = out / LAST_NAME, out / BEST_NAME, out / LOG_NAME
     if not resume and last_path.exists():
@@ -421,6 +492,10 @@ def train_essence_encoder(
     if saved is not None:  # the run's own sources, whatever is passed now
         _check_same_run(saved, cfg, data.digest, {"generator": G.identity, "clip": C.identity}, last_path)
         source_latents, sources_from = saved["sources"].to(G.device).float(), saved["opts"]["sources"]
+        try:
+            G.check_wplus(source_latents)
+        except LatentError as e:
+            raise LatentError(f"{last_path}: the run's sources: {e}") from None
     else:
         source_latents, sources_from = _training_sources(sources, G, cfg)
     objective = EssenceObjective(G, C, source_latents, cfg.lambdas, cfg.out_resolution)
@@ -439,7 +514,7 @@ def train_essence_encoder(
     if saved is not None:
         load_state_checked(encoder.net.encoder, {k[len("encoder.") :]: v for k, v in saved["state_dict"].items()
                                                  if k.startswith("encoder.")}, f"{last_path} (encoder)")
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(optimizer, saved["optimizer"], last_path)
         step, best, best_step = int(saved["global_step"]), saved["best_val_loss"], saved["best_step"]
     out.mkdir(parents=True, exist_ok=True)
     log = LossLog(log_path, step if saved is not None else None)
@@ -467,6 +542,7 @@ def train_essence_encoder(
         started = time.perf_counter()
         targets = _training_batch(data.train, step, batch_size, size, cfg).to(G.device)
         train_losses = _train_step(encoder, objective, optimizer, targets)
+        check_converged(train_losses["total"], f"encoder training (step {step + 1})")  # before a NaN encoder is saved
         step += 1
         log.append(step, "train", train_losses)
         val_losses = validate(step) if (step % cfg.val_every == 0 or step == cfg.steps) else None

@@ -4,13 +4,13 @@ An essence is applied as G(w + strength * b) (TargetCLIP, Sec. 4), optionally on
 range of W+ entries.  Files are `.safetensors` (vector, optional target thumbnail and
 per-source coefficients; metadata: generator identity, CLIP model, losses, steps,
 recommended strength).  The official TargetCLIP directions (`.npy`, (1, 18, 512)) import
-directly.
+directly.  Files are written the same byte for byte for the same essence and read through
+io.safetensors_files (header checked against the file, tensors finite, metadata typed).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,10 +20,22 @@ import torch
 import torch.nn.functional as F
 
 from targetclip_core.errors import LatentError, TargetCLIPError
-from targetclip_core.io.files import atomic_path
+from targetclip_core.formats.npy import read_npy
+from targetclip_core.io.safetensors_files import (
+    check_finite,
+    meta_float,
+    meta_int,
+    meta_json,
+    meta_number_lists,
+    meta_str,
+    read_safetensors,
+    require_tensor,
+    save_safetensors,
+)
 
 ESSENCE_FORMAT = "targetclip.essence"
 LAYER_RANGES = ("all", "coarse", "middle", "fine")
+MAX_ESSENCE_NPY_BYTES = 64 << 20  # an official direction of a 1024px generator is 18 x 512 floats (74 KB as float64)
 
 
 @dataclass
@@ -231,9 +243,8 @@ def essence_grid_sheet(images: torch.Tensor, essences, captions: bool = True) ->
 
 
 def save_essence(path: str | os.PathLike, essence: Essence) -> Path:
-    """Write `.safetensors` atomically; the loss history is stored as JSON metadata."""
-    from safetensors.torch import save_file
-
+    """Write `.safetensors` atomically (the same bytes for the same essence); the loss history is stored as JSON
+    metadata."""
     tensors = {"essence": essence.vector.detach().float().cpu().contiguous()}
     if essence.thumbnail is not None:
         tensors["thumbnail"] = essence.thumbnail.detach().to(torch.uint8).cpu().contiguous()
@@ -250,9 +261,7 @@ def save_essence(path: str | os.PathLike, essence: Essence) -> Path:
         "name": essence.name,
         "source": essence.source,
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return save_safetensors(tensors, path, meta)
 
 
 def load_essence(path: str | os.PathLike, generator=None) -> Essence:
@@ -276,10 +285,12 @@ def load_essence(path: str | os.PathLike, generator=None) -> Essence:
 
 
 def _load_official_npy(p: Path) -> Essence:
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise TargetCLIPError(f"{p}: not a readable .npy essence ({e})") from None
+    def shape_problem(shape):
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] != 1):
+            return f"an official direction is a float array of shape (1, n_latent, w_dim), got {shape}"
+        return None
+
+    arr = read_npy(p, ".npy essence", check_shape=shape_problem, max_bytes=MAX_ESSENCE_NPY_BYTES, error=LatentError)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[0] != 1 or not np.issubdtype(arr.dtype, np.floating):
@@ -304,30 +315,28 @@ def _named(path: Path, build):
 
 
 def _load_safetensors(p: Path) -> Essence:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != ESSENCE_FORMAT:
-                raise TargetCLIPError(f"{p}: a safetensors file, but not a TargetCLIP essence (format={meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        essence = _named(p, lambda: Essence(
-            vector=tensors["essence"].float(),
-            generator=json.loads(meta.get("generator", "{}")),
-            clip=json.loads(meta.get("clip", "null")),
-            thumbnail=tensors.get("thumbnail"),
-            coefficients=tensors.get("coefficients"),
-            losses=json.loads(meta.get("losses", "{}")),
-            steps=int(meta.get("steps", "0")),
-            strength=float(meta.get("strength", "1.0")),
-            name=meta.get("name", p.stem),
-            source=meta.get("source", "optimized"),
-        ))
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
-        if isinstance(e, TargetCLIPError):
-            raise
-        raise TargetCLIPError(f"{p}: corrupt or incomplete essence file ({type(e).__name__}: {e})") from None
-    if not math.isfinite(essence.strength):
-        raise TargetCLIPError(f"{p}: recommended strength is not a finite number")
+    """Our essence file: header checked, tensors finite, every metadata entry of its expected type."""
+    what = "essence file"
+    tensors, meta = read_safetensors(p, what, finite=False)
+    if meta.get("format") != ESSENCE_FORMAT:
+        raise TargetCLIPError(f"{p}: a safetensors file, but not a TargetCLIP essence (format={meta.get('format')!r})")
+    for name, t in tensors.items():  # a NaN vector is a LatentError, as the Essence check raises it
+        check_finite(t, p, name, what, LatentError)
+    vector = require_tensor(tensors, "essence", p, what, floating=True)
+    thumbnail = require_tensor(tensors, "thumbnail", p, what, dtype=torch.uint8, ndim=3, optional=True)
+    if thumbnail is not None and thumbnail.shape[-1] != 3:
+        raise TargetCLIPError(f"{p}: the essence's thumbnail is an RGB image [H, W, 3], got {list(thumbnail.shape)}")
+    coefficients = require_tensor(tensors, "coefficients", p, what, floating=True, optional=True)
+    essence = _named(p, lambda: Essence(
+        vector=vector.float(),
+        generator=meta_json(meta, "generator", dict, p, what, default={}),
+        clip=meta_json(meta, "clip", (dict, type(None)), p, what, default=None),
+        thumbnail=thumbnail,
+        coefficients=coefficients,
+        losses=meta_number_lists(meta, "losses", p, what, default={}),
+        steps=meta_int(meta, "steps", p, what, default=0, minimum=0),
+        strength=meta_float(meta, "strength", p, what, default=1.0),
+        name=meta_str(meta, "name", p, what, default=p.stem),
+        source=meta_str(meta, "source", p, what, default="optimized"),
+    ))
     return essence
