@@ -28,6 +28,7 @@ Coordinates everywhere: x, y in pixels, the centre of the top-left pixel is
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from targetclip_core.errors import TargetCLIPError
-from targetclip_core.faces.landmarks import face_landmarks, rgb_array
+from targetclip_core.faces.landmarks import face_landmarks
+from targetclip_core.io.images import load_image, rgb_array
 
 __all__ = ["AlignedFace", "PasteResult", "align_face", "face_mask", "ffhq_quad", "paste_back"]
 
@@ -408,6 +410,8 @@ def _photo_tensor(original, aligned: AlignedFace) -> torch.Tensor:
         if not torch.isfinite(photo).all():
             raise TargetCLIPError("original: the image contains NaN or infinite values")
         photo = photo.float()
+    elif isinstance(original, (str, os.PathLike)):
+        photo = load_image(original)  # the one reader: upright as its EXIF tag says, like align_face's read
     else:
         rgb, _ = rgb_array(original)
         photo = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1

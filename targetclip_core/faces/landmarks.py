@@ -35,6 +35,9 @@ from torch import nn
 from torchvision.ops import nms
 
 from targetclip_core.errors import CheckpointError, TargetCLIPError
+from targetclip_core.formats.npy import read_npy
+from targetclip_core.io.images import rgb_array  # re-exported: the detectors' image input
+from targetclip_core.io.text import read_json
 
 __all__ = [
     "FACENET_PYTORCH_PIN",
@@ -47,6 +50,7 @@ __all__ = [
     "face_landmarks",
     "five_points",
     "load_mtcnn",
+    "read_landmarks_file",
     "rgb_array",
 ]
 
@@ -66,78 +70,6 @@ class Face:
     @property
     def area(self) -> float:
         return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
-
-
-# --------------------------------------------------------------------------- image input
-
-
-def rgb_array(image, name: str | None = None) -> tuple[np.ndarray, str]:
-    """Any accepted image -> (uint8 [H, W, 3] RGB array, a name for error messages).
-
-    Accepts a path, a PIL image (converted to RGB), a [1, 3, H, W] / [3, H, W]
-    tensor in [-1, 1], or a uint8 [H, W, 3] array.  Detectors and the FFHQ
-    pipeline both work on 8-bit pixels, so tensors are rounded like a PNG would be.
-    """
-    from PIL import Image
-
-    if isinstance(image, (str, os.PathLike)):
-        return _read_file(Path(image)), name or str(image)
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, name or "the image"), name or "the image"
-    if torch.is_tensor(image):
-        return _tensor_to_rgb(image, name or "the image tensor"), name or "the image tensor"
-    if isinstance(image, np.ndarray):
-        name = name or "the image array"
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise TargetCLIPError(
-                f"{name}: expected a uint8 [H, W, 3] RGB array, got {image.dtype} {list(image.shape)}"
-            )
-        return np.ascontiguousarray(image), name
-    raise TargetCLIPError(
-        f"{name or 'image'}: expected a path, a PIL image or a [1, 3, H, W] tensor, got {type(image).__name__}"
-    )
-
-
-def _read_file(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return _pil_to_rgb(im, str(path))
-    except (UnidentifiedImageError, OSError) as e:
-        raise TargetCLIPError(f"{path}: not a readable image ({e})") from None
-
-
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
-
-
-def _pil_to_rgb(im, name: str) -> np.ndarray:
-    # 16-bit and float modes would be clipped or rescaled silently by convert("RGB")
-    if im.mode not in _CONVERTIBLE_MODES:
-        raise TargetCLIPError(f"{name}: image mode {im.mode!r} is not supported; save it as 8-bit RGB")
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _tensor_to_rgb(img: torch.Tensor, name: str) -> np.ndarray:
-    if img.dim() == 4:
-        if img.shape[0] != 1:
-            raise TargetCLIPError(f"{name}: expected one image [1, 3, H, W], got a batch of {img.shape[0]}")
-        img = img[0]
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise TargetCLIPError(f"{name}: expected an image tensor [1, 3, H, W], got {list(img.shape)}")
-    if not img.is_floating_point():
-        raise TargetCLIPError(f"{name}: expected a float tensor in [-1, 1], got {img.dtype}")
-    if min(img.shape[1:]) < 1:
-        raise TargetCLIPError(f"{name}: the image is empty ({list(img.shape)})")
-    img = img.detach().float().cpu()
-    if not torch.isfinite(img).all():
-        raise TargetCLIPError(f"{name}: the image contains NaN or infinite values")
-    if img.abs().max() > 2:  # generator outputs overshoot [-1, 1] a little; [0, 255] is another convention
-        raise TargetCLIPError(
-            f"{name}: values span [{img.min():.3g}, {img.max():.3g}]; engine images are in [-1, 1]"
-        )
-    rgb = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rgb.permute(1, 2, 0).numpy().copy()
 
 
 # --------------------------------------------------------------------------- MTCNN networks
@@ -565,3 +497,47 @@ def five_points(landmarks, name: str | None = None) -> np.ndarray:
     if max(eye_distance, mouth_height) < 1.0:
         raise TargetCLIPError(f"{what}: eyes and mouth coincide; the points do not describe a face")
     return lm
+
+
+# --------------------------------------------------------------------------- landmark files
+
+LANDMARK_SHAPES = ((5, 2), (68, 2))
+MAX_LANDMARK_JSON_BYTES = 1 << 20  # [68, 2] pixel pairs are under 4 KB of JSON
+
+
+def read_landmarks_file(path: str | os.PathLike) -> np.ndarray:
+    """Landmarks given by hand in a file: float64 [5, 2] or [68, 2] (x, y pixels), finite.
+
+    ``.npy``: a numeric array; the shape and dtype its header declares are checked before any data is
+    read, and Python objects (pickles) are refused, never loaded.  Anything else is JSON (UTF-8, strict,
+    at most 1 MiB): an array of [x, y] number pairs.  Every problem raises TargetCLIPError naming the file.
+    """
+    p = Path(path)
+    lm = _read_npy_landmarks(p) if p.suffix.lower() == ".npy" else _json_landmarks(p)
+    if lm.shape not in LANDMARK_SHAPES:
+        raise _shape_error(p, lm.shape)
+    if not np.isfinite(lm).all():
+        raise TargetCLIPError(f"{p}: the landmarks contain NaN or infinite values")
+    return lm
+
+
+def _shape_error(p: Path, shape) -> TargetCLIPError:
+    return TargetCLIPError(f"{p}: landmarks must have shape [5, 2] or [68, 2] (x, y pixels), got {list(shape)}")
+
+
+def _read_npy_landmarks(p: Path) -> np.ndarray:
+    def shape_problem(shape):
+        return None if shape in LANDMARK_SHAPES else _shape_error(p, shape).args[0].split(": ", 1)[1]
+
+    return read_npy(p, "landmarks file", check_shape=shape_problem, kinds="iuf").astype(np.float64)
+
+
+def _json_landmarks(p: Path) -> np.ndarray:
+    value = read_json(p, "landmarks file", MAX_LANDMARK_JSON_BYTES)
+    if not (isinstance(value, list) and all(isinstance(pt, list) and len(pt) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in value)):
+        raise TargetCLIPError(f"{p}: the landmarks file must hold a JSON array of [x, y] number pairs")
+    try:
+        return np.array(value, dtype=np.float64).reshape(len(value), 2)
+    except OverflowError:  # an integer too large for a float
+        raise TargetCLIPError(f"{p}: the landmarks contain a number too large to be a pixel position") from None

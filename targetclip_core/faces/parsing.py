@@ -50,9 +50,9 @@ from torch import nn
 
 from targetclip_core.devices import default_device
 from targetclip_core.encoders.inversion import check_images
-from targetclip_core.errors import CheckpointError, TargetCLIPError
+from targetclip_core.errors import CheckpointError, TargetCLIPError, malformed_file
 from targetclip_core.formats.checkpoints import require_keys
-from targetclip_core.formats.checkpoints import load_state_checked, torch_load_safely
+from targetclip_core.formats.checkpoints import build_checked, torch_load_safely
 from targetclip_core.io.weights import resolve_checkpoint
 
 __all__ = ["BiSeNet", "CLASSES", "FaceParser", "REGIONS", "load_face_parser"]
@@ -328,16 +328,19 @@ def load_face_parser(path: str | os.PathLike = DEFAULT_WEIGHTS, device=None, inp
     """Load `79999_iter.pth` (face-parsing.PyTorch; facexlib's `parsing_bisenet.pth` is the
     same file) or a manifest name as a FaceParser on `device` (default: the best available)."""
     file = resolve_checkpoint(path)
-    sd = _state_dict(torch_load_safely(file), file)
+    ckpt = torch_load_safely(file)
+    with malformed_file(file, "BiSeNet face-parsing checkpoint"):
+        net = _bisenet_from_state(_state_dict(ckpt, file), file)
+    return FaceParser(net.to(default_device(device)), input_size=input_size)
+
+
+def _bisenet_from_state(sd: dict, file) -> BiSeNet:
     require_keys(sd, ["cp.resnet.conv1.weight", "cp.arm32.conv.conv.weight", "ffm.convblk.conv.weight",
                   "conv_out.conv_out.weight"], file, "BiSeNet face-parsing")
     head = sd["conv_out.conv_out.weight"]
     if torch.is_tensor(head) and head.dim() == 4 and head.shape[0] != len(CLASSES):
         raise CheckpointError(f"{file}: the parser predicts {head.shape[0]} classes; "
                               f"the CelebAMask-HQ face parser has {len(CLASSES)}")
-    net = BiSeNet()
-    for k, v in net.state_dict().items():
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = torch.zeros_like(v)
-    load_state_checked(net, sd, file)
-    return FaceParser(net.to(default_device(device)), input_size=input_size)
+    for k in [k for k in sd if isinstance(k, str) and k.endswith(".running_var")]:
+        sd.setdefault(k.replace(".running_var", ".num_batches_tracked"), torch.zeros((), dtype=torch.long))
+    return build_checked(BiSeNet, sd, file)

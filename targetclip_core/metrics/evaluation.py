@@ -112,7 +112,7 @@ def resolve_essences(items) -> list:
 
 def resolve_targets(items, names=None) -> list[tuple[str, torch.Tensor]]:
     """[(name, image [1,3,H,W] in [-1,1])] from image files or tensors; names default to file stems."""
-    from targetclip_core.io.images import load_image
+    from targetclip_core.io.images import EMBEDDING_MAX_SIDE, load_image
 
     items = list(items)
     if names is not None and len(names) != len(items):
@@ -122,7 +122,7 @@ def resolve_targets(items, names=None) -> list[tuple[str, torch.Tensor]]:
         if torch.is_tensor(item):
             image, name = (item[None] if item.dim() == 3 else item), f"target{i:02d}"
         else:
-            image, name = load_image(item), Path(item).stem
+            image, name = load_image(item, max_side=EMBEDDING_MAX_SIDE), Path(item).stem  # scored and tiled only
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise TargetCLIPError(f"target {i}: expected one image [1,3,H,W], got {list(image.shape)}")
         out.append((names[i] if names else name, image.float()))
@@ -180,10 +180,10 @@ def read_results_csv(path) -> list[TargetScores]:
             return [TargetScores(r["target"], r["essence"], int(r["n_sources"]), float(r["strength"]), r["clip"],
                                  {k: float(r[k]) if r[k] else None for k in SCORES})
                     for r in reader if r["row"] == "target"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
         if isinstance(e, TargetCLIPError):
             raise
-        raise TargetCLIPError(f"{path}: cannot read results ({type(e).__name__}: {e})") from None
+        raise TargetCLIPError(f"{path}: cannot read results ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def table_markdown(rows, method: str = "TargetCLIP") -> str:

@@ -115,7 +115,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def _uint8_batches(images, batch_size: int):
     """uint8 [B,3,H,W] batches of equal-size images from files or a [-1, 1] tensor (torchmetrics' input)."""
-    from targetclip_core.io.images import load_image, to_uint8
+    import numpy as np
+
+    from targetclip_core.io.images import open_rgb, to_uint8
 
     if torch.is_tensor(images):
         for start in range(0, images.shape[0], batch_size):
@@ -123,7 +125,7 @@ def _uint8_batches(images, batch_size: int):
         return
     pending: list[torch.Tensor] = []
     for path in images:
-        x = torch.from_numpy(to_uint8(load_image(path))).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1)[None]  # 8-bit already: no float copy
         if pending and (x.shape != pending[0].shape or len(pending) == batch_size):
             yield torch.cat(pending)
             pending = []

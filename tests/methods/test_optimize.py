@@ -197,6 +197,7 @@ def test_several_targets_in_one_batch_equal_each_alone(G, C):
 
 def test_target_list_path_and_pil_inputs(G, C, tmp_path):
     arr = np.random.default_rng(0).integers(0, 256, size=(36, 44, 4), dtype=np.uint8)
+    arr[..., 3] = 255  # opaque: the RGB channels are the image (compositing has its own tests in tests/io)
     pil = Image.fromarray(arr, "RGBA")
     by_hand = torch.from_numpy(arr[..., :3].astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     path = tmp_path / "target.png"

@@ -25,7 +25,7 @@ import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.latents import wplus_from_z
-from targetclip_core.methods.optimization import loss_resolution, make_autograd_ready
+from targetclip_core.methods.optimization import check_converged, check_run_settings, loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
 LOSS_TERMS = ("total", "similarity", "consistency", "l2")
@@ -97,16 +97,14 @@ def essence_losses(target_codes, source_codes, edit_codes, vectors, lambdas) -> 
 def _target_batch(target_image, device) -> torch.Tensor:
     from pathlib import Path
 
-    from targetclip_core.io.images import load_image
+    from targetclip_core.io.images import EMBEDDING_MAX_SIDE, load_image, rgb_from_pil
 
     if isinstance(target_image, (str, Path)):
-        target_image = load_image(target_image)
+        target_image = load_image(target_image, max_side=EMBEDDING_MAX_SIDE)  # only CLIP reads it
     elif isinstance(target_image, (list, tuple)):
         return torch.cat([_target_batch(t, device) for t in target_image])
-    elif not torch.is_tensor(target_image):  # a PIL image
-        import numpy as np
-
-        arr = np.asarray(target_image.convert("RGB"), dtype=np.float32)
+    elif not torch.is_tensor(target_image):  # a PIL image: converted as the file reader converts files
+        arr = rgb_from_pil(target_image, "the target image", max_side=EMBEDDING_MAX_SIDE, as_float=True)
         target_image = torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
     if target_image.dim() == 3:
         target_image = target_image[None]
@@ -178,6 +176,7 @@ def optimize_essence(
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
+    check_run_settings(lr=lr, steps=steps, n_sources=n_sources)
     make_autograd_ready(G)
     make_autograd_ready(C)
     if torch.is_tensor(target_image):
@@ -247,6 +246,8 @@ def optimize_essence(
             break
 
     stacked = {k: torch.stack(v, dim=1) for k, v in history.items()}  # [T, steps_run]
+    # the essence kept is the best step's, so a run that diverged late still returns what it had
+    check_converged(best.loss, "the essence optimisation")
     thumbs = target_thumbnails(targets)
     result = []
     for t in range(n_targets):

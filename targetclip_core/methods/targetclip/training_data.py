@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.images import check_image, open_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _SPLIT, _ORDER, _FLIP = 1, 2, 3  # stream tags of the seeded random draws
@@ -41,26 +42,18 @@ def list_images(source) -> list[Path]:
 
 
 def check_readable(files) -> None:
-    """Open every file's header up front, so a bad file is named before hours of training."""
-    from PIL import Image
-
+    """Verify every file's header up front (io.images.check_image: pixel limit, mode, structure), so a bad
+    file is named before hours of training."""
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im.verify()
-        except Exception as e:  # PIL's decoders raise many types (OSError, SyntaxError, DecompressionBombError...)
-            raise TargetCLIPError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
+        check_image(f)
 
 
 def read_training_image(path, size: int) -> torch.Tensor:
-    """[3, size, size] in [-1, 1]: RGB, PIL bilinear resize, as e4e's Resize/ToTensor/Normalize(0.5, 0.5)."""
+    """[3, size, size] in [-1, 1]: RGB (read by io.images.open_rgb: upright, alpha over white), PIL bilinear
+    resize of the 8-bit image, as e4e's Resize/ToTensor/Normalize(0.5, 0.5)."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-    except Exception as e:
-        raise TargetCLIPError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    arr = np.asarray(open_rgb(path).resize((size, size), Image.BILINEAR), dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
 
 
