@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from targetclip_core.cli.args import check_out_resolution, positive_int, rays_arg, resolution_arg
 from targetclip_core.errors import TargetCLIPError
 
 
@@ -10,30 +11,30 @@ def add_parsers(subparsers) -> None:
     b = subparsers.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bg = bsub.add_parser("generator", help="generator forward / forward+backward time, ours vs a rosinality-style baseline")
-    bg.add_argument("--resolution", type=int, default=256)
-    bg.add_argument("--batch", type=int, default=4)
+    bg.add_argument("--resolution", type=resolution_arg, default=256)
+    bg.add_argument("--batch", type=positive_int, default=4)
     bg.add_argument("--device", default="cpu")
-    bg.add_argument("--out-resolution", type=int, default=None, help="early-exit resolution to compare (default: resolution/4, at most 256)")
-    bg.add_argument("--repeats", type=int, default=3)
+    bg.add_argument("--out-resolution", type=resolution_arg, default=None, help="early-exit resolution to compare (default: resolution/4, at most 256)")
+    bg.add_argument("--repeats", type=positive_int, default=3)
     bg.add_argument("--checkpoint", default=None, help="time a real checkpoint instead of a random network")
     bg.add_argument("--no-baseline", action="store_true", help="skip the rosinality-style baseline")
     bg.add_argument("--no-fused", action="store_true", help="skip the fused (grouped conv) rows")
     bi = bsub.add_parser("invert", help="seconds per e4e inversion and per essence encoding, and the optimisation they replace")
-    bi.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    bi.add_argument("--repeats", type=int, default=3)
+    bi.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
+    bi.add_argument("--repeats", type=positive_int, default=3)
     bi.add_argument("--device", default="cpu")
-    bi.add_argument("--resolution", type=int, default=256, help="generator size for the optimisation comparison")
+    bi.add_argument("--resolution", type=resolution_arg, default=256, help="generator size for the optimisation comparison")
     bi.add_argument("--no-optimisation", action="store_true", help="skip the per-target optimisation comparison")
     be = bsub.add_parser("eg3d", help="seconds per EG3D frame (and its parts); orbit from cached tri-planes vs frame by frame")
-    be.add_argument("--frames", type=int, default=8, help="orbit length (default 8)")
-    be.add_argument("--neural-resolution", type=int, default=128)
-    be.add_argument("--repeats", type=int, default=2)
+    be.add_argument("--frames", type=positive_int, default=8, help="orbit length (default 8)")
+    be.add_argument("--neural-resolution", type=rays_arg, default=128)
+    be.add_argument("--repeats", type=positive_int, default=2)
     be.add_argument("--device", default="cpu")
     be.add_argument("--checkpoint", default=None, help="time a real EG3D checkpoint instead of the ffhq512-128 architecture")
     bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
-    bo.add_argument("--resolution", type=int, default=256)
-    bo.add_argument("--n-sources", type=int, default=4)
-    bo.add_argument("--steps", type=int, default=3, help="timed steps per contender (min is reported)")
+    bo.add_argument("--resolution", type=resolution_arg, default=256)
+    bo.add_argument("--n-sources", type=positive_int, default=4)
+    bo.add_argument("--steps", type=positive_int, default=3, help="timed steps per contender (min is reported)")
     bo.add_argument("--device", default="cpu")
     bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
     bo.add_argument("--pretrained", default=None)
@@ -65,6 +66,9 @@ def cmd_bench(args) -> int:
         from targetclip_core.generators.load import load_generator
 
         G = load_generator(args.checkpoint, device=args.device)
+        check_out_resolution(G, args.out_resolution)
+    elif args.out_resolution is not None and args.out_resolution > args.resolution:
+        raise TargetCLIPError(f"--out-resolution {args.out_resolution} is larger than --resolution {args.resolution}")
     bench_generator(
         resolution=args.resolution, batch=args.batch, device=args.device, out_resolution=args.out_resolution,
         repeats=args.repeats, with_baseline=not args.no_baseline, with_fused=not args.no_fused, G=G,

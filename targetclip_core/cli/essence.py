@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targetclip_core.cli.args import add_clip_args, add_device_arg, parse_layers, seeds_arg
+from targetclip_core.cli.args import (
+    add_clip_args,
+    add_device_arg,
+    check_out_resolution,
+    finite_float,
+    layers_arg,
+    non_negative_float,
+    parse_layers,
+    positive_int,
+    resolution_or_auto,
+    seed_arg,
+    seeds_arg,
+)
+from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.files import check_output_path, safe_file_name
 
 
 def add_parsers(subparsers) -> None:
@@ -15,19 +29,19 @@ def add_parsers(subparsers) -> None:
     o.add_argument("--out", "-o", required=True, help="essence .safetensors (a folder when several targets)")
     add_clip_args(o)
     o.add_argument("--sources", default=None, help="W+ source latents to train on (default: --n-sources seeds)")
-    o.add_argument("--n-sources", type=int, default=4)
-    o.add_argument("--truncation", type=float, default=0.7, help="truncation of sampled sources and random init")
-    o.add_argument("--steps", type=int, default=1000)
-    o.add_argument("--lr", type=float, default=0.2)
-    o.add_argument("--lambda-consistency", type=float, default=0.5)
-    o.add_argument("--lambda-l2", type=float, default=0.003)
+    o.add_argument("--n-sources", type=positive_int, default=4)
+    o.add_argument("--truncation", type=finite_float, default=0.7, help="truncation of sampled sources and random init")
+    o.add_argument("--steps", type=positive_int, default=1000)
+    o.add_argument("--lr", type=non_negative_float, default=0.2, help="Adam learning rate (default 0.2; 0 keeps the init)")
+    o.add_argument("--lambda-consistency", type=non_negative_float, default=0.5)
+    o.add_argument("--lambda-l2", type=non_negative_float, default=0.003)
     o.add_argument("--init", default="random", help="random, zeros, a W+ latent file, or an essence file")
     o.add_argument("--learn-coefficients", action="store_true", help="learn a scale per source, as the official code")
-    o.add_argument("--out-resolution", default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
+    o.add_argument("--out-resolution", type=resolution_or_auto, default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
     o.add_argument("--preprocess", choices=["default", "paper"], default="default", help="paper = the official CLIP input")
-    o.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE", help="stop after this many steps without improvement")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out)")
+    o.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE", help="stop after this many steps without improvement")
+    o.add_argument("--seed", type=seed_arg, default=0)
+    o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out; one target only)")
     add_device_arg(o)
 
     a = subparsers.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
@@ -36,9 +50,9 @@ def add_parsers(subparsers) -> None:
     asrc = a.add_mutually_exclusive_group(required=True)
     asrc.add_argument("--seeds", type=seeds_arg)
     asrc.add_argument("--latent", help="W or W+ latents (.safetensors, .npy, .pt)")
-    a.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's recommended)")
-    a.add_argument("--layers", default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7")
-    a.add_argument("--truncation", type=float, default=0.7)
+    a.add_argument("--strength", type=finite_float, nargs="+", default=None, help="one or more strengths (default: the essence's recommended)")
+    a.add_argument("--layers", type=layers_arg, default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7")
+    a.add_argument("--truncation", type=finite_float, default=0.7)
     a.add_argument("--out", "-o", default="edits", help="output folder")
     add_device_arg(a)
 
@@ -54,9 +68,11 @@ def cmd_optimize(args) -> int:
     from targetclip_core.methods.targetclip.essence import load_essence, save_essence
     from targetclip_core.methods.targetclip.optimize import optimize_essence
 
-    G = load_generator(args.generator, device=args.device)
-    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device, preprocess=args.preprocess)
     targets = [Path(t) for t in args.target]
+    paths, grid = _optimize_outputs(args, targets)
+    G = load_generator(args.generator, device=args.device)
+    check_out_resolution(G, args.out_resolution)
+    C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device, preprocess=args.preprocess)
     images = [load_image(t) for t in targets]
     size = max(max(i.shape[-2:]) for i in images)
     batch = torch.cat([torch.nn.functional.interpolate(i, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
@@ -65,7 +81,7 @@ def cmd_optimize(args) -> int:
     init = args.init
     if init not in ("random", "zeros"):
         init = load_essence(init, G) if init.endswith((".safetensors", ".npy")) and _is_essence(init) else load_latents(init)
-    res = args.out_resolution if args.out_resolution == "auto" else int(args.out_resolution)
+    res = args.out_resolution
 
     bar = tqdm(total=args.steps, desc="optimize", unit="step")
 
@@ -83,11 +99,6 @@ def cmd_optimize(args) -> int:
     finally:
         bar.close()
     essences = result if isinstance(result, list) else [result]
-    out = Path(args.out)
-    if len(essences) == 1:
-        paths = [out]
-    else:
-        paths = [out / f"{t.stem}.safetensors" for t in targets]
     from targetclip_core.methods.targetclip.essence import essence_sheet
     from targetclip_core.methods.targetclip.optimize import sample_sources
 
@@ -98,11 +109,32 @@ def cmd_optimize(args) -> int:
     for essence, target_image, target_path, path in zip(essences, batch, targets, paths):
         essence.name = target_path.stem
         save_essence(path, essence)
-        grid_path = Path(args.grid) if (args.grid and len(essences) == 1) else path.with_suffix(".png")
+        grid_path = grid or path.with_suffix(".png")
         save_png(essence_sheet(G, essence, show, target_image[None], source_images), grid_path)
         final = {k: v[-1] for k, v in essence.losses.items()}
         print(f"wrote {path} and {grid_path} (steps {essence.steps}; last losses " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ")")
     return 0
+
+
+def _optimize_outputs(args, targets) -> tuple[list[Path], Path | None]:
+    """The essence file of each target and the --grid file (None: beside the essence), checked before any work:
+    one target writes --out itself (a .safetensors), several write <target stem>.safetensors into the folder --out."""
+    if len(targets) == 1:
+        grid = check_output_path(args.grid, "result grid", suffix=".png") if args.grid else None
+        return [check_output_path(args.out, "essence", suffix=".safetensors")], grid
+    if args.grid:
+        raise TargetCLIPError(f"--grid names one grid, but {len(targets)} targets write one each beside their essence: "
+                              "drop --grid")
+    if Path(args.out).suffix.lower() == ".safetensors":
+        raise TargetCLIPError(f"{args.out}: {len(targets)} targets write one essence each into a folder: "
+                              "pass a folder as --out")
+    stems = [t.stem for t in targets]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise TargetCLIPError(f"targets {', '.join(twice)} share a name: their essences would overwrite each other in "
+                              f"{args.out}; rename them or optimise them apart")
+    out = check_output_path(args.out, "essence folder", folder=True)
+    return [out / f"{stem}.safetensors" for stem in stems], None
 
 
 def _is_essence(path) -> bool:
@@ -126,6 +158,7 @@ def cmd_apply(args) -> int:
     from targetclip_core.io.images import save_png
     from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
 
+    out = check_output_path(args.out, "output folder", folder=True)
     G = load_generator(args.generator, device=args.device)
     essences = [load_essence(e, G) for e in args.essence]
     with torch.no_grad():
@@ -136,12 +169,11 @@ def cmd_apply(args) -> int:
             wp = G.to_wplus(load_latents(args.latent).to(G.device))
             names = [f"{Path(args.latent).stem}_{i:04d}" for i in range(len(wp))]
         layers = parse_layers(args.layers)
-        out = Path(args.out)
         jobs = [(e, s) for e in essences for s in (args.strength or [e.strength])]
         for essence, strength in tqdm(jobs, desc="apply", unit="edit"):
             imgs = apply_essence(G, wp, essence.to(G.device), strength=strength, layers=layers)
             for name, img in zip(names, imgs):
-                save_png(img, out / f"{name}_{essence.name}_x{strength:g}.png")
+                save_png(img, out / f"{name}_{safe_file_name(essence.name)}_x{strength:g}.png")
     print(f"wrote {len(jobs) * len(wp)} images to {out}")
     return 0
 

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targetclip_core.cli.args import DEVICE_HELP, add_device_arg, seeds_arg
+from targetclip_core.cli.args import (
+    DEVICE_HELP,
+    add_device_arg,
+    check_out_resolution,
+    finite_float,
+    float_in,
+    non_negative_int,
+    positive_int,
+    rays_arg,
+    resolution_arg,
+    seeds_arg,
+    views_arg,
+)
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.files import check_output_path
 
 
 def add_parsers(subparsers) -> None:
@@ -25,20 +38,20 @@ def add_parsers(subparsers) -> None:
     src.add_argument("--seeds", type=seeds_arg, help="e.g. 0-3,10 (z drawn like NVlabs' generate.py)")
     src.add_argument("--latent", help="W or W+ latents (.safetensors, .npy, .pt)")
     r.add_argument("--out", "-o", default="renders", help="output folder (default: renders)")
-    r.add_argument("--truncation", type=float, default=1.0, help="truncation psi for seeds (default 1.0)")
-    r.add_argument("--class-idx", type=int, default=None, help="class index for conditional generators")
+    r.add_argument("--truncation", type=finite_float, default=1.0, help="truncation psi for seeds (default 1.0)")
+    r.add_argument("--class-idx", type=non_negative_int, default=None, help="class index for conditional generators")
     r.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
-    r.add_argument("--out-resolution", type=int, default=None, help="stop synthesis at this resolution")
-    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--out-resolution", type=resolution_arg, default=None, help="stop synthesis at this resolution")
+    r.add_argument("--batch-size", type=positive_int, default=4)
     add_device_arg(r, help=DEVICE_HELP)
     v = r.add_argument_group("3D-aware generators (EG3D)")
-    v.add_argument("--views", default=None, metavar="K | YAW[:PITCH],...",
+    v.add_argument("--views", type=views_arg, default=None, metavar="K | YAW[:PITCH],...",
                    help="render each latent from several cameras: a frame count K (an orbit) or yaw[:pitch] "
                         "degrees, e.g. -30,0,30:10 (default for EG3D: the frontal view)")
-    v.add_argument("--yaw-range", type=float, default=30.0, help="orbit: yaw amplitude in degrees (default 30)")
-    v.add_argument("--pitch-range", type=float, default=10.0, help="orbit: pitch amplitude in degrees (default 10)")
-    v.add_argument("--fov", type=float, default=None, help="field of view in degrees (default: the generator's, 18.837)")
-    v.add_argument("--neural-resolution", type=int, default=None, help="rays per side (default: the checkpoint's)")
+    v.add_argument("--yaw-range", type=finite_float, default=30.0, help="orbit: yaw amplitude in degrees (default 30)")
+    v.add_argument("--pitch-range", type=finite_float, default=10.0, help="orbit: pitch amplitude in degrees (default 10)")
+    v.add_argument("--fov", type=float_in(0, 180, open_low=True, open_high=True), default=None, help="field of view in degrees (default: the generator's, 18.837)")
+    v.add_argument("--neural-resolution", type=rays_arg, default=None, help="rays per side (default: the checkpoint's)")
     v.add_argument("--depth", action="store_true", help="also write depth maps (near = bright)")
     v.add_argument("--stochastic", action="store_true", help="jittered ray samples as in training (default: deterministic)")
 
@@ -46,9 +59,7 @@ def add_parsers(subparsers) -> None:
 def cmd_convert(args) -> int:
     from targetclip_core.generators.load import load_generator, save_generator
 
-    out = Path(args.output)
-    if out.suffix != ".safetensors":
-        raise TargetCLIPError(f"{out}: the output must be a .safetensors file")
+    out = check_output_path(args.output, "converted generator", suffix=".safetensors")
     G = load_generator(args.input, device="cpu")
     save_generator(G, out)
     print(f"wrote {out} ({G.describe()}, {G.n_latent} W+ entries, from {G.config.source_format})")
@@ -63,6 +74,8 @@ def cmd_download(args) -> int:
             where = "direct" if e.urls else "manual"
             print(f"{name:<34} {e.kind:<15} {where:<7} {e.description}")
         return 0
+    if args.dest is not None:
+        check_output_path(args.dest, "download folder", folder=True)
     path = weights.download(args.name, dest_dir=args.dest)
     print(f"ok: {path}")
     return 0
@@ -76,10 +89,11 @@ def cmd_render(args) -> int:
     from targetclip_core.generators.render import iter_latent_batches
     from targetclip_core.io.images import save_png
 
+    out = check_output_path(args.out, "output folder", folder=True)
     G = load_generator(args.generator, device=args.device)
     if not G.is_3d and (args.views or args.depth):
         raise TargetCLIPError(f"--views/--depth need a 3D-aware generator (EG3D); this is a {G.describe()}")
-    out = Path(args.out)
+    check_out_resolution(G, args.out_resolution)
     if args.seeds is not None:
         names = [f"seed{s:04d}" for s in args.seeds]
         if G.c_dim and not G.is_3d and args.class_idx is None:  # EG3D's label is a camera, not a class

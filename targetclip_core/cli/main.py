@@ -6,19 +6,18 @@ name to its handler in `COMMANDS`; this module only strings the families togethe
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from targetclip_core.cli import bench, essence, generate, metrics, photo, sat3d, train
-from targetclip_core.errors import TargetCLIPError
+from targetclip_core.cli.args import ArgumentParser, run_command
 
 # In this order in `targetclip --help`.
 FAMILIES = (generate, essence, photo, bench, train, metrics, sat3d)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `targetclip` parser: every family's commands, as subcommands."""
-    p = argparse.ArgumentParser(prog="targetclip", description="TargetCLIP essence transfer and StyleGAN2 tools.")
+def build_parser() -> ArgumentParser:
+    """The `targetclip` parser: every family's commands, as subcommands (values like -30,0 taken as values)."""
+    p = ArgumentParser(prog="targetclip", description="TargetCLIP essence transfer and StyleGAN2 tools.")
     sub = p.add_subparsers(dest="command", required=True)
     for family in FAMILIES:
         family.add_parsers(sub)
@@ -37,15 +36,9 @@ def command_table() -> dict:
 
 
 def main(argv=None) -> int:
+    """Parse `argv` (a usage error exits 2) and run its command; a user's mistake ends as one error line, exit 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return command_table()[args.command](args)
-    except TargetCLIPError as e:
-        print(f"targetclip: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("targetclip: interrupted", file=sys.stderr)
-        return 130
+    return run_command(command_table()[args.command], args)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targetclip_core.cli.args import add_clip_args, add_device_arg, parse_layers, seeds_arg
+from targetclip_core.cli.args import (
+    add_clip_args,
+    add_device_arg,
+    check_out_resolution,
+    finite_float,
+    layers_arg,
+    parse_layers,
+    positive_int,
+    resolution_arg,
+    seeds_arg,
+)
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.files import check_output_path
 
 
 def _add_identity_args(p) -> None:
@@ -36,18 +47,18 @@ def add_parsers(subparsers) -> None:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--sources", help="W+ latents, e.g. the paper's celebs_68_wplus.npy")
     src.add_argument("--seeds", type=seeds_arg, help="sources from seeds, e.g. 0-67")
-    e.add_argument("--truncation", type=float, default=0.7, help="truncation for --seeds (default 0.7)")
-    e.add_argument("--strength", type=float, default=None, help="c in G(w + c b) (default: each essence's own; the official evaluation used 1.2)")
-    e.add_argument("--layers", default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7 (default: all)")
+    e.add_argument("--truncation", type=finite_float, default=0.7, help="truncation for --seeds (default 0.7)")
+    e.add_argument("--strength", type=finite_float, default=None, help="c in G(w + c b) (default: each essence's own; the official evaluation used 1.2)")
+    e.add_argument("--layers", type=layers_arg, default=None, help="coarse, middle, fine (comma-separated) or indices like 0-7 (default: all)")
     add_clip_args(e, paper_default=True)
     _add_identity_args(e)
     e.add_argument("--out", "-o", required=True, help="output folder for results.csv, table.md, sheet.png")
     e.add_argument("--resume", action="store_true", help="continue the results.csv in --out, skipping its targets")
     e.add_argument("--save-edits", action="store_true", help="also write edits/<target>/<source>.png and sources/<source>.png")
-    e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--out-resolution", type=int, default=None, help="render smaller than the generator's size (faster; differs from the paper)")
-    e.add_argument("--sheet-columns", type=int, default=8, help="sources shown in sheet.png (default 8)")
-    e.add_argument("--cell-size", type=int, default=128, help="pixel size of a sheet cell (default 128)")
+    e.add_argument("--batch-size", type=positive_int, default=4)
+    e.add_argument("--out-resolution", type=resolution_arg, default=None, help="render smaller than the generator's size (faster; differs from the paper)")
+    e.add_argument("--sheet-columns", type=positive_int, default=8, help="sources shown in sheet.png (default 8)")
+    e.add_argument("--cell-size", type=positive_int, default=128, help="pixel size of a sheet cell (default 128)")
     e.add_argument("--method", default="TargetCLIP", help="method name in table.md")
     e.add_argument("--align", action="store_true", help="align the target photos like FFHQ first (for the ID target score)")
     e.add_argument("--detector", default="mtcnn", help="with --align: mtcnn or dlib:/path/to/shape_predictor_68_face_landmarks.dat")
@@ -60,12 +71,12 @@ def add_parsers(subparsers) -> None:
     i.add_argument("--vocabulary", nargs="+", default=(), help="extra vocabulary files: one phrase a line, # comments")
     i.add_argument("--phrase", nargs="+", default=(), help="extra phrases, e.g. --phrase 'red hair' 'a tiara'")
     i.add_argument("--no-default-vocabulary", action="store_true", help="use only --vocabulary and --phrase")
-    i.add_argument("--top-k", type=int, default=10)
+    i.add_argument("--top-k", type=positive_int, default=10)
     isrc = i.add_mutually_exclusive_group()
     isrc.add_argument("--sources", help="W+ latents to apply the essence to")
     isrc.add_argument("--seeds", type=seeds_arg, default=list(range(8)), help="sources from seeds (default 0-7)")
-    i.add_argument("--truncation", type=float, default=0.7)
-    i.add_argument("--strength", type=float, default=None, help="default: the essence's recommended strength")
+    i.add_argument("--truncation", type=finite_float, default=0.7)
+    i.add_argument("--strength", type=finite_float, default=None, help="default: the essence's recommended strength")
     i.add_argument("--template", default="a face with {}", help="prompt template holding {} (default 'a face with {}')")
     i.add_argument("--neutral", default="a face", help="neutral prompt the template is compared with (default 'a face')")
     add_device_arg(i)
@@ -75,7 +86,7 @@ def add_parsers(subparsers) -> None:
     f.add_argument("reference", help="folder of reference images")
     f.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth (default: torch.hub's checkpoint folder)")
     f.add_argument("--download", action="store_true", help="download the Inception weights into torch.hub's folder when missing")
-    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--batch-size", type=positive_int, default=32)
     add_device_arg(f)
 
 
@@ -105,13 +116,10 @@ def _optional_models(args, device):
 def _read_mask(path):
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise TargetCLIPError(f"{path}: not a readable mask image ({e})") from None
+    from targetclip_core.io.images import open_rgb
+
+    arr = np.asarray(open_rgb(path).convert("L"), dtype=np.float32) / 255.0  # the one image reader: errors name the file
     return torch.from_numpy(arr)
 
 
@@ -172,7 +180,9 @@ def cmd_eval(args) -> int:
     from targetclip_core.generators.load import load_generator
     from targetclip_core.metrics.evaluation import evaluate
 
+    check_output_path(args.out, "output folder", folder=True)
     G = load_generator(args.generator, device=args.device)
+    check_out_resolution(G, args.out_resolution)
     C = _clip(args, G.device)
     arcface, blip = _optional_models(args, G.device)
     images, names = _targets(args)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targetclip_core.cli.args import add_alignment_args, add_device_arg, parse_layers
+from targetclip_core.cli.args import (
+    add_alignment_args,
+    add_device_arg,
+    finite_float,
+    float_in,
+    layers_arg,
+    parse_layers,
+)
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.files import check_output_path, safe_file_name
 
 
 def add_parsers(subparsers) -> None:
@@ -27,28 +35,20 @@ def add_parsers(subparsers) -> None:
     ed = subparsers.add_parser("edit", help="photo -> align, invert, apply an essence, paste back into the photo")
     ed.add_argument("photo")
     ed.add_argument("--essence", required=True, help="essence .safetensors or official .npy")
-    ed.add_argument("--strength", type=float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
-    ed.add_argument("--layers", default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
+    ed.add_argument("--strength", type=finite_float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
+    ed.add_argument("--layers", type=layers_arg, default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
     ed.add_argument("--encoder", default="e4e-ffhq-encode")
     ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
     ed.add_argument("--out", required=True, help="output folder")
-    ed.add_argument("--feather", type=float, default=None, help="mask feathering, fraction of the crop size (default: alignment.DEFAULT_FEATHER)")
+    ed.add_argument("--feather", type=float_in(0, 0.5), default=None, help="mask feathering, fraction of the crop size (default: alignment.DEFAULT_FEATHER)")
     add_alignment_args(ed, with_toggle=False)
     add_device_arg(ed)
 
 
 def _read_landmarks(path):
-    import json
+    from targetclip_core.faces.landmarks import read_landmarks_file
 
-    import numpy as np
-
-    if path is None:
-        return None
-    p = Path(path)
-    try:
-        return np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.asarray(json.loads(p.read_text()), dtype=np.float32)
-    except (OSError, ValueError) as e:
-        raise TargetCLIPError(f"{p}: cannot read landmarks ({e})") from None
+    return None if path is None else read_landmarks_file(path)
 
 
 def _aligned(photo_path, args, size=None):
@@ -65,11 +65,22 @@ def _aligned(photo_path, args, size=None):
     return original, face, face.image
 
 
-def _outputs(out, inputs, suffix):
+def _outputs(out, inputs, suffix, what):
+    """The file each input writes, checked before any work: one input and --out with a suffix writes --out itself
+    (which must then end in `suffix`); otherwise one <input stem><suffix> each in the folder --out."""
     out = Path(out)
     if len(inputs) == 1 and out.suffix:
-        return [out]
-    return [out / f"{Path(i).stem}{suffix}" for i in inputs]
+        return [check_output_path(out, what, suffix=suffix)]
+    if out.suffix.lower() == suffix:
+        raise TargetCLIPError(f"{out}: {len(inputs)} inputs write one {what} each into a folder: "
+                              "pass a folder as --out")
+    stems = [Path(i).stem for i in inputs]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise TargetCLIPError(f"inputs {', '.join(twice)} share a name: their outputs would overwrite each other "
+                              f"in {out}")
+    check_output_path(out, f"{what} folder", folder=True)
+    return [out / f"{stem}{suffix}" for stem in stems]
 
 
 def cmd_invert(args) -> int:
@@ -81,9 +92,10 @@ def cmd_invert(args) -> int:
     from targetclip_core.generators.load import load_generator
     from targetclip_core.io.images import save_png
 
+    paths = _outputs(args.out, args.photo, ".safetensors", "latent")
     inverter = load_inverter(args.encoder, device=args.device)
     G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
-    for photo, path in tqdm(list(zip(args.photo, _outputs(args.out, args.photo, ".safetensors"))), desc="invert", unit="photo"):
+    for photo, path in tqdm(list(zip(args.photo, paths)), desc="invert", unit="photo"):
         _, face, image = _aligned(photo, args, size=G.resolution)
         wp = inverter.invert(image)
         G.check_wplus(wp)
@@ -100,8 +112,9 @@ def cmd_encode(args) -> int:
     from targetclip_core.methods.targetclip.essence import save_essence
     from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
+    paths = _outputs(args.out, args.target, ".safetensors", "essence")
     encoder = load_essence_encoder(args.encoder, device=args.device)
-    for target, path in zip(args.target, _outputs(args.out, args.target, ".safetensors")):
+    for target, path in zip(args.target, paths):
         args.no_align = not args.align
         _, _, image = _aligned(target, args, size=256)
         essence = encoder.encode(image, name=Path(target).stem)
@@ -119,19 +132,21 @@ def cmd_edit(args) -> int:
     from targetclip_core.io.images import save_png
     from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
 
+    out = check_output_path(args.out, "output folder", folder=True)
     inverter = load_inverter(args.encoder, device=args.device)
     G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
     essence = load_essence(args.essence, G).to(G.device)
     original, face, image = _aligned(args.photo, args, size=G.resolution)
     wp = inverter.invert(image)
-    out, stem = Path(args.out), Path(args.photo).stem
+    stem = Path(args.photo).stem
     with torch.no_grad():
         save_png(G.synthesis(wp), out / f"{stem}_reconstruction.png")
         for strength in args.strength or [essence.strength]:
             edited = apply_essence(G, wp, essence, strength=strength, layers=parse_layers(args.layers))
             pasted = paste_back(original, edited, face, feather=DEFAULT_FEATHER if args.feather is None else args.feather)
-            save_png(pasted.image, out / f"{stem}_{essence.name}_x{strength:g}.png")
-            save_png(edited, out / f"{stem}_{essence.name}_x{strength:g}_aligned.png")
+            edit_name = f"{stem}_{safe_file_name(essence.name)}_x{strength:g}"  # the name comes from the file
+            save_png(pasted.image, out / f"{edit_name}.png")
+            save_png(edited, out / f"{edit_name}_aligned.png")
     save_png(face.image, out / f"{stem}_aligned.png")
     print(f"wrote the edits of {args.photo} to {out}")
     return 0

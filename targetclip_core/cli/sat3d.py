@@ -6,12 +6,34 @@ cli.main wires these in with `add_parsers(sub)` and `COMMANDS`; `main` runs them
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 from pathlib import Path
 
-from targetclip_core.cli.args import parse_seeds
+from targetclip_core.cli.args import (
+    ArgumentParser,
+    check_out_resolution,
+    finite_float,
+    float_in,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    resolution_or_auto,
+    run_command,
+    seed_arg,
+    seeds_arg,
+)
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.io.files import check_output_path, write_text_atomic
+
+
+def _delta_arg(text: str) -> float:
+    """argparse `type=` for --delta: an editing intensity in the range SAT3D defines (methods.sat3d.matrix)."""
+    from targetclip_core.methods.sat3d.matrix import DELTA_RANGE
+
+    return float_in(*DELTA_RANGE)(text)
 
 
 def add_parsers(subparsers) -> None:
@@ -27,42 +49,43 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--descriptors", default="faces", help="faces, cats, cars, or a descriptor JSON file (default faces)")
     t.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
     t.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
-    t.add_argument("--steps", type=int, default=10000)
-    t.add_argument("--batch-size", type=int, default=4,
+    t.add_argument("--steps", type=positive_int, default=10000)
+    t.add_argument("--batch-size", type=positive_int, default=4,
                    help="(source, reference) pairs per step: the GLOBAL batch, split over the processes under torchrun "
                         "(a multiple of their number; default 4)")
-    t.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate (default 0.01, as the paper)")
-    t.add_argument("--n-codes", type=int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
+    t.add_argument("--lr", type=positive_float, default=0.01, help="Ranger learning rate (default 0.01, as the paper)")
+    t.add_argument("--n-codes", type=positive_int, default=6000, help="pre-sampled latents to draw pairs from (default 6000)")
     t.add_argument("--no-filter-training-set", dest="filter_training_set", action="store_false",
                    help="draw the latents unfiltered (default: filtered by the descriptor set's training_set rules with "
                         "CLIP zero-shot checks, as the paper: faces without hats, >= 40%% with glasses)")
-    t.add_argument("--filter-candidates", type=int, default=None, metavar="N",
+    t.add_argument("--filter-candidates", type=positive_int, default=None, metavar="N",
                    help="at most N candidates rendered and checked for the filtered set (default 4 x --n-codes); when "
                         "reached first, the set is kept with the shares it got (a warning says so)")
-    t.add_argument("--truncation", type=float, default=1.0)
-    t.add_argument("--lambda-attr", type=float, default=3.5, help="weight of L_attr = L_ref + L_src (default 3.5, as the paper)")
-    t.add_argument("--lambda-ref", type=float, default=None,
+    t.add_argument("--truncation", type=finite_float, default=1.0)
+    t.add_argument("--lambda-attr", type=non_negative_float, default=3.5, help="weight of L_attr = L_ref + L_src (default 3.5, as the paper)")
+    t.add_argument("--lambda-ref", type=non_negative_float, default=None,
                    help="variant: weight L_ref on its own instead of --lambda-attr (default: off)")
-    t.add_argument("--lambda-src", type=float, default=None,
+    t.add_argument("--lambda-src", type=non_negative_float, default=None,
                    help="variant: weight L_src on its own instead of --lambda-attr (default: off)")
     t.add_argument("--loss-reduction", choices=["sum", "mean"], default="sum",
                    help="L_ref / L_src over attributes and descriptor groups: sum (the paper, default) or mean (a variant)")
-    t.add_argument("--lambda-bg", type=float, default=40.0,
+    t.add_argument("--lambda-bg", type=non_negative_float, default=40.0,
                    help="weight of L_bg (default 40, as the paper); needs --parser; off (with a warning) without one")
     t.add_argument("--parser", default=None, metavar="PATH_OR_NAME",
                    help="face parser for L_bg and channel pre-selection: BiSeNet 79999_iter.pth or its manifest name "
                         "bisenet-face-parsing-79999 (face descriptor sets only)")
-    t.add_argument("--preselect-samples", type=int, default=32, metavar="N",
+    t.add_argument("--preselect-samples", type=positive_int, default=32, metavar="N",
                    help="with --parser: images of the pre-selection's gradient statistics pass, drawn from the training "
                         "latents (default 32; one render and one backward each)")
     t.add_argument("--preselect-stats", default=None, metavar="FILE",
                    help="with --parser: pre-selection statistics file, reused when it exists (same generator, regions, "
                         "seed, --preselect-samples), else written by the pass (a --checkpoint also keeps them)")
-    t.add_argument("--lambda-prob", type=float, default=0.1, help="weight of L_prob, one attribute per channel (default 0.1)")
+    t.add_argument("--lambda-prob", type=non_negative_float, default=0.1, help="weight of L_prob, one attribute per channel (default 0.1)")
     t.add_argument("--checkpoint", default=None, help="training checkpoint file: resumed from when it exists")
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--out-resolution", default="auto", help="render resolution for the losses (default: CLIP's size)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=positive_int, default=500)
+    t.add_argument("--out-resolution", type=resolution_or_auto, default="auto",
+                   help="render resolution for the losses (default: CLIP's size)")
+    t.add_argument("--seed", type=seed_arg, default=0)
     t.add_argument("--device", default=None,
                    help="cpu, cuda, mps (default: best available); under torchrun, cuda means cuda:LOCAL_RANK")
 
@@ -76,15 +99,15 @@ def add_parsers(subparsers) -> None:
     x.add_argument("--matrix", "-m", default=None,
                    help="matrix .safetensors from sat3d-train (required, except with --instant)")
     mode = x.add_mutually_exclusive_group()
-    mode.add_argument("--instant", type=int, default=None, metavar="STEPS",
+    mode.add_argument("--instant", type=positive_int, default=None, metavar="STEPS",
                       help="optimise a mask for each (source, reference) pair with the SAT3D losses for STEPS steps "
                            "instead of using --matrix (which, with --init-from-matrix, is its starting point)")
-    mode.add_argument("--compare", type=int, default=None, metavar="STEPS",
+    mode.add_argument("--compare", type=positive_int, default=None, metavar="STEPS",
                       help="needs --matrix: also optimise an instant mask per pair (STEPS steps) and write compare.csv "
                            "(both matrices' loss terms per pair), compare.md (their means) and compare_NNNN.png "
                            "(source | reference | trained | instant)")
     x.add_argument("--init-from-matrix", action="store_true", help="start the instant masks from --matrix")
-    x.add_argument("--lr", type=float, default=0.01, help="Ranger learning rate of the instant masks (default 0.01)")
+    x.add_argument("--lr", type=positive_float, default=0.01, help="Ranger learning rate of the instant masks (default 0.01)")
     x.add_argument("--descriptors", default=None,
                    help="descriptor set for --instant/--compare: faces, cats, cars or a JSON file (default: the matrix's, "
                         "else faces)")
@@ -95,18 +118,18 @@ def add_parsers(subparsers) -> None:
     x.add_argument("--parser", default=None, metavar="PATH_OR_NAME",
                    help="for --instant/--compare: face parser for L_bg (BiSeNet 79999_iter.pth or bisenet-face-parsing-79999); "
                         "without one L_bg is 0")
-    x.add_argument("--out-resolution", default="auto",
+    x.add_argument("--out-resolution", type=resolution_or_auto, default="auto",
                    help="for --instant/--compare: render resolution for the losses (default: CLIP's size)")
     src = x.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source-seeds", help="source seeds, e.g. 0-3,10")
+    src.add_argument("--source-seeds", type=seeds_arg, help="source seeds, e.g. 0-3,10")
     src.add_argument("--source", help="source W/W+ latent file")
     ref = x.add_mutually_exclusive_group(required=True)
-    ref.add_argument("--reference-seed", type=int, help="reference seed")
+    ref.add_argument("--reference-seed", type=seed_arg, help="reference seed")
     ref.add_argument("--reference", help="reference W/W+ latent file (its first latent is used)")
     x.add_argument("--attributes", "-a", nargs="+", required=True, help="attribute names, applied in this order")
-    x.add_argument("--delta", type=float, nargs="+", default=[1.0], help="editing intensity in [0, 3], one or one per attribute")
+    x.add_argument("--delta", type=_delta_arg, nargs="+", default=[1.0], help="editing intensity in [0, 3], one or one per attribute")
     x.add_argument("--combine", action="store_true", help="one summed mask instead of edits in sequence")
-    x.add_argument("--truncation", type=float, default=0.7, help="truncation for seeds (default 0.7)")
+    x.add_argument("--truncation", type=finite_float, default=0.7, help="truncation for seeds (default 0.7)")
     x.add_argument("--allow-other-weights", action="store_true",
                    help="accept a matrix trained on another network of the same layout (a fine-tuned relative)")
     x.add_argument("--out", "-o", default="sat3d", help="output folder (default: sat3d)")
@@ -114,9 +137,11 @@ def add_parsers(subparsers) -> None:
 
 
 def cmd_sat3d_train(args) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise TargetCLIPError(f"{out}: the matrix must be written as .safetensors")
+    out = check_output_path(args.out, "matrix", suffix=".safetensors")
+    if args.checkpoint:  # torch.save / safetensors files, read back by their content whatever their names
+        check_output_path(args.checkpoint, "training checkpoint")
+    if args.preselect_stats:
+        check_output_path(args.preselect_stats, "pre-selection statistics")
     device, started = _join_torchrun(args.device)
     try:
         return _sat3d_train(args, out, device)
@@ -167,6 +192,7 @@ def _sat3d_train(args, out: Path, device) -> int:
     rank = dist.get_rank() if distributed else 0
     descriptors = load_descriptors(args.descriptors)
     G = load_generator(args.generator, device=device)
+    check_out_resolution(G, args.out_resolution)
     C = load_clip(args.clip, None if args.pretrained.lower() == "none" else args.pretrained, device=G.device)
     measure = QMM(C, descriptors)
     parser = None
@@ -224,13 +250,14 @@ def _sat3d_train(args, out: Path, device) -> int:
     return 0
 
 
-def _latents(G, seeds_text, path, truncation, first_only=False):
+def _latents(G, seeds, path, truncation, first_only=False):
+    """W+ latents from a latent file (its first only with first_only) or from seeds (a list, or one seed)."""
     from targetclip_core.generators.latents import load_latents, wplus_from_seeds
 
     if path:
         wp = G.to_wplus(load_latents(path).to(G.device).float())
         return wp[:1] if first_only else wp
-    return wplus_from_seeds(G, parse_seeds(str(seeds_text)), truncation)
+    return wplus_from_seeds(G, seeds if isinstance(seeds, list) else [seeds], truncation)
 
 
 def _check_transfer_mode(args) -> None:
@@ -251,6 +278,7 @@ def _check_transfer_mode(args) -> None:
 
 def cmd_sat3d_transfer(args) -> int:
     _check_transfer_mode(args)
+    check_output_path(args.out, "output folder", folder=True)
     if args.instant is not None or args.compare is not None:
         return _sat3d_transfer_instant(args)
     import torch
@@ -271,8 +299,8 @@ def cmd_sat3d_transfer(args) -> int:
         for i, (src_img, img) in enumerate(zip(G.synthesis(source), edited)):
             save_png(src_img, out / f"source_{i:04d}.png")
             save_png(img, out / f"transfer_{i:04d}.png")
-    (out / "transfer.json").write_text(json.dumps({"matrix": str(args.matrix), "attributes": args.attributes,
-                                                   "delta": args.delta, "combine": args.combine}, indent=1), "utf-8")
+    write_text_atomic(out / "transfer.json", json.dumps({"matrix": str(args.matrix), "attributes": args.attributes,
+                                                         "delta": args.delta, "combine": args.combine}, indent=1))
     print(f"wrote {len(edited)} transfers of {', '.join(args.attributes)} to {out}")
     return 0
 
@@ -308,6 +336,7 @@ def _sat3d_transfer_instant(args) -> int:
     )
 
     G = load_generator(args.generator, device=args.device)
+    check_out_resolution(G, args.out_resolution)
     matrix = (load_sat3d_matrix(args.matrix, generator=G, strict_weights=not args.allow_other_weights)
               if args.matrix else None)
     descriptors = load_descriptors(_descriptor_name(args, matrix))
@@ -376,26 +405,25 @@ def _sat3d_transfer_instant(args) -> int:
         s = result.summary
         print(f"compared {s['pairs']} pairs: mean total loss trained {s['trained']['total']:.4f}, instant "
               f"{s['instant']['total']:.4f}; instant lower on {s['instant_wins']} of {s['pairs']}")
-    (out / "transfer.json").write_text(json.dumps(info, indent=1), "utf-8")
+    write_text_atomic(out / "transfer.json", json.dumps(info, indent=1))
     print(f"wrote {len(source)} {info['mode']} transfers of {', '.join(args.attributes)} to {out}")
     return 0
 
 
 def _source_labels(args, n) -> list[str]:
     if args.source_seeds is not None:
-        return [f"seed {s}" for s in parse_seeds(str(args.source_seeds))]
+        return [f"seed {s}" for s in args.source_seeds]
     return [f"{Path(args.source).name}[{i}]" for i in range(n)]
 
 
 def _write_comparison(out: Path, result, labels, info) -> None:
-    import csv
-
-    with (out / "compare.csv").open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(COMPARE_COLUMNS)
-        for p, label in zip(result.pairs, labels):
-            w.writerow([p["pair"], label, p["winner"], *(repr(p[side][k]) for side in ("trained", "instant")
-                                                          for k in ("total", "ref", "src", "bg", "prob"))])
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(COMPARE_COLUMNS)
+    for p, label in zip(result.pairs, labels):
+        w.writerow([p["pair"], label, p["winner"], *(repr(p[side][k]) for side in ("trained", "instant")
+                                                      for k in ("total", "ref", "src", "bg", "prob"))])
+    write_text_atomic(out / "compare.csv", table.getvalue())
     s = result.summary
     init = "the trained matrix" if info["init_from_matrix"] else "the usual initialisation"
     lines = [f"# SAT3D: trained matrix vs instant per-pair masks ({', '.join(info['attributes'])})", "",
@@ -406,7 +434,7 @@ def _write_comparison(out: Path, result, labels, info) -> None:
     lines += [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in ("total", "ref", "src", "bg", "prob")]
     lines += ["", f"Lower total loss: instant on {s['instant_wins']} pairs, trained on {s['trained_wins']}, "
                   f"ties {s['ties']} (per pair: compare.csv).", ""]
-    (out / "compare.md").write_text("\n".join(lines), "utf-8")
+    write_text_atomic(out / "compare.md", "\n".join(lines))
 
 
 COMMANDS = {"sat3d-train": cmd_sat3d_train, "sat3d-transfer": cmd_sat3d_transfer}
@@ -414,20 +442,14 @@ COMMANDS = {"sat3d-train": cmd_sat3d_train, "sat3d-transfer": cmd_sat3d_transfer
 
 def build_standalone_parser() -> argparse.ArgumentParser:
     """A parser holding only the SAT3D commands (for tests and `python -m targetclip_core.cli.sat3d`)."""
-    p = argparse.ArgumentParser(prog="targetclip")
+    p = ArgumentParser(prog="targetclip")
     add_parsers(p.add_subparsers(dest="command", required=True))
     return p
 
 
 def main(argv=None) -> int:
-    import sys
-
     args = build_standalone_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except TargetCLIPError as e:
-        print(f"targetclip: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

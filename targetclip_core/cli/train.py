@@ -10,7 +10,17 @@ import signal
 import sys
 import threading
 
-from targetclip_core.cli.args import DEVICE_HELP, add_device_arg
+from targetclip_core.cli.args import (
+    DEVICE_HELP,
+    add_device_arg,
+    float_in,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    resolution_or_auto,
+    seed_arg,
+)
+from targetclip_core.io.files import check_output_path
 
 
 def add_parsers(subparsers) -> None:
@@ -28,20 +38,21 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
     t.add_argument("--clip-pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
     t.add_argument("--sources", default=None, help="W+ source latents, e.g. the official encoder_sources_5.pt (default: sampled)")
-    t.add_argument("--n-sources", type=int, default=5, help="sources sampled from the generator when --sources is not given")
-    t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--n-sources", type=positive_int, default=5, help="sources sampled from the generator when --sources is not given")
+    t.add_argument("--steps", type=positive_int, default=3000)
+    t.add_argument("--lr", type=positive_float, default=1e-4)
+    t.add_argument("--batch-size", type=positive_int, default=4)
     t.add_argument("--optimizer", choices=["ranger", "adam"], default="ranger")
-    t.add_argument("--lambda-consistency", type=float, default=0.5)
-    t.add_argument("--lambda-l2", type=float, default=0.003)
+    t.add_argument("--lambda-consistency", type=non_negative_float, default=0.5)
+    t.add_argument("--lambda-l2", type=non_negative_float, default=0.003)
     t.add_argument("--val-images", default=None, help="folder of validation images (default: hold out --val-fraction)")
-    t.add_argument("--val-fraction", type=float, default=0.05)
-    t.add_argument("--val-every", type=int, default=250)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--out-resolution", default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
+    t.add_argument("--val-fraction", type=float_in(0, 1, open_high=True), default=0.05,
+                   help="share of the images held out for validation, in [0, 1) (default 0.05)")
+    t.add_argument("--val-every", type=positive_int, default=250)
+    t.add_argument("--save-every", type=positive_int, default=500)
+    t.add_argument("--out-resolution", type=resolution_or_auto, default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
     t.add_argument("--no-flip", action="store_true", help="no random horizontal flips of the training images")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed_arg, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out-dir from last.pt")
     add_device_arg(t, help=DEVICE_HELP)
 
@@ -53,11 +64,12 @@ def cmd_train_encoder(args) -> int:
     from targetclip_core.encoders.clip import load_clip
     from targetclip_core.methods.targetclip.encoder_training import EncoderTrainingConfig, train_essence_encoder
 
+    check_output_path(args.out_dir, "run folder", folder=True)
     config = EncoderTrainingConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, n_sources=args.n_sources, optimizer=args.optimizer,
         lambdas=(1.0, args.lambda_consistency, args.lambda_l2), val_fraction=args.val_fraction, val_every=args.val_every,
         save_every=args.save_every, flip=not args.no_flip, seed=args.seed,
-        out_resolution=args.out_resolution if args.out_resolution == "auto" else int(args.out_resolution),
+        out_resolution=args.out_resolution,
     )
     pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
     clip = load_clip(args.clip, pretrained, device=default_device(args.device))

@@ -63,7 +63,7 @@ def cell(grid_img, row, col, r=RES):
 def write_rgba_target(path, h=40, w=56, rgb=(200, 30, 60)):
     arr = np.zeros((h, w, 4), np.uint8)
     arr[..., :3] = rgb
-    arr[..., 3] = np.random.default_rng(0).integers(0, 256, (h, w))  # alpha must be dropped, not multiplied in
+    arr[..., 3] = 51  # 20% opaque: composited over white, (200, 30, 60) -> 0.2 * rgb + 0.8 * 255 = (244, 210, 216)
     Image.fromarray(arr, "RGBA").save(path)
     return path
 
@@ -93,9 +93,9 @@ def test_optimize_writes_essence_and_grid(tmp_path, gen_file, G, capsys):
     assert all(len(v) == 5 for v in E.losses.values()) and set(E.losses) == {"total", "similarity", "consistency", "l2"}
     assert E.generator == G.identity
     assert E.clip == {"name": TINY_CLIP, "pretrained": ""}
-    # RGBA -> RGB drops alpha: the thumbnail of a uniform-colour target keeps that colour
+    # RGBA is composited over white: the thumbnail of a uniform-colour target has the composite colour
     assert E.thumbnail.shape == (64, 64, 3)
-    assert np.abs(E.thumbnail.numpy().astype(int) - np.array([200, 30, 60])).max() <= 1
+    assert np.abs(E.thumbnail.numpy().astype(int) - np.array([244, 210, 216])).max() <= 1
 
     grid_img = read_png(grid_path)
     assert grid_img.shape == (2 * RES, (n + 1) * RES, 3)  # (N+1) columns x 2 rows of generator-size cells
@@ -103,7 +103,7 @@ def test_optimize_writes_essence_and_grid(tmp_path, gen_file, G, capsys):
     sources = truncated_sources(G, n, seed=2)
     with torch.no_grad():
         srcs, edits = to_uint8(G.synthesis(sources)), to_uint8(G.synthesis(sources + E.vector))
-    assert np.abs(cell(grid_img, 0, 0).astype(int) - np.array([200, 30, 60])).max() <= 1
+    assert np.abs(cell(grid_img, 0, 0).astype(int) - np.array([244, 210, 216])).max() <= 1
     assert (cell(grid_img, 1, 0) == 0).all()
     for i in range(n):
         assert_close_pixels(cell(grid_img, 0, i + 1), srcs[i])
