@@ -17,8 +17,8 @@ from targetclip_core.devices import default_device
 from targetclip_core.encoders import irse
 from targetclip_core.encoders.inversion import check_images
 from targetclip_core.encoders.irse import stages_from_state
-from targetclip_core.errors import CheckpointError
-from targetclip_core.formats.checkpoints import load_state_checked, require_keys, torch_load_safely
+from targetclip_core.errors import CheckpointError, malformed_file
+from targetclip_core.formats.checkpoints import build_checked, require_keys, torch_load_safely
 from targetclip_core.io.weights import resolve_checkpoint
 
 ALIGNED_CROP = (35, 223, 32, 220)  # rows, cols of the face inside a 256 px FFHQ-aligned image (IDLoss)
@@ -64,6 +64,12 @@ def load_arcface(path="arcface-ir-se50", device=None) -> ArcFace:
     """Load an InsightFace_Pytorch IR-SE50 state dict (`model_ir_se50.pth`) or a manifest name."""
     file = resolve_checkpoint(path)
     sd = torch_load_safely(file)
+    with malformed_file(file, "ArcFace IR-SE checkpoint"):
+        model = _arcface_from_state(sd, file)
+    return model.eval().requires_grad_(False).to(default_device(device))
+
+
+def _arcface_from_state(sd, file) -> ArcFace:
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -73,6 +79,4 @@ def load_arcface(path="arcface-ir-se50", device=None) -> ArcFace:
     stages = stages_from_state(sd, file)
     flat = sd["output_layer.3.weight"].shape[1] // stages[-1][1]
     side = int(round(flat**0.5))
-    model = ArcFace(stages, input_size=16 * side, affine="output_layer.4.weight" in sd)
-    load_state_checked(model, sd, file)
-    return model.eval().requires_grad_(False).to(default_device(device))
+    return build_checked(lambda: ArcFace(stages, input_size=16 * side, affine="output_layer.4.weight" in sd), sd, file)

@@ -125,17 +125,50 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
             return CLIPEncoder(model, open_clip.get_tokenizer(name), name, pretrained, preprocess=preprocess).to(device)
     from safetensors import SafetensorError
 
+    if name.startswith("local-dir:"):
+        check_local_clip_folder(Path(name[len("local-dir:"):]))
     try:
-        model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True)
+        # require_pretrained: a folder or hub repo without weights is an error, not a random CLIP
+        model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True,
+                                       require_pretrained=schema)
     except RuntimeError as e:
         raise CheckpointError(
             f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}. Offline? Put the checkpoint file on disk and pass its "
             "path as `pretrained`, or use 'local-dir:/folder' with open_clip_config.json + open_clip_model.safetensors."
         ) from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # corrupt/truncated files
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError,  # corrupt/truncated files
+            AssertionError, TypeError, KeyError) as e:  # a folder's config open_clip cannot build
         raise CheckpointError(f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}") from None
     tokenizer = open_clip.get_tokenizer(name)
     return CLIPEncoder(model, tokenizer, name, pretrained, preprocess=preprocess).to(device)
+
+
+def check_local_clip_folder(folder: Path) -> None:
+    """Refuse an open_clip `local-dir:` folder that open_clip would load wrongly or unboundedly: no
+    config, no weights (open_clip only logs a warning and runs with random weights, so every run
+    would give other results), or a config declaring a network far larger than its weights file."""
+    import open_clip
+
+    config = folder / "open_clip_config.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such CLIP folder (local-dir: needs a folder with open_clip_config.json "
+                              "and open_clip_model.safetensors)")
+    if not config.is_file():
+        raise CheckpointError(f"{folder}: a CLIP folder without open_clip_config.json")
+    weights = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.pth")])
+    if not weights:
+        raise CheckpointError(f"{folder}: a CLIP folder without weights: put open_clip_model.safetensors (or "
+                              "open_clip_pytorch_model.bin) beside open_clip_config.json")
+    try:
+        with torch.device("meta"):  # allocates nothing: only the declared size is measured
+            skeleton = open_clip.create_model(f"local-dir:{folder}", load_weights=False, device="meta")
+    except (OSError, ValueError, RuntimeError, AssertionError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{config}: not a CLIP configuration open_clip can build ({_first_line(e)})") from None
+    declared = sum(t.numel() for t in skeleton.state_dict().values())
+    largest = max(w.stat().st_size for w in weights)
+    if 2 * declared > largest * 1.05 + (1 << 20):  # fp16 is the smallest dtype CLIP weights ship in
+        raise CheckpointError(f"{config}: the config declares a {declared:,}-parameter CLIP, far more than "
+                              f"the weights files in {folder} hold ({largest:,} bytes)")
 
 
 def _first_line(e: BaseException) -> str:

@@ -25,8 +25,8 @@ from torch import nn
 
 from targetclip_core.encoders import irse
 from targetclip_core.encoders.irse import stages_from_state
-from targetclip_core.errors import CheckpointError
-from targetclip_core.formats.checkpoints import few_keys, load_state_checked, require_keys, torch_load_safely
+from targetclip_core.errors import CheckpointError, malformed_file
+from targetclip_core.formats.checkpoints import build_checked, few_keys, require_keys, torch_load_safely
 
 COARSE_END, MIDDLE_END = 3, 7  # W+ entries [0,3) coarse, [3,7) middle, [7,n) fine
 ENCODER_KINDS = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}
@@ -143,6 +143,11 @@ def read_encoder_checkpoint(path) -> EncoderCheckpoint:
     if not file.is_file():
         raise CheckpointError(f"{file}: no such file")
     ckpt = torch_load_safely(file)
+    with malformed_file(file, "e4e/pSp checkpoint"):
+        return _encoder_checkpoint(ckpt, file)
+
+
+def _encoder_checkpoint(ckpt, file: Path) -> EncoderCheckpoint:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         found = ", ".join(map(str, list(ckpt)[:6])) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{file}: not an e4e/pSp checkpoint: expected a dict with 'state_dict' (found {found})")
@@ -151,12 +156,16 @@ def read_encoder_checkpoint(path) -> EncoderCheckpoint:
     if not state:
         raise CheckpointError(f"{file}: the checkpoint has no 'encoder.*' weights (it has {few_keys(sd)})")
     opts = _plain_opts(ckpt.get("opts"))
+    if not isinstance(opts.get("start_from_latent_avg", True), bool):
+        raise CheckpointError(f"{file}: opts.start_from_latent_avg is {opts['start_from_latent_avg']!r:.40}, expected true or false")
     cfg = infer_encoder_config(state, opts, file)
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None:
-        if not torch.is_tensor(latent_avg) or latent_avg.shape[-1] != cfg.w_dim:
+        if not torch.is_tensor(latent_avg) or latent_avg.dim() == 0 or latent_avg.shape[-1] != cfg.w_dim:
             raise CheckpointError(f"{file}: latent_avg has shape {list(getattr(latent_avg, 'shape', []))}, expected [..., {cfg.w_dim}]")
         latent_avg = latent_avg.reshape(-1, cfg.w_dim)[0].float()  # e4e repeats it over the W+ entries
+        if not torch.isfinite(latent_avg).all():
+            raise CheckpointError(f"{file}: latent_avg contains NaN or infinite values")
     return EncoderCheckpoint(cfg, state, latent_avg, opts, ckpt)
 
 
@@ -184,6 +193,5 @@ def _plain_opts(opts) -> dict:
 
 
 def build_encoder(ckpt: EncoderCheckpoint, file) -> StyleEncoder:
-    enc = StyleEncoder(ckpt.cfg)
-    load_state_checked(enc, ckpt.state, f"{file} (encoder)")
+    enc = build_checked(lambda: StyleEncoder(ckpt.cfg), ckpt.state, f"{file} (encoder)")
     return enc.eval().requires_grad_(False)

@@ -42,6 +42,7 @@ from torch import nn
 
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.cameras import CameraRig, camera_labels, split_label
+from targetclip_core.generators.limits import MAX_RAY_SAMPLES, MAX_RESOLUTION, checked_float, checked_int, checked_mapping
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, check_wplus_shape
 from targetclip_core.generators.superresolution import SUPERRESOLUTION_MODULES, SuperResolution, SuperResolutionSpec
 from targetclip_core.generators.volume_rendering import (
@@ -93,6 +94,16 @@ class EG3DConfig:
     source_format: str = "unknown"
 
     def __post_init__(self):
+        if not isinstance(self.backbone, StyleGAN2Config):
+            raise ValueError("the EG3D backbone must be a StyleGAN2 config")
+        if not isinstance(self.superresolution_module, str):
+            raise ValueError("superresolution_module must be a class name")
+        object.__setattr__(self, "neural_rendering_resolution", checked_int(
+            "neural_rendering_resolution", self.neural_rendering_resolution, 4, MAX_RESOLUTION))
+        object.__setattr__(self, "decoder_lr_mul", checked_float("decoder_lr_mul", self.decoder_lr_mul, positive=True))
+        if self.sr_conv_clamp is not None:
+            object.__setattr__(self, "sr_conv_clamp", checked_float("sr_conv_clamp", self.sr_conv_clamp, positive=True))
+        checked_mapping("rendering", self.rendering)
         name = self.superresolution_module.rsplit(".", 1)[-1]
         if name not in SUPERRESOLUTION_MODULES:
             raise ValueError(f"unsupported EG3D super-resolution module {self.superresolution_module!r} "
@@ -111,6 +122,16 @@ class EG3DConfig:
         auto = [rendering["ray_start"] == "auto", rendering["ray_end"] == "auto"]
         if any(auto) and not all(auto):
             raise ValueError("ray_start and ray_end must both be numbers or both 'auto'")
+        for key in ("depth_resolution", "depth_resolution_importance"):
+            rendering[key] = checked_int(key, rendering[key], 0 if "importance" in key else 1, MAX_RAY_SAMPLES)
+        for key in ("box_warp", "avg_camera_radius"):
+            rendering[key] = checked_float(key, rendering[key], positive=True)
+        for key in ("c_scale", "density_noise") + (() if all(auto) else ("ray_start", "ray_end")):
+            rendering[key] = checked_float(key, rendering[key])
+        pivot = rendering["avg_camera_pivot"]
+        if not isinstance(pivot, (list, tuple)) or len(pivot) != 3:
+            raise ValueError("avg_camera_pivot must be 3 numbers")
+        rendering["avg_camera_pivot"] = [checked_float("avg_camera_pivot", v) for v in pivot]
         object.__setattr__(self, "rendering", rendering)
 
     @property
@@ -124,7 +145,10 @@ class EG3DConfig:
 
     @classmethod
     def from_json_dict(cls, d: dict) -> "EG3DConfig":
-        d = dict(d)
+        """The config a to_json_dict() wrote (ValueError naming the field when a value is wrong)."""
+        d = dict(checked_mapping("the EG3D config", d))
+        if "backbone" not in d:
+            raise ValueError("the EG3D config has no 'backbone'")
         d["backbone"] = StyleGAN2Config.from_json_dict(d["backbone"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})

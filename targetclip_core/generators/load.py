@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from targetclip_core.devices import default_device
-from targetclip_core.errors import CheckpointError, UnsafePickleError
-from targetclip_core.formats.checkpoints import load_state_checked, sniff_format, torch_load_safely
+from targetclip_core.errors import CheckpointError, UnsafePickleError, malformed_file
+from targetclip_core.formats.checkpoints import build_checked, sniff_format, torch_load_safely
 from targetclip_core.generators.convert.eg3d import eg3d_to_internal
 from targetclip_core.generators.convert.nvlabs import nvlabs_to_internal
 from targetclip_core.generators.convert.rosinality import stylegan2_from_torch_checkpoint
@@ -48,12 +48,13 @@ def load_generator(path, device=None) -> StyleGAN2Generator:
 def read_generator_checkpoint(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     """Parse a checkpoint into (config, state dict in our names, has trained w_avg)."""
     kind = sniff_format(file)
-    if kind == "safetensors":
-        return _read_safetensors(file)
-    if kind == "torch-zip" or kind == "torch-legacy":
-        return stylegan2_from_torch_checkpoint(torch_load_safely(file), file)
-    if kind == "pickle":
-        return _read_network_pickle(file)
+    with malformed_file(file, "generator checkpoint"):
+        if kind == "safetensors":
+            return _read_safetensors(file)
+        if kind == "torch-zip" or kind == "torch-legacy":
+            return stylegan2_from_torch_checkpoint(torch_load_safely(file), file)
+        if kind == "pickle":
+            return _read_network_pickle(file)
     raise CheckpointError(
         f"{file}: unknown checkpoint format (not a PyTorch checkpoint, a network pickle or a "
         "safetensors file). Supported: rosinality .pt/.pth, NVlabs .pkl, e4e .pt, .safetensors."
@@ -65,18 +66,16 @@ def build_generator(cfg, state: dict, has_w_avg: bool, source="checkpoint"):
     with a clear error for any mismatch."""
     from targetclip_core.generators.eg3d import EG3DConfig, EG3DGenerator
 
-    G = EG3DGenerator(cfg) if isinstance(cfg, EG3DConfig) else StyleGAN2Generator(cfg)
-    load_state_checked(G, state, source)
+    network = EG3DGenerator if isinstance(cfg, EG3DConfig) else StyleGAN2Generator
+    G = build_checked(lambda: network(cfg), state, source)
     G.mapping_network.has_w_avg = has_w_avg
     G.eval().requires_grad_(False)
     return G
 
 
 def save_generator(G: StyleGAN2Generator, path) -> None:
-    """Write our `.safetensors` format: weights + config JSON in the metadata (atomic write)."""
-    from safetensors.torch import save_file
-
-    from targetclip_core.io.files import atomic_path
+    """Write our `.safetensors` format: weights + config JSON in the metadata (atomic write, same bytes every time)."""
+    from targetclip_core.io.safetensors_files import save_safetensors
 
     meta = {
         "format": EG3D_SAFETENSORS_FORMAT if G.is_3d else SAFETENSORS_FORMAT,
@@ -85,8 +84,7 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
         "has_w_avg": "1" if G.mapping_network.has_w_avg else "0",
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)
 
 
 # --------------------------------------------------------------------------- NVlabs network pickles
@@ -128,13 +126,21 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
                     f"{file}: a safetensors file, but not a TargetCLIP StyleGAN2 or EG3D generator "
                     f"(metadata format={meta.get('format')!r})"
                 )
-            if meta["format"] == EG3D_SAFETENSORS_FORMAT:
-                from targetclip_core.generators.eg3d import EG3DConfig
-
-                cfg = EG3DConfig.from_json_dict(json.loads(meta["config"]))
-            else:
-                cfg = StyleGAN2Config.from_json_dict(json.loads(meta["config"]))
+            cfg = _config_from_metadata(meta, file)
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None
     return cfg, state, meta.get("has_w_avg") == "1"
+
+
+def _config_from_metadata(meta: dict, file: Path):
+    """The StyleGAN2Config / EG3DConfig our metadata's 'config' holds, every field checked."""
+    from targetclip_core.generators.eg3d import EG3DConfig
+
+    config_class = EG3DConfig if meta["format"] == EG3D_SAFETENSORS_FORMAT else StyleGAN2Config
+    try:
+        return config_class.from_json_dict(json.loads(meta.get("config", "")))
+    except (ValueError, TypeError, KeyError) as e:
+        detail = "not JSON" if isinstance(e, json.JSONDecodeError) else e
+        raise CheckpointError(f"{file}: the metadata 'config' is not a valid generator configuration ({detail}); "
+                              "the file was not written by save_generator, or was edited") from None

@@ -27,6 +27,18 @@ from torch import nn
 
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.fir import depthwise_fir, fir_kernel_2d, upsample_fir  # noqa: F401 (re-exported)
+from targetclip_core.generators.limits import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_FILTER_TAPS,
+    MAX_IMAGE_CHANNELS,
+    MAX_LATENT_DIM,
+    MAX_MAPPING_LAYERS,
+    MAX_RESOLUTION,
+    checked_float,
+    checked_int,
+    checked_mapping,
+)
 from targetclip_core.generators.synthesis_grad import autocast_enabled, synthesis_layer
 
 SQRT2 = math.sqrt(2.0)
@@ -53,14 +65,35 @@ class StyleGAN2Config:
     source_format: str = "unknown"  # where the weights came from, for diagnostics
 
     def __post_init__(self):
-        res = self.resolution
-        if res < 4 or res & (res - 1):
+        # every number is checked against generators.limits before a layer is built from it
+        res = checked_int("resolution", self.resolution, 4, MAX_RESOLUTION)
+        if res & (res - 1):
             raise ValueError(f"resolution must be a power of two >= 4, got {res}")
-        object.__setattr__(self, "channels", {int(k): int(v) for k, v in self.channels.items()})
-        object.__setattr__(self, "blur_kernel", tuple(int(v) for v in self.blur_kernel))
-        missing = [r for r in self.resolutions if r not in self.channels]
+        channels = {checked_int("a channels key", k, 1, MAX_RESOLUTION): checked_int(f"channels[{k}]", v, 1, MAX_CHANNELS)
+                    for k, v in checked_mapping("channels", self.channels).items()}
+        missing = [r for r in self.resolutions if r not in channels]
         if missing:
             raise ValueError(f"channels missing for resolutions {missing}")
+        blur = self.blur_kernel
+        if isinstance(blur, (str, bytes)) or not hasattr(blur, "__len__") or not 1 <= len(blur) <= MAX_FILTER_TAPS:
+            raise ValueError(f"blur_kernel must be a list of 1 to {MAX_FILTER_TAPS} integers")
+        blur = tuple(checked_int("a blur_kernel tap", v, 0, 1 << 16) for v in blur)
+        if not sum(blur):
+            raise ValueError("blur_kernel must not be all zeros")
+        checks = {
+            "channels": channels,
+            "blur_kernel": blur,
+            "z_dim": checked_int("z_dim", self.z_dim, 1, MAX_LATENT_DIM),
+            "w_dim": checked_int("w_dim", self.w_dim, 1, MAX_LATENT_DIM),
+            "c_dim": checked_int("c_dim", self.c_dim, 0, MAX_CLASSES),
+            "n_mlp": checked_int("n_mlp", self.n_mlp, 1, MAX_MAPPING_LAYERS),
+            "mapping_lr_mul": checked_float("mapping_lr_mul", self.mapping_lr_mul, positive=True),
+            "conv_clamp": None if self.conv_clamp is None else checked_float("conv_clamp", self.conv_clamp, positive=True),
+            "img_channels": checked_int("img_channels", self.img_channels, 1, MAX_IMAGE_CHANNELS),
+            "source_format": str(self.source_format),
+        }
+        for name, value in checks.items():
+            object.__setattr__(self, name, value)
 
     @property
     def resolutions(self) -> list[int]:
@@ -87,9 +120,13 @@ class StyleGAN2Config:
 
     @classmethod
     def from_json_dict(cls, d: dict) -> "StyleGAN2Config":
-        d = dict(d)
-        d["channels"] = {int(k): int(v) for k, v in d["channels"].items()}
-        d["blur_kernel"] = tuple(d.get("blur_kernel", (1, 3, 3, 1)))
+        """The config a to_json_dict() wrote (ValueError naming the field when a value is wrong)."""
+        d = dict(checked_mapping("the generator config", d))
+        if "channels" not in d or "resolution" not in d:
+            raise ValueError("the generator config needs 'resolution' and 'channels'")
+        # JSON object keys are strings: '4' -> 4 (anything else is refused by __post_init__)
+        d["channels"] = {int(k) if isinstance(k, str) and k.isdigit() else k: v
+                         for k, v in checked_mapping("channels", d["channels"]).items()}
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 

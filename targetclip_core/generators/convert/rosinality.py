@@ -26,12 +26,12 @@ def stylegan2_from_torch_checkpoint(ckpt, file) -> tuple[StyleGAN2Config, dict, 
     latent_avg = ckpt.get("latent_avg")
     if "g_ema" in ckpt:
         sd = ckpt["g_ema"]
-    elif "state_dict" in ckpt and any(k.startswith("decoder.") for k in ckpt["state_dict"]):
+    elif "state_dict" in ckpt and any(isinstance(k, str) and k.startswith("decoder.") for k in ckpt["state_dict"]):
         # e4e / pSp: the generator lives under the 'decoder.' prefix
-        sd = {k[len("decoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("decoder.")}
-    elif any(k.startswith("synthesis_blocks.") for k in ckpt):
+        sd = {k[len("decoder.") :]: v for k, v in ckpt["state_dict"].items() if isinstance(k, str) and k.startswith("decoder.")}
+    elif any(isinstance(k, str) and k.startswith("synthesis_blocks.") for k in ckpt):
         raise CheckpointError(f"{file}: this looks like a raw state dict of our own model; save it with save_generator")
-    elif any(k.startswith(("style.", "conv1.", "input.")) for k in ckpt):
+    elif any(isinstance(k, str) and k.startswith(("style.", "conv1.", "input.")) for k in ckpt):
         sd = ckpt
     else:
         keys = ", ".join(list(ckpt)[:6])
