@@ -22,6 +22,20 @@ from targetclip_core.generators.latents import load_latents, save_latents, wplus
 from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.generators.protocol import Generator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.methods.directions import (
+    Direction,
+    GlobalDirection,
+    apply_global_direction,
+    compute_global_statistics,
+    ganspace_directions,
+    global_direction,
+    global_direction_essence,
+    load_direction,
+    load_global_statistics,
+    save_direction,
+    sefa_directions,
+    text_constraint,
+)
 from targetclip_core.methods.targetclip.essence import (
     Essence,
     apply_essence,
@@ -74,4 +88,16 @@ __all__ = [
     "z_from_seeds",
     "Generator",
     "wplus_from_seeds",
+    "Direction",
+    "GlobalDirection",
+    "apply_global_direction",
+    "compute_global_statistics",
+    "ganspace_directions",
+    "global_direction",
+    "global_direction_essence",
+    "load_direction",
+    "load_global_statistics",
+    "save_direction",
+    "sefa_directions",
+    "text_constraint",
 ]

@@ -17,16 +17,15 @@ and read through io.safetensors_files (header checked, logits finite, every meta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.generators.fingerprint import cached_fingerprint, generator_fingerprint  # noqa: F401 (re-exported)
 from targetclip_core.generators.stylespace import StyleLayout
 from targetclip_core.io.safetensors_files import (
     meta_int,
@@ -130,28 +129,6 @@ class SAT3DMatrix:
 
 def _describe(identity: dict, layout: StyleLayout) -> str:
     return f"{identity.get('resolution', '?')}px {identity.get('arch', '?')} ({layout.n_channels} StyleSpace channels)"
-
-
-def generator_fingerprint(G) -> str:
-    """sha256 over the generator's state (names and bytes), so a matrix knows its network."""
-    h = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def cached_fingerprint(G) -> str:
-    """generator_fingerprint (a hash of every weight), computed once per loaded generator."""
-    try:
-        if G not in _FINGERPRINTS:
-            _FINGERPRINTS[G] = generator_fingerprint(G)
-        return _FINGERPRINTS[G]
-    except TypeError:  # not weak-referenceable: hash every time
-        return generator_fingerprint(G)
 
 
 def check_matrix(matrix: SAT3DMatrix, G, allow_other_weights: bool = False) -> None:

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from targetclip_core.errors import TargetCLIPError
+from targetclip_core.generators.fingerprint import cached_fingerprint
 from targetclip_core.generators.stylespace import StyleLayout
 from targetclip_core.io.safetensors_files import (
     meta_int,
@@ -56,7 +57,6 @@ from targetclip_core.io.safetensors_files import (
     save_safetensors,
 )
 from targetclip_core.methods.sat3d.descriptors import DEFAULT_PRESELECT_D, DEFAULT_PRESELECT_K
-from targetclip_core.methods.sat3d.matrix import cached_fingerprint
 from targetclip_core.methods.sat3d.regions import RegionParser, binary_region
 
 DEFAULT_SAMPLES = 32

@@ -25,6 +25,7 @@ import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.latents import wplus_from_z
+from targetclip_core.methods.directions.text_constraints import text_constraint
 from targetclip_core.methods.optimization import check_converged, check_run_settings, loss_resolution, make_autograd_ready
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
@@ -158,6 +159,10 @@ def optimize_essence(
     early_stop_patience: int | None = None,
     early_stop_tolerance: float = 1e-4,
     name: str = "",
+    avoid=(),
+    keep=(),
+    lambda_text: float = 1.0,
+    text_neutral: str | None = None,
 ):
     """Optimise one essence per target image. Returns an Essence, or a list for several targets.
 
@@ -173,6 +178,10 @@ def optimize_essence(
     callback: called every step with a StepInfo; returning True stops the run.
     early_stop_patience: stop once the best total loss has not improved by a relative
       `early_stop_tolerance` for this many steps (off by default).
+    avoid / keep: texts the edits must not move towards / away from in CLIP space (a variant, off by
+      default: methods.directions.text_constraints), added as lambda_text * that term ("text" in the
+      loss history); text_neutral measures each text from that prompt. With neither, the paper's loss
+      is unchanged.
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
@@ -193,6 +202,7 @@ def optimize_essence(
     n = sources.shape[0]
     res = loss_resolution(G, C, out_resolution)
     lambdas = (lambda_similarity, lambda_consistency, lambda_l2)
+    constraint = text_constraint(C, avoid, keep, neutral=text_neutral)  # texts embedded once; empty: no term
 
     with torch.no_grad():  # constant through the run: computed once
         target_codes = C.encode_image(targets, preprocess="default")  # a photo: CLIP's own preprocessing
@@ -207,7 +217,7 @@ def optimize_essence(
         groups.append({"params": [coefficients], "lr": lr, "weight_decay": 0.01})
     opt = torch.optim.Adam(groups)
 
-    history = {k: [] for k in LOSS_TERMS}
+    history = {k: [] for k in LOSS_TERMS + (("text",) if constraint else ())}
     best = None
     since_improved = 0
     for step in range(steps):
@@ -217,6 +227,9 @@ def optimize_essence(
         images = G.synthesis(edits.flatten(0, 1), out_resolution=res)
         edit_codes = C.encode_image(images, preprocess).view(n_targets, n, -1)
         losses = essence_losses(target_codes, source_codes, edit_codes, vectors, lambdas)
+        if constraint:
+            losses["text"] = constraint(edit_codes, source_codes)
+            losses["total"] = losses["total"] + lambda_text * losses["text"]
 
         with torch.no_grad():  # keep the b that gave this loss: it is the one before the step
             cur = losses["total"].detach()
@@ -230,7 +243,7 @@ def optimize_essence(
                 improved = (best.loss - cur) > early_stop_tolerance * best.loss.abs()
                 best.loss = torch.where(better, cur, best.loss)
                 since_improved = 0 if bool(improved.any()) else since_improved + 1
-            for k in LOSS_TERMS:
+            for k in history:
                 history[k].append(losses[k].detach().cpu())
 
         opt.zero_grad(set_to_none=True)
