@@ -41,6 +41,11 @@ def add_parsers(subparsers) -> None:
     o.add_argument("--preprocess", choices=["default", "paper"], default="default", help="paper = the official CLIP input")
     o.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE", help="stop after this many steps without improvement")
     o.add_argument("--seed", type=seed_arg, default=0)
+    o.add_argument("--avoid", nargs="+", default=(), metavar="TEXT",
+                   help='texts the edit must not move towards in CLIP space, e.g. "make-up" (a variant; off by default)')
+    o.add_argument("--keep", nargs="+", default=(), metavar="TEXT",
+                   help="texts the edit must not move away from in CLIP space (a variant; off by default)")
+    o.add_argument("--lambda-text", type=non_negative_float, default=1.0, help="weight of the --avoid / --keep term (default 1)")
     o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out; one target only)")
     add_device_arg(o)
 
@@ -94,7 +99,8 @@ def cmd_optimize(args) -> int:
             G, C, batch, steps=args.steps, lr=args.lr, n_sources=args.n_sources, sources=sources, truncation=args.truncation,
             seed=args.seed, lambda_consistency=args.lambda_consistency, lambda_l2=args.lambda_l2, init=init,
             learn_coefficients=args.learn_coefficients, out_resolution=res, callback=progress,
-            early_stop_patience=args.early_stop, name=targets[0].stem,
+            early_stop_patience=args.early_stop, name=targets[0].stem, avoid=args.avoid, keep=args.keep,
+            lambda_text=args.lambda_text,
         )
     finally:
         bar.close()
