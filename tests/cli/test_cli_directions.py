@@ -11,27 +11,13 @@ import numpy as np
 import pytest
 import torch
 from helpers.clip import TINY_CLIP, register_tiny_clip
-from helpers.generators import tiny_generator
 from PIL import Image
 
 from targetclip_core.cli.main import main
-from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.methods.directions import ganspace_directions, load_direction, sefa_directions
 from targetclip_core.methods.targetclip.essence import load_essence
 
 RES = 32
-
-
-@pytest.fixture(scope="module")
-def gen_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "tiny32.safetensors"
-    save_generator(tiny_generator(RES), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def G(gen_file):
-    return load_generator(gen_file, device="cpu")
 
 
 @pytest.mark.parametrize("method", ["ganspace", "sefa"])

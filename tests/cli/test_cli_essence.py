@@ -14,23 +14,10 @@ from PIL import Image
 
 from targetclip_core.cli.main import main
 from targetclip_core.generators.latents import save_latents
-from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.methods.targetclip.essence import Essence, load_essence, save_essence
 
 RES = 32
 CLIP_ARGS = ["--clip", TINY_CLIP, "--pretrained", "none", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def gen_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "tiny32.safetensors"
-    save_generator(tiny_generator(RES), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def G(gen_file):
-    return load_generator(gen_file, device="cpu")  # what the CLI itself renders with
 
 
 @pytest.fixture(autouse=True)
