@@ -63,6 +63,9 @@ TINY = {
     "TargetCLIP_LoadFaceParser": {"input_size": 64},
     "TargetCLIP_EssenceInterpret": {"n_sources": 2},
     "TargetCLIP_AlignFace": {"output_size": 256},
+    "TargetCLIP_LatentDirection": {"n_samples": 2000},
+    # the channel statistics: one image per channel over the layers up to 8 px (a full run is ~2 x 100 renders a channel)
+    "TargetCLIP_TextDirection": {"n_images": 1, "max_resolution": 8, "beta": 0.001},  # random CLIP: weak relevances
     "ImageScale": {"width": 64, "height": 64},
     "KSampler": {"steps": 2},
 }

@@ -29,6 +29,8 @@ MODEL_FOLDERS = {
     "sat3d": {".safetensors"},  # SAT3D attribute x channel mask matrices (sat3d.save_sat3d_matrix)
     # face parsers (BiSeNet 79999_iter.pth = facexlib's parsing_bisenet.pth), in the folder other face packs use
     "facedetection": {".pth", ".pt"},
+    # StyleSpace channel statistics of StyleCLIP's global directions (Directions from Text), one per generator + CLIP
+    "targetclip_directions": {".safetensors"},
 }
 
 

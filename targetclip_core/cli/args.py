@@ -208,20 +208,14 @@ def parse_layers(text):
 
 def layers_arg(text: str):
     """argparse `type=` for --layers: range names (all, coarse, middle, fine; comma-separated) kept as text, or
-    W+ indices and closed ranges (0-3,8) as a list; negative indices, half-open ranges and a mix are refused."""
-    from targetclip_core.methods.targetclip.essence import LAYER_RANGES
+    W+ indices and closed ranges (0-3,8) as a list (methods.targetclip.essence.parse_layer_range, which the nodes
+    use too); negative indices, half-open ranges and a mix are refused."""
+    from targetclip_core.methods.targetclip.essence import parse_layer_range
 
-    names = [p.strip() for p in str(text).split(",") if p.strip()]
-    if any(c.isalpha() for c in str(text)):
-        unknown = [n for n in names if n not in LAYER_RANGES]
-        if unknown:  # names and indices do not mix: a range name stands for indices of its own
-            raise argparse.ArgumentTypeError(f"cannot read layers {text!r}: {', '.join(map(repr, unknown))} is not one "
-                                             f"of {', '.join(LAYER_RANGES)}; give names or W+ indices like 0-7")
-        return "all" if "all" in names else ",".join(names)
     try:
-        return parse_seeds(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"cannot read layers {text!r}: {e} (use e.g. 0-3,8 or coarse)") from None
+        return parse_layer_range(text)
+    except TargetCLIPError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def views_arg(text: str) -> str:

@@ -95,12 +95,9 @@ def _text_direction(args) -> int:
 
     from targetclip_core.encoders.clip import load_clip
     from targetclip_core.generators.load import load_generator
-    from targetclip_core.methods.directions import (
-        compute_global_statistics,
-        global_direction,
-        global_direction_essence,
-        save_direction,
-    )
+    from targetclip_core.io.images import save_png
+    from targetclip_core.methods.directions import compute_global_statistics, save_direction
+    from targetclip_core.methods.directions.pipelines import text_edit, text_edit_sheet
 
     out = check_output_path(args.out, "essence", suffix=".safetensors")
     stats_path = check_output_path(args.statistics, "channel statistics", suffix=".safetensors")
@@ -118,15 +115,12 @@ def _text_direction(args) -> int:
     finally:
         bar.close()
     options = {k: v for k, v in (("neutral", args.neutral), ("alpha", args.alpha), ("beta", args.beta)) if v is not None}
-    direction = global_direction(stats, C, args.target, **options)
-    found = global_direction_essence(G, direction)
-    found.essence.name = Path(out).stem
-    save_direction(out, found)
+    edit = text_edit(G, C, stats, args.target, **options)
+    edit.essence.essence.name = Path(out).stem
+    save_direction(out, edit.essence)
     sheet = out.with_suffix(".png")
-    _save_text_sheet(G, direction, found.essence, args, sheet)
-    info = found.info
-    print(f"wrote {out} and {sheet} ({info['channels']} channels moved; the essence's least-squares residual "
-          f"{info['residual']:.3f})")
+    save_png(text_edit_sheet(G, _preview_latents(G, args), edit), sheet)
+    print(f"wrote {out} and {sheet}: {edit.describe(G.n_latent)}")
     return 0
 
 
@@ -140,35 +134,12 @@ def _save_sheet(G, essences, args, path: Path) -> None:
     """One row per essence and preview seed, one column per strength (in the essence's own units)."""
     import torch
 
-    from targetclip_core.io.images import captioned_grid, save_png
-    from targetclip_core.methods.targetclip.essence import apply_essence
-
-    wp = _preview_latents(G, args)
-    rows = []
-    with torch.no_grad():
-        for essence in essences:
-            for latent in wp:
-                rows += [apply_essence(G, latent[None], essence, s) for s in PREVIEW_STRENGTHS]
-    labels = [f"{s:+g}" for s in PREVIEW_STRENGTHS]
-    save_png(captioned_grid(torch.cat(rows), len(PREVIEW_STRENGTHS), labels), path)
-
-
-def _save_text_sheet(G, direction, essence, args, path: Path) -> None:
-    """Per preview seed: the source, the exact StyleSpace edit, the W+ essence's edit."""
-    import torch
-
-    from targetclip_core.io.images import captioned_grid, save_png
-    from targetclip_core.methods.directions import apply_global_direction
-    from targetclip_core.methods.targetclip.essence import apply_essence
+    from targetclip_core.io.images import save_png
+    from targetclip_core.methods.directions.pipelines import sweep_sheet
 
     wp = _preview_latents(G, args)
     with torch.no_grad():
-        cells = []
-        for latent in wp:
-            latent = latent[None]
-            cells += [G.synthesis(latent), G.synthesis_from_styles(apply_global_direction(G, latent, direction)),
-                      apply_essence(G, latent, essence, essence.strength)]
-    save_png(captioned_grid(torch.cat(cells), 3, ["source", "StyleSpace edit", "W+ essence"]), path)
+        save_png(torch.cat([sweep_sheet(G, wp, e, PREVIEW_STRENGTHS) for e in essences], dim=2), path)
 
 
 COMMANDS = {"directions": cmd_directions}

@@ -24,7 +24,7 @@ from helpers.paths import REPO_ROOT
 
 REPO = REPO_ROOT
 PACKAGE = "targetclip_pack_under_test"
-OUR_FOLDERS = ("stylegan", "eg3d", "e4e", "targetclip", "sat3d", "facedetection")
+OUR_FOLDERS = ("stylegan", "eg3d", "e4e", "targetclip", "sat3d", "facedetection", "targetclip_directions")
 
 
 def _comfy_unavailable() -> str | None:

@@ -35,6 +35,7 @@ from targetclip_core.io.safetensors_files import (
 
 ESSENCE_FORMAT = "targetclip.essence"
 LAYER_RANGES = ("all", "coarse", "middle", "fine")
+MAX_LAYER_INDEX = 1023  # far above any W+ (18 entries at 1024 px)
 MAX_ESSENCE_NPY_BYTES = 64 << 20  # an official direction of a 1024px generator is 18 x 512 floats (74 KB as float64)
 
 
@@ -124,6 +125,36 @@ def mix_essences(essences, weights=None) -> Essence:
     name = " + ".join(f"{w:g}*{e.name or '?'}" for w, e in zip(weights, essences))
     strength = sum(abs(w) * e.strength for w, e in zip(weights, essences)) / max(sum(abs(w) for w in weights), 1e-8)
     return Essence(vector=vector, generator=dict(first.generator), clip=first.clip, name=name, source="mix", strength=strength)
+
+
+def parse_layer_range(text) -> str | list[int]:
+    """A layer range as a user types it: "" or "all"; range names, comma separated ("coarse", "middle,fine");
+    or W+ indices and closed ranges ("0-5", "0-3,8"). Returns "all", the names, or sorted unique indices
+    (checked against a generator later, by wplus_entries). Names and indices do not mix."""
+    text = str(text or "").strip().lower()
+    if not text:
+        return "all"
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if any(c.isalpha() for c in text):
+        unknown = [p for p in parts if p not in LAYER_RANGES]
+        if unknown:
+            raise TargetCLIPError(f"cannot read layers {text!r}: {', '.join(map(repr, unknown))} is not one of "
+                                  f"{', '.join(LAYER_RANGES)}; give names or W+ indices like 0-5")
+        return "all" if "all" in parts else ",".join(parts)
+    out: set[int] = set()
+    for part in parts:
+        lo, dash, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise TargetCLIPError(f"cannot read layers {text!r}: {part!r} is not an index or a range like 0-5 "
+                                  "(no negative numbers)") from None
+        if b < a:
+            raise TargetCLIPError(f"cannot read layers {text!r}: {part!r} runs backwards (write {b}-{a})")
+        if b > MAX_LAYER_INDEX:  # W+ has at most a few dozen entries: '0-99999999' is a typo, not a range
+            raise TargetCLIPError(f"cannot read layers {text!r}: index {b} is beyond any generator's W+ entries")
+        out.update(range(a, b + 1))
+    return sorted(out)
 
 
 def layer_mask(n_latent: int, layers=None) -> torch.Tensor:
