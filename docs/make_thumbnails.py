@@ -1,6 +1,8 @@
 """Template thumbnails: load each UI workflow in the real ComfyUI frontend, fit the graph in
 view and save the litegraph canvas as `<workflow>.jpg` beside it (the template browser
-shows /api/workflow_templates/targetclip/<name>.jpg).
+shows /api/workflow_templates/targetclip/<name>.jpg). LiteGraph's info overlay (FPS, node
+counts; the frontend's "Comfy.Graph.CanvasInfo" setting, canvas.show_info, render_info in
+older LiteGraph) is switched off before the capture so it does not end up in the thumbnail.
 
 Needs a running ComfyUI with this pack (port 8188) and a headless Chromium on it:
   chromium --headless=new --remote-debugging-port=9222 http://127.0.0.1:8188/ &
@@ -20,7 +22,9 @@ def call(method, **params):
 for path in sys.argv[1:]:
     wf = open(path).read()
     js = f"""(async () => {{ const app = window.app;
+      await app.extensionManager?.setting?.set?.("Comfy.Graph.CanvasInfo", false);
       await app.loadGraphData({wf});
+      app.canvas.show_info = false; app.canvas.render_info = false;  // no FPS / info overlay in the picture
       const nodes = app.graph._nodes; let x0=1e9,y0=1e9,x1=-1e9,y1=-1e9;
       for (const n of nodes) {{ const [x,y]=n.pos, [w,h]=n.size; x0=Math.min(x0,x); y0=Math.min(y0,y-30); x1=Math.max(x1,x+w); y1=Math.max(y1,y+h); }}
       const c = app.canvas.canvas, ds = app.canvas.ds, pad = 20;

@@ -29,7 +29,8 @@ facenet-pytorch ...); the same interpreter runs ComfyUI. Name workflows (with or
    nothing can be downloaded; SAT3D Train's CLIP zero-shot training-set filter off, as random CLIP weights exclude
    every face; steps, sizes and frame counts lowered), follows /history until it finishes and prints one line per
    workflow: name, status (success, or error with the node and its message), seconds; then the failed nodes'
-   tracebacks. Exit code 0 only if every runnable workflow succeeded. The server is stopped at the end.
+   tracebacks. A workflow using a node type /object_info marks deprecated is an error without running. Exit code 0
+   only if every runnable workflow succeeded. The server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -359,7 +360,8 @@ def main(argv=None) -> int:
         failures += [f"traceback from the pack at import:\n{block}" for block in ours]
         if others:
             print(f"note: {len(others)} traceback(s) at start-up not from the pack (see the log)")
-        listed = set(requests.get(f"{base}/object_info", timeout=120).json())
+        object_info = requests.get(f"{base}/object_info", timeout=120).json()
+        listed = set(object_info)
         expected = pack_node_ids()
         absent = [n for n in expected if n not in listed]
         if absent:
@@ -369,11 +371,15 @@ def main(argv=None) -> int:
         print(f"\n{'workflow':<36} {'status':<22} {'seconds':>7}  detail")
         for name in names:
             start, tb = time.time(), []
-            if name in not_runnable:
+            prompt = json.loads((API_DIR / f"{name}.json").read_text())
+            deprecated = sorted({n["class_type"] for n in prompt.values()
+                                 if object_info.get(n["class_type"], {}).get("deprecated")})
+            if deprecated:  # the frontend flags these and hides them from search: templates must not use them
+                status, detail = "error", f"uses node types this ComfyUI marks deprecated: {', '.join(deprecated)}"
+            elif name in not_runnable:
                 status, detail = not_runnable[name]
             else:
-                prompt = patched(json.loads((API_DIR / f"{name}.json").read_text()))
-                status, detail, tb = run_prompt(base, prompt, args.timeout)
+                status, detail, tb = run_prompt(base, patched(prompt), args.timeout)
             results.append((name, status, detail, time.time() - start))
             tracebacks += [(name, "".join(tb))] if tb else []
             print(f"{name:<36} {status:<22} {results[-1][3]:7.1f}  {detail}", flush=True)

@@ -6,7 +6,7 @@ NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS, merged here.
 
 from . import common, directions, eg3d, essence, generator, metrics, photo, sat3d
 
-common.register_model_folders()
+common.register_model_folders()  # registers our model folders and creates the default ones (models/<name>)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

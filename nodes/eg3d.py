@@ -20,6 +20,8 @@ from .common import (
     file_signature,
     image_from_core,
     list_files,
+    managed,
+    validate_model_file,
 )
 
 
@@ -35,6 +37,11 @@ class LoadEG3D:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"ckpt_name": (list_files("eg3d"), {"tooltip": "An EG3D checkpoint in models/eg3d."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None):
+        # replaces ComfyUI's "Value not in list" for ckpt_name by which file to get from where
+        return validate_model_file("eg3d", ckpt_name)
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name):
@@ -95,6 +102,7 @@ class RenderViews:
             raise ValueError(f"Render Views needs a 3D-aware generator (Load EG3D); this is a {G.describe()}")
         if (latents is None) == (styles is None):
             raise ValueError("connect either latents (WPLUS) or styles (STYLESPACE), exactly one")
+        G = managed(G)
         codes = latents.check_for(G) if latents is not None else styles.check_for(G)
         yaws, pitches = parse_views(views, yaw_range, pitch_range)
         cams = G.camera(yaws, pitches, fov_degrees=fov)

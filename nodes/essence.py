@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
-import re
 
 import comfy.model_management as mm
 import folder_paths
+import torch
 
 from targetclip_core.encoders.clip import load_clip
 from targetclip_core.generators.render import render_latents
@@ -25,7 +26,7 @@ from .common import (
     CATEGORY,
     Progress,
     WPlus,
-    cached,
+    cached_model,
     check_interrupted,
     compute_device,
     file_signature,
@@ -33,7 +34,9 @@ from .common import (
     image_from_core,
     image_to_core,
     list_files,
-    make_room,
+    managed,
+    numbered_path,
+    validate_model_file,
 )
 
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
@@ -62,24 +65,40 @@ class LoadCLIP:
             pretrained = None
         elif folder_paths.get_full_path("clip", pretrained):
             pretrained = folder_paths.get_full_path("clip", pretrained)
-        device = compute_device()
+        # loaded on ComfyUI's offload device, cached, managed (600 MiB: ViT-B-32 in fp32, the usual choice); the
+        # view is made after managed so it shares the cached model's patcher
+        where = (f"in {folder_paths.get_folder_paths('clip')[0]} (ComfyUI's models/clip folder), then enter its file "
+                 "name as `pretrained`")
+        C = cached_model(("clip", model_name, pretrained, str(compute_device())),
+                         lambda device: load_clip(model_name, pretrained, device=device, where=where), 600 * 2**20)
+        return (with_preprocess(C, preprocess),)
 
-        def load():
-            make_room(device, 600 * 2**20)  # the size of ViT-B-32 in fp32, the usual choice
-            return load_clip(model_name, pretrained, device=device)
 
-        C = cached(("clip", model_name, pretrained, str(device)), load)
-        C.preprocess = preprocess
-        return (C,)
+def with_preprocess(C, preprocess: str):
+    """This node's CLIP: the cached encoder's model, weights and buffers, with its own `preprocess`.
+
+    The cache holds one encoder per model; a shallow copy with its own attribute and module tables
+    lets two Load CLIP nodes choose different preprocessing without one overwriting the other's.
+    """
+    view = copy.copy(C)
+    for table in ("_parameters", "_buffers", "_modules"):  # own tables, the same tensors and submodules
+        object.__setattr__(view, table, type(getattr(C, table))(getattr(C, table)))
+    view.preprocess = preprocess
+    return view
 
 
 class OptimizeEssence:
     DESCRIPTION = ("Find the essence of a target image (TargetCLIP): a W+ offset that gives any face the target's look. "
+                   "A batch of targets gives one essence each, optimised together on the same faces: 'essences' is their "
+                   "list, which ComfyUI maps over the next node (Apply Essence, Save Essence ... run once per essence). "
                    "Shows a live preview of the edits and can be cancelled at any step.")
     CATEGORY = f"{CATEGORY}/essence"
-    RETURN_TYPES = ("ESSENCE", "IMAGE")
-    RETURN_NAMES = ("essence", "preview")
-    OUTPUT_TOOLTIPS = ("The essence (best step).", "Target, sources and their edits with the essence, as a grid.")
+    RETURN_TYPES = ("ESSENCE", "IMAGE", "ESSENCE")
+    RETURN_NAMES = ("essence", "preview", "essences")
+    OUTPUT_IS_LIST = (False, False, True)
+    OUTPUT_TOOLTIPS = ("The essence of the first target (best step).",
+                       "Per target: the target, sources and their edits with its essence, as a grid (a batch, one per target).",
+                       "Every target's essence, in batch order, as a list: a node connected here runs once per essence.")
     FUNCTION = "optimize"
 
     @classmethod
@@ -88,7 +107,7 @@ class OptimizeEssence:
             "required": {
                 "generator": ("STYLEGAN", {"tooltip": "The generator the essence is for."}),
                 "clip": ("TARGETCLIP_CLIP", {"tooltip": "CLIP model that judges the look (paper: ViT-B-32, openai)."}),
-                "target": ("IMAGE", {"tooltip": "Target image(s); each image of a batch gets its own essence (the first is returned)."}),
+                "target": ("IMAGE", {"tooltip": "Target image(s); each image of a batch gets its own essence ('essence': the first; 'essences': all)."}),
                 "steps": ("INT", {"default": 1000, "min": 1, "max": 10000, "tooltip": "Optimisation steps (paper: 1000)."}),
                 "lr": ("FLOAT", {"default": 0.2, "min": 0.0001, "max": 2.0, "step": 0.01, "tooltip": "Adam learning rate (paper: 0.2)."}),
                 "n_sources": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Faces the essence must work on at once (paper: 4)."}),
@@ -105,7 +124,7 @@ class OptimizeEssence:
 
     def optimize(self, generator, clip, target, steps, lr, n_sources, lambda_consistency, lambda_l2, seed, preview_every,
                  sources=None, init=None):
-        G = generator
+        G, clip = managed(generator, clip)  # one call: loading one must not unload the other
         progress = Progress(steps)
 
         def on_step(info):
@@ -119,11 +138,14 @@ class OptimizeEssence:
             lambda_consistency=lambda_consistency, lambda_l2=lambda_l2, init=init if init is not None else "random",
             callback=on_step, name="essence",
         )
-        essence = result[0] if isinstance(result, list) else result
+        essences = result if isinstance(result, list) else [result]
         mm.soft_empty_cache()  # the optimisation's activations are gone: give the memory back
         show = src if src is not None else sample_sources(G, n_sources, 0.7, seed)
-        sheet = essence_sheet(G, essence, show, image_to_core(target[:1], G.device))
-        return (essence, image_from_core(sheet))
+        targets = image_to_core(target, G.device)
+        with torch.no_grad():
+            shown = G.synthesis(show)  # rendered once for every target's sheet
+        sheets = torch.cat([essence_sheet(G, e, show, targets[t : t + 1], source_images=shown) for t, e in enumerate(essences)])
+        return (essences[0], image_from_core(sheets), essences)
 
 
 class ApplyEssence:
@@ -146,7 +168,7 @@ class ApplyEssence:
         }}
 
     def apply(self, generator, latents, essence, strength, layers):
-        G = generator
+        G = managed(generator)
         wp = latents.check_for(G)
         essence.check_compatible(G)
         edited = edit_latents(wp, essence.to(G.device), strength, layers)
@@ -167,6 +189,11 @@ class LoadEssence:
         return {"required": {"essence_name": (list_files("targetclip"), {"tooltip": "A file in models/targetclip."})}}
 
     @classmethod
+    def VALIDATE_INPUTS(cls, essence_name=None):
+        # replaces ComfyUI's "Value not in list" for essence_name by what the folder holds and how essences are made
+        return validate_model_file("targetclip", essence_name)
+
+    @classmethod
     def IS_CHANGED(cls, essence_name):
         return file_signature("targetclip", essence_name)
 
@@ -185,20 +212,17 @@ class SaveEssence:
     def INPUT_TYPES(cls):
         return {"required": {
             "essence": ("ESSENCE", {"tooltip": "The essence to save."}),
-            "filename_prefix": ("STRING", {"default": "essence", "tooltip": "File name prefix; a counter is appended."}),
+            "filename_prefix": ("STRING", {"default": "essence", "tooltip": "File name prefix, as ComfyUI's Save Image: a counter is "
+                                                                            "appended (essence_00001_.safetensors); 'folder/name' saves "
+                                                                            "into a subfolder; %year%, %month%, %day% ... are replaced."}),
         }}
 
     def save(self, essence, filename_prefix):
-        folder = folder_paths.get_folder_paths("targetclip")[0]
-        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", filename_prefix).strip(".") or "essence"
-        os.makedirs(folder, exist_ok=True)
-        n = 1
-        while os.path.exists(os.path.join(folder, f"{prefix}_{n:05d}.safetensors")):
-            n += 1
-        path = os.path.join(folder, f"{prefix}_{n:05d}.safetensors")
-        essence.name = essence.name if essence.name not in ("", "essence") else prefix
+        path, listed = numbered_path(folder_paths.get_folder_paths("targetclip")[0], filename_prefix, "essence")
+        if essence.name in ("", "essence"):
+            essence.name = os.path.basename(path).rsplit("_", 2)[0]  # the prefix, tokens replaced
         save_essence(path, essence)
-        return {"ui": {"text": [os.path.basename(path)]}}
+        return {"ui": {"text": [listed]}}
 
 
 class MixEssences:
@@ -258,7 +282,7 @@ class EssenceGrid:
         }
 
     def grid(self, generator, latents, sources, essence_1, strength, layers, captions, **more):
-        G = generator
+        G = managed(generator)
         wp = latents.check_for(G)
         if sources == "first":
             wp = wp[:1]

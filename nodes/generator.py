@@ -13,6 +13,8 @@ from .common import (
     file_signature,
     image_from_core,
     list_files,
+    managed,
+    validate_model_file,
 )
 
 
@@ -27,6 +29,11 @@ class LoadStyleGAN:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"ckpt_name": (list_files("stylegan"), {"tooltip": "A checkpoint in models/stylegan (or the pack's weights/ folder)."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None):
+        # replaces ComfyUI's "Value not in list" for ckpt_name by which file to get from where
+        return validate_model_file("stylegan", ckpt_name)
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name):
@@ -55,7 +62,7 @@ class SampleLatents:
         }}
 
     def sample(self, generator, seed, count, truncation):
-        G = generator
+        G = managed(generator)
         if G.c_dim and not G.is_3d:  # EG3D's label is a camera: mapping uses the frontal one
             raise ValueError("this generator is class-conditional; conditional sampling is not supported by this node yet")
         wp = wplus_from_seeds(G, range(seed, seed + count), truncation)
@@ -80,6 +87,7 @@ class RenderLatents:
         }}
 
     def render(self, generator, latents, noise_mode, batch_size):
+        generator = managed(generator)
         wp = latents.check_for(generator)
         images = render_latents(generator, wp, batch_size=batch_size, noise_mode=noise_mode, on_batch=Progress(len(wp)).on_batch)
         return (image_from_core(images),)

@@ -1,28 +1,35 @@
-"""Measuring nodes: CLIP scores of edits, identity scores with ArcFace, essence interpretation."""
+"""Measuring nodes: CLIP scores of edits, identity scores with ArcFace, essence interpretation, view consistency (EG3D)."""
 
 from __future__ import annotations
 
 import os
 
-
 from targetclip_core.encoders.arcface import load_arcface
+from targetclip_core.generators.cameras import parse_views
 from targetclip_core.metrics.evaluation import sources_from_seeds
-from targetclip_core.metrics.interpret import interpret_essence, load_vocabulary, parse_phrases
-from targetclip_core.metrics.scores import pair_sources, score_edits
+from targetclip_core.metrics.interpret import (
+    interpret_essence,
+    load_vocabulary,
+    parse_phrases,
+)
+from targetclip_core.metrics.scores import pair_sources, score_edits, view_consistency
 
 from .common import (
     CATEGORY,
-    cached,
+    Progress,
+    cached_model,
     check_interrupted,
     compute_device,
     file_signature,
     full_path,
     image_to_core,
     list_files,
-    make_room,
+    managed,
+    validate_model_file,
 )
 
 ARCFACE_FOLDER = "e4e"  # model_ir_se50.pth sits beside the e4e/pSp checkpoints it comes with
+ARCFACE_KINDS = ("arcface",)  # the manifest's kind for it (not the e4e/pSp encoders of the same folder)
 
 
 class CLIPScore:
@@ -52,6 +59,7 @@ class CLIPScore:
         }
 
     def score(self, clip, images, target, sources=None):
+        clip = managed(clip)
         device = compute_device()
         edits = image_to_core(images, device)
         src = pair_sources(edits, image_to_core(sources, device) if sources is not None else None)
@@ -73,18 +81,18 @@ class LoadArcFace:
         return {"required": {"arcface_name": (list_files(ARCFACE_FOLDER), {"tooltip": "model_ir_se50.pth in models/e4e (read as a plain state dict: no code runs)."})}}
 
     @classmethod
+    def VALIDATE_INPUTS(cls, arcface_name=None):
+        # replaces ComfyUI's "Value not in list" for arcface_name by which file to get from where
+        return validate_model_file(ARCFACE_FOLDER, arcface_name, kinds=ARCFACE_KINDS)
+
+    @classmethod
     def IS_CHANGED(cls, arcface_name):
         return file_signature(ARCFACE_FOLDER, arcface_name)
 
     def load(self, arcface_name):
-        path = full_path(ARCFACE_FOLDER, arcface_name)
-        device = compute_device()
-
-        def load():
-            make_room(device, os.path.getsize(path))
-            return load_arcface(path, device=device)
-
-        return (cached(("arcface", file_signature(ARCFACE_FOLDER, arcface_name), str(device)), load),)
+        path = full_path(ARCFACE_FOLDER, arcface_name, kinds=ARCFACE_KINDS)
+        return (cached_model(("arcface", file_signature(ARCFACE_FOLDER, arcface_name), str(compute_device())),
+                             lambda device: load_arcface(path, device=device), os.path.getsize(path)),)
 
 
 class IdentityScore:
@@ -118,6 +126,7 @@ class IdentityScore:
 
         if sources is None and target is None:
             raise ValueError("connect the sources, the target, or both: identity is measured against them")
+        arcface = managed(arcface)
         device = compute_device()
         edits = image_to_core(images, device)
         edit_ids = arcface_embeddings(arcface, edits)
@@ -161,7 +170,7 @@ class EssenceInterpret:
         }
 
     def interpret(self, essence, generator, clip, top_k, n_sources, seed, strength, extra_phrases="", only_extra_phrases=False):
-        G = generator
+        G, clip = managed(generator, clip)  # one call: loading one must not unload the other
         phrases = load_vocabulary(phrases=parse_phrases(extra_phrases), include_default=not only_extra_phrases)
         check_interrupted()
         sources = sources_from_seeds(G, range(seed, seed + n_sources))
@@ -170,15 +179,67 @@ class EssenceInterpret:
         return (text, float(ranked[0][1]))
 
 
+class ViewConsistency:
+    DESCRIPTION = ("View consistency of an essence on a 3D-aware generator (EG3D): does it change a face the same way from "
+                   "every camera? For each source and view, the CLIP delta edit - source; the score is the mean cosine between "
+                   "the deltas of every pair of views (1 = the same semantic change from everywhere), per source and as a mean.")
+    CATEGORY = f"{CATEGORY}/metrics"
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("consistency", "report")
+    OUTPUT_TOOLTIPS = ("The mean view consistency over the sources (-1 .. 1, higher = more consistent across views).",
+                       "The views and the score per source, as text.")
+    FUNCTION = "measure"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("STYLEGAN", {"tooltip": "A 3D-aware generator from Load EG3D."}),
+            "clip": ("TARGETCLIP_CLIP", {"tooltip": "CLIP model that judges the change (its own preprocessing is used)."}),
+            "essence": ("ESSENCE", {"tooltip": "The essence to measure (same generator)."}),
+            "latents": ("WPLUS", {"tooltip": "The source faces (sampled or inverted latents)."}),
+            "views": ("STRING", {"default": "5", "tooltip": "At least two views: a frame count for an orbit (e.g. 5), or yaw[:pitch] "
+                                                           "angles in degrees, e.g. -30, 0, 30:10."}),
+            "yaw_range": ("FLOAT", {"default": 30.0, "min": 0.0, "max": 90.0, "step": 1.0,
+                                    "tooltip": "Orbit: how far the camera swings left and right (degrees)."}),
+            "pitch_range": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 60.0, "step": 1.0,
+                                      "tooltip": "Orbit: how far the camera swings up and down (degrees)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -3.0, "max": 3.0, "step": 0.05, "tooltip": "Strength the essence is applied with."}),
+            "batch_size": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "Images CLIP encodes at once."}),
+        }}
+
+    def measure(self, generator, clip, essence, latents, views, yaw_range, pitch_range, strength, batch_size):
+        G, clip = managed(generator, clip)
+        if not G.is_3d:
+            raise ValueError(f"View Consistency needs a 3D-aware generator (Load EG3D); this is a {G.describe()}")
+        wp = latents.check_for(G)
+        essence.check_compatible(G)
+        yaws, pitches = parse_views(views, yaw_range, pitch_range)
+        essence = essence.to(G.device)
+        bar, scores, result = Progress(len(wp)), [], None
+        for i in range(len(wp)):  # one source at a time: the bar moves and Cancel works between sources
+            bar.update(i)
+            result = view_consistency(clip, G, wp[i : i + 1], essence, yaws, pitches, strength, batch_size)
+            scores.append(float(result["per_source"][0]))
+        bar.update(len(wp))
+        mean = sum(scores) / len(scores)
+        angles = ", ".join(f"{y:g}:{p:g}" for y, p in result["views"])
+        lines = [(f"view consistency {mean:.4f} (mean of {len(scores)} source(s); {len(yaws)} views, yaw:pitch {angles}; "
+                  f"strength {strength:g})")]
+        lines += [f"  source {i}: {v:.4f}" for i, v in enumerate(scores)]
+        return (mean, "\n".join(lines))
+
+
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_CLIPScore": CLIPScore,
     "TargetCLIP_LoadArcFace": LoadArcFace,
     "TargetCLIP_IdentityScore": IdentityScore,
     "TargetCLIP_EssenceInterpret": EssenceInterpret,
+    "TargetCLIP_ViewConsistency": ViewConsistency,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_CLIPScore": "CLIP Score (TargetCLIP)",
     "TargetCLIP_LoadArcFace": "Load ArcFace (TargetCLIP)",
     "TargetCLIP_IdentityScore": "Identity Score (TargetCLIP)",
     "TargetCLIP_EssenceInterpret": "Essence Interpret (TargetCLIP)",
+    "TargetCLIP_ViewConsistency": "View Consistency (TargetCLIP)",
 }

@@ -21,9 +21,17 @@ from .common import (
     image_to_core,
     list_files,
     make_room,
+    managed,
+    offload_device,
+    validate_model_file,
 )
 
 ROLES = ["inverter", "essence encoder"]
+ENCODER_KINDS = ("e4e", "psp", "essence-encoder")  # the manifest's kinds a user loads here (not arcface)
+
+
+def encoder_files() -> list[str]:
+    return [n for n in list_files("e4e") if not n.endswith(".dat")]  # .dat: dlib landmarks, for Align Face
 
 
 class LoadE4E:
@@ -39,18 +47,23 @@ class LoadE4E:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "ckpt_name": ([n for n in list_files("e4e") if not n.endswith(".dat")], {"tooltip": "A checkpoint in models/e4e."}),
+            "ckpt_name": (encoder_files(), {"tooltip": "A checkpoint in models/e4e."}),
             "role": (ROLES, {"tooltip": "inverter: image -> W+ latents (adds latent_avg as e4e does); "
                                         "essence encoder: target -> essence b (TargetCLIP Sec. 4)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None):
+        # replaces ComfyUI's "Value not in list" for ckpt_name by which file to get from where (role is still checked)
+        return validate_model_file("e4e", ckpt_name, kinds=ENCODER_KINDS, choices=encoder_files())
 
     @classmethod
     def IS_CHANGED(cls, ckpt_name, role):
         return file_signature("e4e", ckpt_name) + role
 
     def load(self, ckpt_name, role):
-        path = full_path("e4e", ckpt_name)
-        device = compute_device()
+        path = full_path("e4e", ckpt_name, kinds=ENCODER_KINDS)
+        device = offload_device()  # loaded there, then handed to ComfyUI's model management (managed)
 
         def load():
             make_room(device, os.path.getsize(path))
@@ -60,13 +73,16 @@ class LoadE4E:
 
             return load_essence_encoder(path, device=device)
 
-        encoder = cached(("e4e", file_signature("e4e", ckpt_name), role, str(device)), load)
+        key = file_signature("e4e", ckpt_name), str(compute_device())
+        encoder = cached(("e4e", key[0], role, key[1]), load)
         inner = encoder if role == "inverter" else encoder.net
-        G = cached(("e4e-decoder", file_signature("e4e", ckpt_name), str(device)), lambda: inner.generator) if inner.has_generator else None
-        return (encoder, G)
+        G = cached(("e4e-decoder", *key), lambda: inner.generator) if inner.has_generator else None
+        if G is None:
+            return (managed(encoder), None)
+        return managed(encoder, G)  # one call: loading one must not unload the other
 
 
-class InvertPhoto:
+class InvertE4E:
     DESCRIPTION = "Invert aligned face photos to W+ latents with e4e / pSp (one forward pass per image)."
     CATEGORY = f"{CATEGORY}/photo"
     RETURN_TYPES = ("WPLUS",)
@@ -84,6 +100,7 @@ class InvertPhoto:
     def invert(self, encoder, images):
         if isinstance(encoder, EssenceEncoder):
             raise ValueError("this encoder was loaded as an essence encoder; load it with role 'inverter' to invert photos")
+        encoder = managed(encoder)
         x = image_to_core(images, encoder.device)
         latents = []
         for i in range(x.shape[0]):  # one image at a time keeps memory flat and Cancel responsive
@@ -111,6 +128,7 @@ class EncodeEssence:
     def encode(self, encoder, target, name):
         if not isinstance(encoder, EssenceEncoder):
             raise ValueError("this encoder was loaded as an inverter; load the essence encoder with role 'essence encoder'")
+        encoder = managed(encoder)
         return (encoder.encode(image_to_core(target[:1], encoder.net.device), name=name),)
 
 
@@ -185,16 +203,26 @@ class PasteBack:
         return (image_from_core(images), masks.to(images.device).float().cpu())
 
 
+class InvertPhoto(InvertE4E):
+    """The node's first id, TargetCLIP_InvertPhoto: kept so saved workflows load and run (the same node);
+    DEPRECATED (ComfyUI 0.8 server.py object_info) hides it from the node search: new graphs use Invert Photo (e4e)."""
+
+    DEPRECATED = True
+    DESCRIPTION = "Deprecated: use Invert Photo (e4e) (TargetCLIP_InvertE4E), the same node. " + InvertE4E.DESCRIPTION
+
+
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadE4E": LoadE4E,
-    "TargetCLIP_InvertPhoto": InvertPhoto,
+    "TargetCLIP_InvertE4E": InvertE4E,
+    "TargetCLIP_InvertPhoto": InvertPhoto,  # the node's first id, for saved workflows (deprecated, the same node)
     "TargetCLIP_EncodeEssence": EncodeEssence,
     "TargetCLIP_AlignFace": AlignFace,
     "TargetCLIP_PasteBack": PasteBack,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadE4E": "Load e4e Encoder (TargetCLIP)",
-    "TargetCLIP_InvertPhoto": "Invert Photo, e4e (TargetCLIP)",
+    "TargetCLIP_InvertE4E": "Invert Photo (e4e)",
+    "TargetCLIP_InvertPhoto": "Invert Photo, e4e (TargetCLIP, deprecated: use Invert Photo (e4e))",
     "TargetCLIP_EncodeEssence": "Encode Essence, one pass (TargetCLIP)",
     "TargetCLIP_AlignFace": "Align Face, FFHQ (TargetCLIP)",
     "TargetCLIP_PasteBack": "Paste Back into Photo (TargetCLIP)",

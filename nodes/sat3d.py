@@ -25,12 +25,15 @@ from targetclip_core.io.images import captioned_grid, grid
 from targetclip_core.methods.sat3d import (
     BUILTIN_DESCRIPTORS,
     DELTA_RANGE,
+    LOSS_TERMS,
     PAIRINGS,
     QMM,
     attribute_mask,
     check_attributes,
     check_matrix,
+    compare_instant_with_trained,
     describe_matrix,
+    instant_transfer,
     load_descriptors,
     load_sat3d_matrix,
     pair_sources_with_references,
@@ -48,16 +51,20 @@ from .common import (
     Progress,
     StyleCodes,
     cached,
+    cached_model,
     compute_device,
     file_signature,
     full_path,
     image_from_core,
     list_files,
-    make_room,
+    managed,
+    numbered_path,
+    validate_model_file,
 )
 
 FOLDER = "sat3d"
 PARSER_FOLDER = "facedetection"
+PARSER_KINDS = ("face-parsing",)  # the manifest's kind of the BiSeNet parser (weights/manifest.json)
 SAVE_TO = ["models/sat3d", "output/sat3d"]
 
 
@@ -89,6 +96,16 @@ def render_with_progress(G, styles, batch_size: int = 4) -> torch.Tensor:
     return render_styles(G, styles, batch_size, on_batch=lambda done, total, images: bar.update(done, images))
 
 
+def managed_with_parser(G, clip, face_parser=None):
+    """`managed` on the generator, CLIP and (when connected) the face parser's network, in one call
+    (loading one must not unload another); returns (G, clip), the parser moved in place."""
+    net = getattr(face_parser, "net", None)
+    if not isinstance(net, torch.nn.Module):  # none connected (or a parser that is not a network)
+        return managed(G, clip)
+    G, clip, _ = managed(G, clip, net)
+    return G, clip
+
+
 class LoadSAT3DMatrix:
     DESCRIPTION = ("Load a SAT3D attribute x channel mask matrix (.safetensors from SAT3D Train or `targetclip sat3d-train`) "
                    "from models/sat3d. A matrix belongs to the generator it was trained on.")
@@ -102,6 +119,11 @@ class LoadSAT3DMatrix:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"matrix_name": (list_files(FOLDER), {"tooltip": "A matrix file in models/sat3d."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, matrix_name=None):
+        # replaces ComfyUI's "Value not in list" for matrix_name by what the folder holds and how matrices are made
+        return validate_model_file(FOLDER, matrix_name)
 
     @classmethod
     def IS_CHANGED(cls, matrix_name):
@@ -132,21 +154,22 @@ class LoadFaceParser:
         }}
 
     @classmethod
+    def VALIDATE_INPUTS(cls, parser_name=None):
+        # replaces ComfyUI's "Value not in list" for parser_name by which file to get from where (input_size still checked)
+        return validate_model_file(PARSER_FOLDER, parser_name, kinds=PARSER_KINDS)
+
+    @classmethod
     def IS_CHANGED(cls, parser_name, input_size):
         return f"{file_signature(PARSER_FOLDER, parser_name)}:{input_size}"
 
     def load(self, parser_name, input_size):
         from targetclip_core.faces.parsing import FaceParser, load_face_parser
 
-        path = full_path(PARSER_FOLDER, parser_name)
-        device = compute_device()
-
-        def load():
-            make_room(device, os.path.getsize(path))
-            return load_face_parser(path, device=device)
-
-        parser = cached(("face-parser", file_signature(PARSER_FOLDER, parser_name), str(device)), load)
-        return (FaceParser(parser.net, input_size=input_size),)  # shares the weights; its own input size
+        path = full_path(PARSER_FOLDER, parser_name, kinds=PARSER_KINDS)
+        # the network is the model ComfyUI manages (the FaceParser around it is plain Python)
+        net = cached_model(("face-parser", file_signature(PARSER_FOLDER, parser_name), str(compute_device())),
+                           lambda device: load_face_parser(path, device=device).net, os.path.getsize(path))
+        return (FaceParser(net, input_size=input_size),)  # shares the weights; its own input size
 
 
 class SAT3DTransfer:
@@ -193,7 +216,7 @@ class SAT3DTransfer:
 
     def transfer(self, generator, sat3d, reference, attribute, delta, combine, pairing, source=None, source_styles=None,
                  attributes="", allow_other_weights=False, batch_size=4):
-        G = generator
+        G = managed(generator)
         if (source is None) == (source_styles is None):
             raise ValueError("connect either source (W+ latents) or source_styles (a previous transfer's styles), not both")
         names = chosen_attributes(attribute, attributes)
@@ -208,6 +231,146 @@ class SAT3DTransfer:
             styles = OrderedDict((k, v.detach()) for k, v in styles.items())
         images = render_with_progress(G, styles, batch_size)
         return (image_from_core(images), StyleCodes(styles, dict(G.identity)))
+
+
+class SAT3DInstantTransfer:
+    DESCRIPTION = ("Instant SAT3D transfer (beyond the paper): no trained matrix. For each source/reference pair a mask is "
+                   "optimised alone with the SAT3D losses (CLIP descriptor groups, Ranger), then the attributes move with it as one "
+                   "summed mask, as `targetclip sat3d-transfer --instant`. With compare_with, that trained matrix is scored "
+                   "on the same pairs with the same losses and the report compares both (as --compare's compare.md). "
+                   "Shows a live preview of the edit and can be cancelled at any step.")
+    CATEGORY = f"{CATEGORY}/sat3d"
+    RETURN_TYPES = ("IMAGE", "STYLESPACE", "STRING")
+    RETURN_NAMES = ("images", "styles", "report")
+    OUTPUT_TOOLTIPS = ("The instant transfers, one per pair.",
+                       "Their StyleSpace codes, for another SAT3D Transfer's source_styles or Render Views.",
+                       "The loss terms of each pair's instant mask; with compare_with, both matrices' terms side by side.")
+    FUNCTION = "transfer"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generator": ("STYLEGAN", {"tooltip": "The generator to edit with."}),
+                "clip": ("TARGETCLIP_CLIP", {"tooltip": "CLIP model that measures the attributes (paper: ViT-B-32, openai)."}),
+                "source": ("WPLUS", {"tooltip": "The faces to edit (sampled or inverted latents)."}),
+                "reference": ("WPLUS", {"tooltip": "The face(s) whose attributes are taken."}),
+                "attribute": (ATTRIBUTES, {"tooltip": "The attribute to transfer (a name of the chosen descriptor set)."}),
+                "delta": ("FLOAT", {"default": 1.0, "min": DELTA_RANGE[0], "max": DELTA_RANGE[1], "step": 0.05,
+                                    "tooltip": "Editing intensity the mask is optimised for and applied with (0-3)."}),
+                "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Optimisation steps per pair."}),
+                "lr": ("FLOAT", {"default": 0.01, "min": 0.0001, "max": 1.0, "step": 0.001, "tooltip": "Ranger learning rate (default 0.01)."}),
+                "descriptors": (list(BUILTIN_DESCRIPTORS), {"tooltip": "Shipped descriptor groups: faces, cats, cars (a connected "
+                                                                       "matrix must have been trained with the same set)."}),
+                "pairing": (PAIRINGS, {"tooltip": "first reference: the first reference for every source; pairwise: source i with "
+                                                  "reference i (or a single reference); every pair: each source with each reference."}),
+                "preview_every": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Send a preview image every N steps."}),
+            },
+            "optional": {
+                "attributes": ("STRING", {"default": "", "tooltip": "When not empty: attribute names, comma separated, transferred "
+                                                                    "together (one summed mask) instead of 'attribute'."}),
+                "init": ("SAT3D", {"tooltip": "Start every pair's mask from this trained matrix instead of the usual initialisation."}),
+                "compare_with": ("SAT3D", {"tooltip": "A trained matrix to compare with: the report gives both matrices' SAT3D loss "
+                                                      "terms on the same pairs (connect the same matrix to init to start from it)."}),
+                "face_parser": ("FACE_PARSER", {"tooltip": "A face parser (Load Face Parser): turns on the background loss L_bg."}),
+                "lambda_attr": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Weight of L_attr (paper: 3.5)."}),
+                "lambda_prob": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Weight of L_prob (paper: 0.1)."}),
+                "lambda_bg": ("FLOAT", {"default": 40.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                        "tooltip": "Weight of L_bg (paper: 40); used only with a face parser."}),
+                "descriptor_file": ("STRING", {"default": "", "tooltip": "A descriptor JSON (path, or a file name in models/sat3d) "
+                                                                         "instead of the shipped set."}),
+                "allow_other_weights": ("BOOLEAN", {"default": False, "tooltip": "Accept matrices trained on another network of the "
+                                                                                 "same layout (only for a fine-tuned relative)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once for the output."}),
+            },
+        }
+
+    def transfer(self, generator, clip, source, reference, attribute, delta, steps, lr, descriptors, pairing, preview_every,
+                 attributes="", init=None, compare_with=None, face_parser=None, lambda_attr=3.5, lambda_prob=0.1, lambda_bg=40.0,
+                 descriptor_file="", allow_other_weights=False, batch_size=4):
+        G, clip = managed_with_parser(generator, clip, face_parser)
+        names = chosen_attributes(attribute, attributes)
+        descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
+        for name in names:
+            descriptor_set[name]  # an unknown name fails here, listing the set's
+        if init is not None and compare_with is not None and init is not compare_with:
+            raise ValueError("init and compare_with are different matrices: the comparison starts the instant masks from the "
+                             "compared matrix only (connect it to both, or leave init empty)")
+        for matrix in (init, compare_with):
+            if matrix is not None:
+                check_matrix(matrix, G, allow_other_weights)
+                if list(matrix.attributes) != descriptor_set.names:
+                    raise ValueError(f"the connected matrix has attributes {', '.join(matrix.attributes)}, the descriptor set "
+                                     f"{descriptor_set.source} has {', '.join(descriptor_set.names)}: choose the set it was trained with")
+        measure = QMM(clip, descriptor_set)
+        src, ref = source.check_for(G), reference.check_for(G)
+        source_index, reference_index = pair_sources_with_references(len(src), len(ref), pairing)
+        src, ref = src[source_index], ref[reference_index]  # pair i = (src[i], ref[i])
+        on_step = _instant_progress(G, measure, src, ref, delta, steps, preview_every)
+        settings = {"steps": steps, "lr": lr, "delta": delta, "parser": face_parser, "descriptors": descriptor_set,
+                    "lambdas": {"attr": lambda_attr, "prob": lambda_prob, "bg": lambda_bg if face_parser is not None else 0.0}}
+        if compare_with is not None:
+            result = compare_instant_with_trained(G, measure, compare_with, src, ref, names, init_from_trained=init is not None,
+                                                  callback=on_step, **settings)
+            edits, report = [p["styles_instant"] for p in result.pairs], _comparison_report(result)
+        else:
+            matrices = [instant_transfer(G, measure, src[i : i + 1], ref[i : i + 1], names, init=init,
+                                         callback=lambda info, i=i: on_step(i, info), **settings) for i in range(len(src))]
+            with torch.no_grad():
+                edits = [transfer_styles(G, src[i : i + 1], ref[i : i + 1], m, names, delta, combine=True)
+                         for i, m in enumerate(matrices)]
+            report = _instant_report(matrices, names)
+        mm.soft_empty_cache()
+        styles = OrderedDict((k, torch.cat([e[k] for e in edits]).detach()) for k in edits[0])
+        images = render_with_progress(G, styles, batch_size)
+        return (image_from_core(images), StyleCodes(styles, dict(G.identity)), report)
+
+
+def _instant_progress(G, measure, src, ref, delta, steps, preview_every):
+    """instant_transfer's callback(pair, step): the bar over every pair's steps, a cancel point, and every
+    preview_every steps the pair's source, reference and current edit."""
+    bar, layout, pair = Progress(steps * len(src)), StyleLayout.from_generator(G), {}
+
+    def on_step(i, info):
+        image = None
+        if info.step % preview_every == 0 or info.step == info.steps:
+            with torch.no_grad():
+                if pair.get("index") != i:
+                    st_src, st_ref = G.styles(src[i : i + 1]), G.styles(ref[i : i + 1])
+                    pair.update(index=i, styles=st_src, flat=(layout.flatten(st_src), layout.flatten(st_ref)),
+                                images=torch.cat([G.synthesis_from_styles(st_src), G.synthesis_from_styles(st_ref)]))
+                mask = attribute_mask(info.logits, measure.attributes, info.attributes)
+                edit = G.synthesis_from_styles(layout.unflatten(edit_styles(*pair["flat"], mask, delta), pair["styles"]))
+                image = grid(torch.cat([pair["images"], edit]), 3)
+        bar.update(i * steps + info.step, image)  # raises on Cancel
+
+    return on_step
+
+
+def _terms(terms: dict) -> str:
+    return "  ".join(f"{k} {terms[k]:.6g}" for k in LOSS_TERMS)
+
+
+def _instant_report(matrices, names) -> str:
+    lines = [f"SAT3D instant transfer of {', '.join(names)}: {len(matrices)} pair(s)"]
+    for i, m in enumerate(matrices):
+        best = min(range(len(m.losses["total"])), key=m.losses["total"].__getitem__)  # the step the mask kept
+        lines.append(f"  pair {i}: {_terms({k: m.losses[k][best] for k in LOSS_TERMS})}  (best of {m.steps} steps: step {best})")
+    return "\n".join(lines)
+
+
+def _comparison_report(result) -> str:
+    """compare_instant_with_trained's result as the CLI's compare.md tells it: mean terms of both, who wins."""
+    s = result.summary
+    start = "the trained matrix" if s["init_from_trained"] else "the usual initialisation"
+    lines = [f"SAT3D: trained matrix vs instant per-pair masks ({', '.join(s['attributes'])})",
+             f"{s['pairs']} pair(s); instant masks: {s['steps']} steps at lr {s['lr']:g} from {start}; delta {s['delta']:g}", "",
+             "| loss term | trained (mean) | instant (mean) |", "|---|---|---|"]
+    lines += [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in LOSS_TERMS]
+    lines += ["", f"Lower total loss: instant on {s['instant_wins']} pair(s), trained on {s['trained_wins']}, ties {s['ties']}."]
+    lines += [f"  pair {p['pair']}: trained {p['trained']['total']:.6g}, instant {p['instant']['total']:.6g} ({p['winner']})"
+              for p in result.pairs]
+    return "\n".join(lines)
 
 
 class SAT3DTrain:
@@ -261,7 +424,7 @@ class SAT3DTrain:
 
     def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_attr, lambda_prob, seed,
               preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name="", filter_training_set=True):
-        G = generator
+        G, clip = managed_with_parser(generator, clip, face_parser)
         descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
         measure = QMM(clip, descriptor_set)
         layout = StyleLayout.from_generator(G)
@@ -368,7 +531,9 @@ class SaveSAT3DMatrix:
     def INPUT_TYPES(cls):
         return {"required": {
             "sat3d": ("SAT3D", {"tooltip": "The matrix to save."}),
-            "filename_prefix": ("STRING", {"default": "sat3d", "tooltip": "File name prefix; a counter is appended."}),
+            "filename_prefix": ("STRING", {"default": "sat3d", "tooltip": "File name prefix, as ComfyUI's Save Image: a counter is "
+                                                                          "appended (sat3d_00001_.safetensors); 'folder/name' saves into a "
+                                                                          "subfolder; %year%, %month%, %day% ... are replaced."}),
             "save_to": (SAVE_TO, {"tooltip": "models/sat3d: listed by Load SAT3D Matrix; output/sat3d: ComfyUI's output folder."}),
         }}
 
@@ -377,20 +542,16 @@ class SaveSAT3DMatrix:
             folder = folder_paths.get_folder_paths(FOLDER)[0]
         else:
             folder = os.path.join(folder_paths.get_output_directory(), "sat3d")
-        prefix = _safe_name(filename_prefix, "sat3d")
-        os.makedirs(folder, exist_ok=True)
-        n = 1
-        while os.path.exists(os.path.join(folder, f"{prefix}_{n:05d}.safetensors")):
-            n += 1
-        path = os.path.join(folder, f"{prefix}_{n:05d}.safetensors")
+        path, listed = numbered_path(folder, filename_prefix, "sat3d")
         save_sat3d_matrix(path, sat3d)
-        return {"ui": {"text": [os.path.basename(path)]}}
+        return {"ui": {"text": [listed]}}
 
 
 NODE_CLASS_MAPPINGS = {
     "TargetCLIP_LoadSAT3DMatrix": LoadSAT3DMatrix,
     "TargetCLIP_LoadFaceParser": LoadFaceParser,
     "TargetCLIP_SAT3DTransfer": SAT3DTransfer,
+    "TargetCLIP_SAT3DInstantTransfer": SAT3DInstantTransfer,
     "TargetCLIP_SAT3DTrain": SAT3DTrain,
     "TargetCLIP_SaveSAT3DMatrix": SaveSAT3DMatrix,
 }
@@ -398,6 +559,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TargetCLIP_LoadSAT3DMatrix": "Load SAT3D Matrix (TargetCLIP)",
     "TargetCLIP_LoadFaceParser": "Load Face Parser, BiSeNet (TargetCLIP)",
     "TargetCLIP_SAT3DTransfer": "SAT3D Attribute Transfer (TargetCLIP)",
+    "TargetCLIP_SAT3DInstantTransfer": "Instant SAT3D Transfer (TargetCLIP)",
     "TargetCLIP_SAT3DTrain": "SAT3D Train Matrix (TargetCLIP)",
     "TargetCLIP_SaveSAT3DMatrix": "Save SAT3D Matrix (TargetCLIP)",
 }

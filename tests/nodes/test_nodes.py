@@ -6,6 +6,7 @@ ComfyUI checkout named by COMFYUI_PATH. Skips with the reason otherwise.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_optimize_apply_save_load_mix(pack, generator_file, monkeypatch):
     updates = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total, preview)))
     try:
-        essence, sheet = node(pack, "TargetCLIP_OptimizeEssence").optimize(
+        essence, sheet, _ = node(pack, "TargetCLIP_OptimizeEssence").optimize(
             G, C, target, steps=6, lr=0.1, n_sources=2, lambda_consistency=0.5, lambda_l2=0.003, seed=0, preview_every=3)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
@@ -118,7 +119,7 @@ def test_optimize_apply_save_load_mix(pack, generator_file, monkeypatch):
 
     out = node(pack, "TargetCLIP_SaveEssence").save(essence, "my/essence")
     saved = out["ui"]["text"][0]
-    assert saved.startswith("my_essence_") and saved in node(pack, "TargetCLIP_LoadEssence").INPUT_TYPES()["required"]["essence_name"][0]
+    assert saved == os.path.join("my", "essence_00001_.safetensors") and saved in node(pack, "TargetCLIP_LoadEssence").INPUT_TYPES()["required"]["essence_name"][0]
     (loaded,) = node(pack, "TargetCLIP_LoadEssence").load(saved)
     assert torch.equal(loaded.vector, essence.vector.cpu())
     (mixed,) = node(pack, "TargetCLIP_MixEssences").mix(essence, 1.0, loaded, -0.5)

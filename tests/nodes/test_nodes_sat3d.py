@@ -140,7 +140,7 @@ def test_train_node_previews_saves_and_loads(pack, G, C):
 
     out = node(pack, "TargetCLIP_SaveSAT3DMatrix").save(matrix, "my/matrix", "models/sat3d")
     saved = out["ui"]["text"][0]
-    assert saved.startswith("my_matrix_") and saved.endswith(".safetensors")
+    assert saved.startswith(os.path.join("my", "matrix_")) and saved.endswith(".safetensors")
     listed = pack.NODE_CLASS_MAPPINGS["TargetCLIP_LoadSAT3DMatrix"].INPUT_TYPES()["required"]["matrix_name"][0]
     assert saved in listed
     loaded, info = node(pack, "TargetCLIP_LoadSAT3DMatrix").load(saved)

@@ -24,7 +24,10 @@ CORE_NODES = {
     "SaveImage": {"widgets": ["filename_prefix"], "links": {"images": "IMAGE"}, "outputs": []},
     "PreviewImage": {"widgets": [], "links": {"images": "IMAGE"}, "outputs": []},
     "ImageScaleBy": {"widgets": ["upscale_method", "scale_by"], "links": {"image": "IMAGE"}, "outputs": ["IMAGE"]},
-    "ImageBatch": {"widgets": [], "links": {"image1": "IMAGE", "image2": "IMAGE"}, "outputs": ["IMAGE"]},
+    # ComfyUI 0.8's Batch Images (comfy_extras/nodes_post_processing.py), replacing the deprecated ImageBatch: an
+    # Autogrow input "images" of 2..50 IMAGE sockets named images.image0, images.image1, ... in both formats
+    "BatchImagesNode": {"widgets": [], "links": {f"images.image{i}": "IMAGE" for i in range(50)},
+                        "required": {"images.image0", "images.image1"}, "outputs": ["IMAGE"]},
     "MaskPreview": {"widgets": [], "links": {"mask": "MASK"}, "outputs": []},
     "PreviewAny": {"widgets": [], "links": {"source": "*"}, "outputs": []},
     # Stable Diffusion img2img after an edit
@@ -70,7 +73,8 @@ def our_node_specs():
 def all_specs():
     specs = our_node_specs()
     for k, v in CORE_NODES.items():
-        specs[k] = {**v, "required": set(v["widgets"]) | set(v["links"]), "seed_widgets": v.get("seed_widgets", [])}
+        specs[k] = {**v, "required": v.get("required", set(v["widgets"]) | set(v["links"])),
+                    "seed_widgets": v.get("seed_widgets", [])}
     return specs
 
 
@@ -137,3 +141,133 @@ def test_api_workflow_is_valid(path):
                 src = api[value[0]]
                 src_type = specs[src["class_type"]]["outputs"][value[1]]
                 assert spec["links"][name] in (src_type, "*"), f"#{node_id}.{name}: {src_type} into {spec['links'][name]}"
+
+
+# ---------------------------------------------------------------- what a user sees when a template opens and runs
+
+TITLE_BAR = 30  # LiteGraph draws a node's title bar above its pos
+VIEW = (1600, 900)  # the canvas a template must fit when opened (extra.ds)
+MIN_IMAGE_NODE = 256  # a node that shows an image keeps at least this much width and height for it
+CORE_IMAGE_NODES = {"PreviewImage", "SaveImage", "MaskPreview", "LoadImage"}  # core nodes that draw an image
+# Node classes ComfyUI 0.8 marks deprecated (DEPRECATED = True in nodes.py, is_deprecated=True in comfy_extras):
+# the frontend hides them from search and flags them; read from a checkout when COMFYUI_PATH names one.
+DEPRECATED_CORE_0_8 = {"CheckpointLoader", "ControlNetApply", "ImageBatch", "LatentBatch", "ControlNetApplySD3",
+                       "PerpNeg", "wanBlockSwap"}
+
+
+def our_image_nodes() -> set[str]:
+    """Our node ids that draw an image on the node: a live preview through Progress (common.Progress sends the
+    picture with ProgressBar.update_absolute) or a "ui" images result; read statically from nodes/*.py."""
+    import ast
+    import re
+
+    found = set()
+    for path in sorted((REPO / "nodes").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        funcs = {n.name: ast.unparse(n) for n in tree.body if isinstance(n, ast.FunctionDef)}
+        classes = {n.name: ast.unparse(n) for n in tree.body if isinstance(n, ast.ClassDef)}
+        for node in tree.body:
+            targets = [getattr(t, "id", "") for t in getattr(node, "targets", [])]
+            if "NODE_CLASS_MAPPINGS" not in targets or not isinstance(node.value, ast.Dict):
+                continue
+            for key, value in zip(node.value.keys, node.value.values):
+                src = classes.get(getattr(value, "id", ""), "")
+                src += "".join(body for name, body in funcs.items() if f"{name}(" in src)  # helpers it calls
+                if "Progress(" in src or re.search(r"""['"]ui['"]\s*:\s*\{[^}]*['"]images['"]""", src):
+                    found.add(key.value)
+    return found
+
+
+def deprecated_node_types() -> set[str]:
+    import ast
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None
+    if root is None or not (root / "nodes.py").is_file():
+        return set(DEPRECATED_CORE_0_8)
+    found = set()
+    tree = ast.parse((root / "nodes.py").read_text(encoding="utf-8"))
+    deprecated_classes = {c.name for c in tree.body if isinstance(c, ast.ClassDef) and "DEPRECATED = True" in ast.unparse(c)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NODE_CLASS_MAPPINGS" for t in node.targets):
+            found |= {k.value for k, v in zip(node.value.keys, node.value.values) if getattr(v, "id", "") in deprecated_classes}
+    for path in sorted((root / "comfy_extras").glob("*.py")):
+        for cls in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(cls, ast.Call) and any(k.arg == "is_deprecated" and getattr(k.value, "value", None) is True
+                                                 for k in cls.keywords):
+                found |= {k.value.value for k in cls.keywords if k.arg == "node_id"}
+    return found
+
+
+def rectangles(ui: dict) -> dict[int, tuple[float, float, float, float]]:
+    """Each node's drawn rectangle (x0, y0, x1, y1), title bar included."""
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in ui["nodes"]}
+
+
+def test_image_nodes_are_found():
+    """The rule below finds the nodes a user saw previews spill from (Optimize Essence, Render Latents, ...)."""
+    ours = our_image_nodes()
+    assert {"TargetCLIP_OptimizeEssence", "TargetCLIP_RenderLatents", "TargetCLIP_ApplyEssence",
+            "TargetCLIP_SAT3DTrain"} <= ours
+    assert not ours & {"TargetCLIP_LoadStyleGAN", "TargetCLIP_SampleLatents", "TargetCLIP_MixEssences"}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_nodes_do_not_overlap_and_image_nodes_have_room(path):
+    ui = json.loads(path.read_text())
+    rects, types = rectangles(ui), {n["id"]: n["type"] for n in ui["nodes"]}
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = rects[a], rects[b]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, \
+                f"#{a} {types[a]} overlaps #{b} {types[b]}: {rects[a]} and {rects[b]}"
+    image_nodes = our_image_nodes() | CORE_IMAGE_NODES
+    for node in ui["nodes"]:
+        if node["type"] in image_nodes:
+            assert min(node["size"]) >= MIN_IMAGE_NODE, f"#{node['id']} {node['type']} is only {node['size']}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_template_opens_with_the_graph_in_view(path):
+    """extra.ds (LiteGraph: screen = (graph + offset) * scale) puts every node inside a 1600x900 canvas, clear of
+    the sidebar and top bar at the top left."""
+    ui = json.loads(path.read_text())
+    ds = ui.get("extra", {}).get("ds")
+    assert ds and set(ds) >= {"scale", "offset"}, f"{path.name} has no extra.ds"
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    assert 0.25 <= scale <= 1.5
+    rects = rectangles(ui).values()
+    x0, y0 = (min(r[0] for r in rects) + ox) * scale, (min(r[1] for r in rects) + oy) * scale
+    x1, y1 = (max(r[2] for r in rects) + ox) * scale, (max(r[3] for r in rects) + oy) * scale
+    assert 48 <= x0 and 40 <= y0 and x1 <= VIEW[0] and y1 <= VIEW[1], f"view box {(x0, y0, x1, y1)}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_template_has_a_real_description(path):
+    """extra.description: one sentence of what it does and what to provide (ComfyUI 0.8's browser shows the file
+    name for a custom node's template; the description travels with the workflow)."""
+    description = json.loads(path.read_text()).get("extra", {}).get("description", "")
+    assert isinstance(description, str) and len(description.split()) >= 12, f"{path.name}: {description!r}"
+    lowered = description.lower()
+    for form in (path.stem, path.stem.replace("_", " "), path.stem.replace("_", "-")):
+        assert form.lower() not in lowered, f"{path.name}: the description repeats the file name"
+    assert "provide" in lowered or "connect" in lowered, f"{path.name}: say what to provide or connect"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_no_deprecated_nodes(path):
+    deprecated = deprecated_node_types()
+    specs = our_node_specs()
+    ui = json.loads(path.read_text())
+    api = json.loads((API_DIR / path.name).read_text())
+    used = {n["type"] for n in ui["nodes"]} | {n["class_type"] for n in api.values()}
+    assert not used & deprecated, f"{path.name} uses deprecated {sorted(used & deprecated)}"
+    assert "ImageBatch" in deprecated  # the list (or the checkout) is the 0.8 one
+    import sys
+
+    module = sys.modules["targetclip_pack_for_workflows"]
+    ours_deprecated = {k for k in used if k in specs and getattr(module.NODE_CLASS_MAPPINGS[k], "DEPRECATED", False)}
+    assert not ours_deprecated, f"{path.name} uses our deprecated {sorted(ours_deprecated)}"
