@@ -12,9 +12,11 @@ Kept free of heavy imports so that building the parser (`targetclip --help`) sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import sys
+import warnings
 
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.limits import MAX_RESOLUTION
@@ -252,7 +254,7 @@ def check_out_resolution(G, value, flag: str = "--out-resolution") -> None:
 
 def add_device_arg(p, help: str | None = None) -> None:
     """Add --device (default: the best available device)."""
-    p.add_argument("--device", default=None, help=help)
+    p.add_argument("--device", default=None, help=help or DEVICE_HELP)
 
 
 def add_clip_args(p, paper_default: bool = False) -> None:
@@ -268,6 +270,24 @@ def add_alignment_args(p, with_toggle: bool = True) -> None:
         p.add_argument("--no-align", action="store_true", help="the photo is already an FFHQ-aligned crop")
     p.add_argument("--detector", default="mtcnn", help="mtcnn (built in) or dlib:/path/to/shape_predictor_68_face_landmarks.dat")
     p.add_argument("--landmarks", default=None, help="landmarks by hand: .npy or .json array [5,2] or [68,2] (x, y pixels)")
+
+
+@contextlib.contextmanager
+def one_line_warnings(stream=None):
+    """While active, every warning prints as one `targetclip: warning: <message>` line on stderr (no category,
+    no source line); restored after, so only the command line's own run is affected (the engine stays silent
+    about how it is shown, and a script importing it keeps Python's default)."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"targetclip: warning: {text}", file=stream or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def run_command(handler, args) -> int:

@@ -40,9 +40,10 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--out", "-o", default="renders", help="output folder (default: renders)")
     r.add_argument("--truncation", type=finite_float, default=1.0, help="truncation psi for seeds (default 1.0)")
     r.add_argument("--class-idx", type=non_negative_int, default=None, help="class index for conditional generators")
-    r.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
+    r.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
+                   help="per-layer noise: const (the stored noise buffers, reproducible; default), random (new noise each call) or none")
     r.add_argument("--out-resolution", type=resolution_arg, default=None, help="stop synthesis at this resolution")
-    r.add_argument("--batch-size", type=positive_int, default=4)
+    r.add_argument("--batch-size", type=positive_int, default=4, help="latents rendered at once (default 4)")
     add_device_arg(r, help=DEVICE_HELP)
     v = r.add_argument_group("3D-aware generators (EG3D)")
     v.add_argument("--views", type=views_arg, default=None, metavar="K | YAW[:PITCH],...",

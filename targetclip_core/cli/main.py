@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from targetclip_core.cli import bench, directions, essence, generate, metrics, photo, sat3d, train
-from targetclip_core.cli.args import ArgumentParser, run_command
+from targetclip_core.cli.args import ArgumentParser, one_line_warnings, run_command
 
 # In this order in `targetclip --help`.
 FAMILIES = (generate, essence, directions, photo, bench, train, metrics, sat3d)
@@ -36,9 +36,11 @@ def command_table() -> dict:
 
 
 def main(argv=None) -> int:
-    """Parse `argv` (a usage error exits 2) and run its command; a user's mistake ends as one error line, exit 2."""
+    """Parse `argv` (a usage error exits 2) and run its command; a user's mistake ends as one error line, exit 2,
+    and each warning is one `targetclip: warning:` line."""
     args = build_parser().parse_args(argv)
-    return run_command(command_table()[args.command], args)
+    with one_line_warnings():
+        return run_command(command_table()[args.command], args)
 
 
 if __name__ == "__main__":

@@ -18,29 +18,32 @@ from targetclip_core.io.files import check_output_path, safe_file_name
 
 def add_parsers(subparsers) -> None:
     """Add the invert, encode and edit commands to the main parser's subparsers."""
+    from targetclip_core.faces.alignment import DEFAULT_FEATHER
+
     i = subparsers.add_parser("invert", help="photo(s) -> W+ with e4e/pSp (aligned like FFHQ first); saves the crop and reconstruction")
-    i.add_argument("photo", nargs="+")
+    i.add_argument("photo", nargs="+", help="photo file(s) of faces")
     i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name")
     i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
     i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
     add_alignment_args(i)
     add_device_arg(i)
     e = subparsers.add_parser("encode", help="target image(s) -> essence in one pass with a TargetCLIP essence encoder")
-    e.add_argument("target", nargs="+")
-    e.add_argument("--encoder", required=True, help="essence-encoder checkpoint (e4e layout), e.g. from train-encoder")
+    e.add_argument("target", nargs="+", help="target image file(s)")
+    e.add_argument("--encoder", required=True, help="essence-encoder checkpoint (e4e layout), e.g. best_model.pt from "
+                   "train-encoder (an e4e/pSp inverter is refused: use it with invert)")
     e.add_argument("--out", required=True, help="essence .safetensors (one target) or a folder")
     e.add_argument("--align", action="store_true", help="align the target like FFHQ first (photos of faces)")
     add_alignment_args(e, with_toggle=False)
     add_device_arg(e)
     ed = subparsers.add_parser("edit", help="photo -> align, invert, apply an essence, paste back into the photo")
-    ed.add_argument("photo")
+    ed.add_argument("photo", help="photo file of a face")
     ed.add_argument("--essence", required=True, help="essence .safetensors or official .npy")
     ed.add_argument("--strength", type=finite_float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
     ed.add_argument("--layers", type=layers_arg, default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
-    ed.add_argument("--encoder", default="e4e-ffhq-encode")
+    ed.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name (default e4e-ffhq-encode)")
     ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
     ed.add_argument("--out", required=True, help="output folder")
-    ed.add_argument("--feather", type=float_in(0, 0.5), default=None, help="mask feathering, fraction of the crop size (default: alignment.DEFAULT_FEATHER)")
+    ed.add_argument("--feather", type=float_in(0, 0.5), default=None, help=f"mask feathering, fraction of the crop size (default {DEFAULT_FEATHER:g})")
     add_alignment_args(ed, with_toggle=False)
     add_device_arg(ed)
 
@@ -109,47 +112,79 @@ def cmd_invert(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    from tqdm import tqdm
+
     from targetclip_core.methods.targetclip.essence import save_essence
     from targetclip_core.methods.targetclip.essence_encoder import load_essence_encoder
 
     paths = _outputs(args.out, args.target, ".safetensors", "essence")
     encoder = load_essence_encoder(args.encoder, device=args.device)
-    for target, path in zip(args.target, paths):
-        args.no_align = not args.align
+    args.no_align = not args.align
+    bar = tqdm(list(zip(args.target, paths)), desc="encode", unit="target")
+    for target, path in bar:
         _, _, image = _aligned(target, args, size=256)
         essence = encoder.encode(image, name=Path(target).stem)
         save_essence(path, essence)
-        print(f"wrote {path} (|b| = {float(essence.vector.norm()):.3f})")
+        bar.write(f"wrote {path} (|b| = {float(essence.vector.norm()):.3f})")
     return 0
 
 
 def cmd_edit(args) -> int:
-    import torch
+    from tqdm import tqdm
 
     from targetclip_core.encoders.inversion import load_inverter
-    from targetclip_core.faces.alignment import DEFAULT_FEATHER, paste_back
     from targetclip_core.generators.load import load_generator
-    from targetclip_core.io.images import save_png
-    from targetclip_core.methods.targetclip.essence import apply_essence, load_essence
+    from targetclip_core.methods.targetclip.essence import load_essence
 
     out = check_output_path(args.out, "output folder", folder=True)
-    inverter = load_inverter(args.encoder, device=args.device)
-    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
-    essence = load_essence(args.essence, G).to(G.device)
-    original, face, image = _aligned(args.photo, args, size=G.resolution)
-    wp = inverter.invert(image)
+    strengths = args.strength or [None]
+    bar = tqdm(total=4 + len(strengths), desc="edit", unit="stage")
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+
+    try:
+        stage("load encoder")
+        inverter = load_inverter(args.encoder, device=args.device)
+        G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+        essence = load_essence(args.essence, G).to(G.device)
+        bar.update(1)
+        stage("align")
+        original, face, image = _aligned(args.photo, args, size=G.resolution)
+        bar.update(1)
+        stage("invert")
+        wp = inverter.invert(image)
+        bar.update(1)
+        stage("reconstruct")
+        _edit_outputs(args, G, wp, essence, original, face, out, [s if s is not None else essence.strength for s in strengths],
+                      bar, stage)
+    finally:
+        bar.close()
+    print(f"wrote the edits of {args.photo} to {out}")
+    return 0
+
+
+def _edit_outputs(args, G, wp, essence, original, face, out, strengths, bar, stage) -> None:
+    """The reconstruction, then each strength's edit pasted back (one progress stage each), then the crop."""
+    import torch
+
+    from targetclip_core.faces.alignment import DEFAULT_FEATHER, paste_back
+    from targetclip_core.io.images import save_png
+    from targetclip_core.methods.targetclip.essence import apply_essence
+
     stem = Path(args.photo).stem
     with torch.no_grad():
         save_png(G.synthesis(wp), out / f"{stem}_reconstruction.png")
-        for strength in args.strength or [essence.strength]:
+        bar.update(1)
+        for strength in strengths:
+            stage(f"edit x{strength:g}")
             edited = apply_essence(G, wp, essence, strength=strength, layers=parse_layers(args.layers))
             pasted = paste_back(original, edited, face, feather=DEFAULT_FEATHER if args.feather is None else args.feather)
             edit_name = f"{stem}_{safe_file_name(essence.name)}_x{strength:g}"  # the name comes from the file
             save_png(pasted.image, out / f"{edit_name}.png")
             save_png(edited, out / f"{edit_name}_aligned.png")
+            bar.update(1)
     save_png(face.image, out / f"{stem}_aligned.png")
-    print(f"wrote the edits of {args.photo} to {out}")
-    return 0
 
 
 COMMANDS = {"invert": cmd_invert, "encode": cmd_encode, "edit": cmd_edit}

@@ -49,7 +49,7 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--descriptors", default="faces", help="faces, cats, cars, or a descriptor JSON file (default faces)")
     t.add_argument("--clip", default="ViT-B-32", help="open_clip architecture, local-dir:..., hf-hub:... (default ViT-B-32)")
     t.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
-    t.add_argument("--steps", type=positive_int, default=10000)
+    t.add_argument("--steps", type=positive_int, default=10000, help="training steps in all, a resumed run included (default 10000)")
     t.add_argument("--batch-size", type=positive_int, default=4,
                    help="(source, reference) pairs per step: the GLOBAL batch, split over the processes under torchrun "
                         "(a multiple of their number; default 4)")
@@ -61,7 +61,7 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--filter-candidates", type=positive_int, default=None, metavar="N",
                    help="at most N candidates rendered and checked for the filtered set (default 4 x --n-codes); when "
                         "reached first, the set is kept with the shares it got (a warning says so)")
-    t.add_argument("--truncation", type=finite_float, default=1.0)
+    t.add_argument("--truncation", type=finite_float, default=1.0, help="truncation of the pre-sampled latents (default 1.0)")
     t.add_argument("--lambda-attr", type=non_negative_float, default=3.5, help="weight of L_attr = L_ref + L_src (default 3.5, as the paper)")
     t.add_argument("--lambda-ref", type=non_negative_float, default=None,
                    help="variant: weight L_ref on its own instead of --lambda-attr (default: off)")
@@ -82,10 +82,10 @@ def add_parsers(subparsers) -> None:
                         "seed, --preselect-samples), else written by the pass (a --checkpoint also keeps them)")
     t.add_argument("--lambda-prob", type=non_negative_float, default=0.1, help="weight of L_prob, one attribute per channel (default 0.1)")
     t.add_argument("--checkpoint", default=None, help="training checkpoint file: resumed from when it exists")
-    t.add_argument("--checkpoint-every", type=positive_int, default=500)
+    t.add_argument("--checkpoint-every", type=positive_int, default=500, help="write --checkpoint every N steps (default 500)")
     t.add_argument("--out-resolution", type=resolution_or_auto, default="auto",
                    help="render resolution for the losses (default: CLIP's size)")
-    t.add_argument("--seed", type=seed_arg, default=0)
+    t.add_argument("--seed", type=seed_arg, default=0, help="seed of the latents and pairs (default 0)")
     t.add_argument("--device", default=None,
                    help="cpu, cuda, mps (default: best available); under torchrun, cuda means cuda:LOCAL_RANK")
 
@@ -133,7 +133,7 @@ def add_parsers(subparsers) -> None:
     x.add_argument("--allow-other-weights", action="store_true",
                    help="accept a matrix trained on another network of the same layout (a fine-tuned relative)")
     x.add_argument("--out", "-o", default="sat3d", help="output folder (default: sat3d)")
-    x.add_argument("--device", default=None)
+    x.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
 
 
 def cmd_sat3d_train(args) -> int:

@@ -39,20 +39,20 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--clip-pretrained", default="openai", help="open_clip tag or checkpoint file (default openai); 'none' for random")
     t.add_argument("--sources", default=None, help="W+ source latents, e.g. the official encoder_sources_5.pt (default: sampled)")
     t.add_argument("--n-sources", type=positive_int, default=5, help="sources sampled from the generator when --sources is not given")
-    t.add_argument("--steps", type=positive_int, default=3000)
-    t.add_argument("--lr", type=positive_float, default=1e-4)
-    t.add_argument("--batch-size", type=positive_int, default=4)
-    t.add_argument("--optimizer", choices=["ranger", "adam"], default="ranger")
-    t.add_argument("--lambda-consistency", type=non_negative_float, default=0.5)
-    t.add_argument("--lambda-l2", type=non_negative_float, default=0.003)
+    t.add_argument("--steps", type=positive_int, default=3000, help="training steps in all, a resumed run included (default 3000)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate (default 1e-4, as the official coach)")
+    t.add_argument("--batch-size", type=positive_int, default=4, help="target images per step; each renders one edit per source (default 4)")
+    t.add_argument("--optimizer", choices=["ranger", "adam"], default="ranger", help="ranger (the official coach, default) or adam")
+    t.add_argument("--lambda-consistency", type=non_negative_float, default=0.5, help="weight of the consistency loss (default 0.5, as the paper)")
+    t.add_argument("--lambda-l2", type=non_negative_float, default=0.003, help="weight of ||b|| (default 0.003)")
     t.add_argument("--val-images", default=None, help="folder of validation images (default: hold out --val-fraction)")
     t.add_argument("--val-fraction", type=float_in(0, 1, open_high=True), default=0.05,
                    help="share of the images held out for validation, in [0, 1) (default 0.05)")
-    t.add_argument("--val-every", type=positive_int, default=250)
-    t.add_argument("--save-every", type=positive_int, default=500)
+    t.add_argument("--val-every", type=positive_int, default=250, help="validate (and keep best_model.pt) every N steps (default 250)")
+    t.add_argument("--save-every", type=positive_int, default=500, help="write last.pt every N steps (default 500)")
     t.add_argument("--out-resolution", type=resolution_or_auto, default="auto", help="render resolution for the loss (default: auto = CLIP's size)")
     t.add_argument("--no-flip", action="store_true", help="no random horizontal flips of the training images")
-    t.add_argument("--seed", type=seed_arg, default=0)
+    t.add_argument("--seed", type=seed_arg, default=0, help="seed of the sampled sources, batch order and flips (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out-dir from last.pt")
     add_device_arg(t, help=DEVICE_HELP)
 
@@ -72,7 +72,8 @@ def cmd_train_encoder(args) -> int:
         out_resolution=args.out_resolution,
     )
     pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
-    clip = load_clip(args.clip, pretrained, device=default_device(args.device))
+    clip = load_clip(args.clip, pretrained, device=default_device(args.device),
+                     where="anywhere, and pass its path as --clip-pretrained")
     bar = tqdm(total=args.steps, desc="train-encoder", unit="step")
     interrupt = _StopOnInterrupt()
 

@@ -9,8 +9,12 @@ and gradients only flow through `encode_image` into the images.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,9 @@ from torch import nn
 from targetclip_core.errors import CheckpointError, TargetCLIPError
 
 PREPROCESS_MODES = ("default", "paper")
+HUB_HOST = "huggingface.co"
+REACH_TIMEOUT_S = 2.0  # one short connect per host and process tells "offline" from "slow" well enough
+_reachable: dict = {}  # host -> bool, cached for the process
 
 
 class CLIPEncoder(nn.Module):
@@ -97,15 +104,19 @@ class CLIPEncoder(nn.Module):
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=None, preprocess: str = "default") -> CLIPEncoder:
+def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=None, preprocess: str = "default",
+              where: str | None = None) -> CLIPEncoder:
     """Create a frozen CLIP encoder.
 
     name: an open_clip architecture ("ViT-B-32"), "local-dir:/path" or "hf-hub:org/repo".
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k"), a checkpoint file
       (open_clip .bin/.pt state dict or .safetensors; OpenAI's original TorchScript .pt is read
       as data, see formats.torchscript), or None for random weights.
-    Downloads go through open_clip's own cache when online; offline, a missing tag gives an
-    error saying which file to provide.
+    where: where the caller's user puts a downloaded CLIP file (e.g. "ComfyUI's models/clip folder, then pick it as
+      `pretrained`"), named in the offline error; default: pass the file's path as `pretrained`.
+    Downloads go through open_clip's own cache when online. Offline (the hub does not answer a 2 s connect) a
+    cached tag loads without any network call, and a missing one fails at once naming the file, its URL and
+    where to put it.
     """
     import open_clip
 
@@ -127,10 +138,19 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
 
     if name.startswith("local-dir:"):
         check_local_clip_folder(Path(name[len("local-dir:"):]))
+    offline, quick_gelu = contextlib.nullcontext(), False
+    if name.startswith("hf-hub:"):
+        offline = _hub_repo_offline(name[len("hf-hub:"):], where)
+    elif pretrained and not schema and not Path(pretrained).is_file():
+        offline = _offline_unless_reachable(name, pretrained, where)
+        # a tag trained with QuickGELU (OpenAI's) on an architecture without it: open_clip only warns and builds
+        # GELU, which gives other features than the weights were trained for
+        quick_gelu = bool((open_clip.pretrained.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"))
     try:
         # require_pretrained: a folder or hub repo without weights is an error, not a random CLIP
-        model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu", weights_only=True,
-                                       require_pretrained=schema)
+        with offline:
+            model = open_clip.create_model(name, pretrained=None if schema else pretrained, device="cpu",
+                                           weights_only=True, require_pretrained=schema, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise CheckpointError(
             f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}. Offline? Put the checkpoint file on disk and pass its "
@@ -141,6 +161,91 @@ def load_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device=
         raise CheckpointError(f"cannot load CLIP {name} ({pretrained}): {_first_line(e)}") from None
     tokenizer = open_clip.get_tokenizer(name)
     return CLIPEncoder(model, tokenizer, name, pretrained, preprocess=preprocess).to(device)
+
+
+def hub_reachable(host: str = HUB_HOST, port: int = 443, timeout: float = REACH_TIMEOUT_S) -> bool:
+    """Whether a TCP connect to host:port succeeds within `timeout` s; asked once per host and process."""
+    if host not in _reachable:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _reachable[host] = True
+        except OSError:
+            _reachable[host] = False
+    return _reachable[host]
+
+
+def pretrained_file(name: str, tag: str) -> dict | None:
+    """What open_clip downloads for (architecture, tag): {'file', 'url', 'host', 'hf_repo', 'cached'} or None
+    for a tag open_clip does not know (open_clip then names the known ones). 'cached' is the file already in
+    open_clip's cache (Hugging Face's or its URL cache), or None."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
+
+    cfg = get_pretrained_cfg(name, tag)
+    if not cfg or "file" in cfg:
+        return None
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub and has_hf_hub():  # what open_clip prefers
+        repo, filename = os.path.split(hub)  # open_clip's own split: 'org/model/' names the default file
+        filename = filename or open_clip.pretrained.HF_WEIGHTS_NAME
+        cached = _hf_cached(repo, filename)
+        return {"file": filename, "url": f"https://{HUB_HOST}/{repo}/resolve/main/{filename}", "host": HUB_HOST,
+                "hf_repo": repo, "cached": cached}
+    if url:
+        target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        return {"file": os.path.basename(url), "url": url, "host": urlparse(url).hostname or "", "hf_repo": "",
+                "cached": str(target) if target.is_file() else None}
+    return None
+
+
+def _hf_cached(repo: str, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip import pretrained
+
+    alternatives = getattr(pretrained, "_get_safe_alternatives", lambda f: [])
+    for candidate in [*alternatives(filename), filename]:  # open_clip tries safetensors first
+        found = try_to_load_from_cache(repo, candidate)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _offline_unless_reachable(name: str, tag: str, where: str | None):
+    """A context for open_clip's download: nothing when the file's host answers; Hugging Face's offline mode when
+    the file is cached but the host does not answer (no retries); a CheckpointError at once when neither."""
+    info = pretrained_file(name, tag)
+    if info is None or hub_reachable(info["host"]):
+        return contextlib.nullcontext()
+    if info["cached"]:
+        return _hf_offline() if info["hf_repo"] else contextlib.nullcontext()
+    put = where or "anywhere, and pass its path as `pretrained` (--pretrained PATH on the command line)"
+    raise CheckpointError(
+        f"cannot download CLIP {name} ({tag}): {info['host']} cannot be reached (offline?). Download "
+        f"{info['file']} from {info['url']} on a machine with network, put it {put}.")
+
+
+def _hub_repo_offline(repo: str, where: str | None):
+    """For 'hf-hub:org/repo': as _offline_unless_reachable, for the repo's open_clip_config.json and weights."""
+    if hub_reachable():
+        return contextlib.nullcontext()
+    if _hf_cached(repo, "open_clip_config.json"):
+        return _hf_offline()
+    put = where or "in one folder, and pass 'local-dir:/that/folder' as the CLIP name"
+    raise CheckpointError(
+        f"cannot download CLIP hf-hub:{repo}: {HUB_HOST} cannot be reached (offline?). Download open_clip_config.json "
+        f"and open_clip_model.safetensors from https://{HUB_HOST}/{repo} on a machine with network, put them {put}.")
+
+
+@contextlib.contextmanager
+def _hf_offline():
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def check_local_clip_folder(folder: Path) -> None:

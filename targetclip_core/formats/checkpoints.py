@@ -45,6 +45,34 @@ def sniff_format(file: Path) -> str:
     return "unknown"
 
 
+# first bytes of files people pick by mistake instead of a checkpoint -> what they are
+_NOT_CHECKPOINTS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file it points to (git lfs pull, or download the file)"),
+)
+
+
+def non_checkpoint_kind(head: bytes) -> str | None:
+    """What a file whose first bytes are `head` is when it is plainly no checkpoint (an image, an archive, an HTML
+    page a failed download saved, a Git LFS pointer), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for magic, kind in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip()[:15].lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a download that saved a web page instead of the file?)"
+    return None
+
+
 def torch_load_safely(file: Path):
     """torch.load with weights_only=True (plus argparse.Namespace, which training scripts save).
 
@@ -54,6 +82,10 @@ def torch_load_safely(file: Path):
     """
     try:
         with open(file, "rb") as f:
+            kind = non_checkpoint_kind(f.read(64))
+            if kind:
+                raise CheckpointError(f"not a checkpoint: this is {kind}")
+            f.seek(0)
             check_torch_container(f, os.fstat(f.fileno()).st_size)
         with torch.serialization.safe_globals([argparse.Namespace]):
             loaded = torch.load(file, map_location="cpu", weights_only=True)
@@ -151,19 +183,24 @@ def check_state_matches(expected: dict, state: dict, source) -> None:
             raise CheckpointError(f"{source}: {name(k)} contains NaN or infinite values")
 
 
+def _a(what: str) -> str:
+    """`what` with its indefinite article: 'an ArcFace IR-SE', 'an e4e/pSp encoder', 'a rosinality StyleGAN2'."""
+    return f"{'an' if what[:1].lower() in 'aeio8' else 'a'} {what}"
+
+
 def require_keys(sd, keys, file, what):
     """Raise a CheckpointError naming the missing `keys` unless `sd` is a dict that has them all,
     each holding a tensor (callers read their shapes next)."""
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{file}: not a {what} checkpoint: expected a state dict, found {type(sd).__name__}")
+        raise CheckpointError(f"{file}: not {_a(what)} checkpoint: expected a state dict, found {type(sd).__name__}")
     missing = [k for k in keys if k not in sd]
     if missing:
         present = few_keys(list(sd))
-        raise CheckpointError(f"{file}: not a {what} checkpoint: missing {few_keys(missing)} (it has {present})")
+        raise CheckpointError(f"{file}: not {_a(what)} checkpoint: missing {few_keys(missing)} (it has {present})")
     not_tensors = [k for k in keys if not torch.is_tensor(sd[k])]
     if not_tensors:
         k = not_tensors[0]
-        raise CheckpointError(f"{file}: not a {what} checkpoint: {k} is a {type(sd[k]).__name__}, expected a tensor")
+        raise CheckpointError(f"{file}: not {_a(what)} checkpoint: {k} is a {type(sd[k]).__name__}, expected a tensor")
 
 
 def few_keys(keys, n=5) -> str:

@@ -31,13 +31,19 @@ Files in `out_dir`: `best_model.pt` (lowest validation loss), `last.pt` (every
 `save_every` steps, at the end, and when stopped), `loss_log.csv`.  Both checkpoints use
 the official e4e layout and load with `torch.load(weights_only=True)`; `best_model.pt`
 carries no optimizer state (it is for inference, `last.pt` is for resuming).
+
+Sizes: the encoder is the bulk (a real e4e: 267M parameters, 1.07 GB in fp32; the generator copy
+of the official layout adds ~0.12 GB).  `last.pt` adds the optimizer's state, fp32 as a resume
+replays it exactly: Ranger keeps two moments and its Lookahead slow weights per parameter.  An
+optimizer buffer that equals the current weights (Ranger's slow weights right after a Lookahead
+sync, every 6th step) or the init's weights (before the first sync) is not stored but named in
+`optimizer_copies` and rebuilt on resume, bit for bit.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,17 +55,44 @@ from targetclip_core.devices import default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
 from targetclip_core.encoders.inversion import inverter_from_checkpoint
 from targetclip_core.errors import CheckpointError, LatentError, TargetCLIPError
-from targetclip_core.formats.checkpoints import load_state_checked, sniff_format, torch_load_safely
+from targetclip_core.formats.checkpoints import (
+    load_state_checked,
+    sniff_format,
+    torch_load_safely,
+)
 from targetclip_core.io.files import atomic_path
 from targetclip_core.io.text import MiB, read_text
 from targetclip_core.io.weights import resolve_checkpoint
-from targetclip_core.methods.optimization import check_converged, check_run_settings, loss_resolution, make_autograd_ready
+from targetclip_core.methods.optimization import (
+    check_converged,
+    check_run_settings,
+    loss_resolution,
+    make_autograd_ready,
+)
+from targetclip_core.methods.targetclip.encoder_checkpoints import (  # noqa: F401  (re-exported)
+    CHECKPOINT_FORMAT,
+    RunFiles,
+    check_resume_fields,
+    checkpoint_dict,
+    load_optimizer_state,
+    read_resume,
+    save_checkpoint,
+    with_copies,
+)
 from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder
-from targetclip_core.methods.targetclip.optimize import LOSS_TERMS, essence_losses, sample_sources
-from targetclip_core.methods.targetclip.training_data import batch_indices, flip_mask, prepare_data, read_training_image
+from targetclip_core.methods.targetclip.optimize import (
+    LOSS_TERMS,
+    essence_losses,
+    sample_sources,
+)
+from targetclip_core.methods.targetclip.training_data import (
+    batch_indices,
+    flip_mask,
+    prepare_data,
+    read_training_image,
+)
 
 BEST_NAME, LAST_NAME, LOG_NAME = "best_model.pt", "last.pt", "loss_log.csv"
-CHECKPOINT_FORMAT = "targetclip.essence_encoder"
 RESUMABLE_CHANGES = ("steps", "val_every", "save_every")  # may differ on resume: they do not change the updates
 MAX_LOG_BYTES = 256 * MiB  # a row is ~80 bytes: millions of steps
 
@@ -218,41 +251,15 @@ def read_loss_log(path) -> list[dict]:
     return rows
 
 
-@dataclass
-class _RunFiles:
-    """What every checkpoint of the run repeats besides the encoder weights."""
-
-    decoder_state: dict | None  # rosinality-layout generator weights, when the generator came from such a file
-    latent_avg: torch.Tensor | None
-    opts: dict
-    sources: torch.Tensor
-
-
-def _checkpoint(encoder: EssenceEncoder, run: _RunFiles, step: int, best, best_step, optimizer=None) -> dict:
-    state = {f"encoder.{k}": v.detach().cpu() for k, v in encoder.net.encoder.state_dict().items()}
-    if run.decoder_state:
-        state.update({f"decoder.{k}": v for k, v in run.decoder_state.items()})
-    ckpt = {"state_dict": state, "opts": run.opts, "global_step": step, "best_val_loss": best, "best_step": best_step,
-            "sources": run.sources}
-    if run.latent_avg is not None:
-        ckpt["latent_avg"] = run.latent_avg
-    if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
-    return ckpt
-
-
-def _save(path: Path, ckpt: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-
-
 # --------------------------------------------------------------------------- setup
 
 
 def _generator_and_decoder(generator, init: EncoderCheckpoint, init_file: Path, device):
     """(G, rosinality decoder weights or None, where G came from); device None = the default device
     (a loaded generator module then stays where it is)."""
-    from targetclip_core.generators.convert.rosinality import stylegan2_from_torch_checkpoint
+    from targetclip_core.generators.convert.rosinality import (
+        stylegan2_from_torch_checkpoint,
+    )
     from targetclip_core.generators.load import build_generator, load_generator
 
     if generator is None:
@@ -316,63 +323,6 @@ def _make_optimizer(name: str, params, lr: float):
 
     # the Ranger of the coach (lessw2020's): SGD steps until the variance estimate is usable
     return Ranger(params, lr=lr, degenerated_to_sgd=True)
-
-
-def _read_resume(path: Path) -> dict:
-    """last.pt of a run, read as data and its fields checked (types and shapes) before any is used."""
-    if not path.is_file():
-        raise TargetCLIPError(f"{path}: nothing to resume (no last.pt in the output folder)")
-    ckpt = torch_load_safely(path)
-    opts = ckpt.get("opts") if isinstance(ckpt, dict) else None
-    if not isinstance(opts, dict) or opts.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
-        raise CheckpointError(f"{path}: not a resumable essence-encoder training checkpoint")
-    check_resume_fields(ckpt, path)
-    return ckpt
-
-
-def check_resume_fields(ckpt: dict, path) -> None:
-    """Refuse a last.pt whose fields would fail (or mislead) a resumed run, naming the field."""
-    def bad(why: str):
-        return CheckpointError(f"{path}: damaged essence-encoder training checkpoint ({why}): resume from a good copy "
-                               "or use a new output folder")
-
-    def whole(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    opts, state, sources = ckpt["opts"], ckpt.get("state_dict"), ckpt.get("sources")
-    settings = opts.get("targetclip_train")
-    if (not isinstance(settings, dict) or not isinstance(opts.get("sources"), str)
-            or not all(isinstance(v, (type(None), bool, int, float, str, list, tuple)) for v in settings.values())):
-        raise bad("its opts lack the run's settings ('targetclip_train') or sources")
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise bad("'state_dict' is not a dict of tensors")
-    if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["optimizer"].get("state"), dict):
-        raise bad("'optimizer' is not an optimizer state_dict")
-    step, best, best_step = ckpt.get("global_step"), ckpt.get("best_val_loss"), ckpt.get("best_step")
-    if not whole(step):
-        raise bad(f"global_step {step!r} is not a whole number >= 0")
-    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or not math.isfinite(best)):
-        raise bad(f"best_val_loss {best!r} is not a finite number")
-    if best_step is not None and (not whole(best_step) or best_step > step) or (best is None) != (best_step is None):
-        raise bad(f"best_step {best_step!r} does not go with best_val_loss {best!r} at step {step}")
-    if (not torch.is_tensor(sources) or not sources.is_floating_point() or sources.dim() != 3 or not len(sources)
-            or not bool(torch.isfinite(sources).all())):
-        raise bad("'sources' are not finite W+ latents [N, n_latent, w_dim]")
-
-
-def load_optimizer_state(optimizer, state: dict, path) -> None:
-    """optimizer.load_state_dict(state), refused (CheckpointError naming the file) when the state does not fit the
-    optimizer's parameters: other groups, or buffers of other shapes than their parameters."""
-    try:
-        optimizer.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its optimizer state does not fit this encoder ({type(e).__name__}: {e})") from None
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.numel() > 1 and value.shape != param.shape:
-                    raise CheckpointError(f"{path}: its optimizer's {name!r} has shape {list(value.shape)} for a "
-                                          f"parameter of shape {list(param.shape)}: damaged or of another encoder")
 
 
 def _check_same_run(saved: dict, cfg: EncoderTrainingConfig, digest: str, models: dict, path: Path) -> None:
@@ -471,7 +421,7 @@ def train_essence_encoder(
     last_path, best_path, log_path = out / LAST_NAME, out / BEST_NAME, out / LOG_NAME
     if not resume and last_path.exists():
         raise TargetCLIPError(f"{out} already holds a training run (last.pt): resume it, or choose another output folder")
-    saved = _read_resume(last_path) if resume else None
+    saved = read_resume(last_path) if resume else None
 
     init_file = resolve_checkpoint(init)
     init_ckpt = read_encoder_checkpoint(init_file)
@@ -502,19 +452,23 @@ def train_essence_encoder(
 
     inverter = inverter_from_checkpoint(init_ckpt, init_file, add_latent_avg=cfg.start_from_latent_avg)
     encoder = EssenceEncoder(inverter).to(G.device).requires_grad_(True)
-    optimizer = _make_optimizer(cfg.optimizer, list(encoder.parameters()), cfg.lr)
+    params = list(encoder.parameters())
+    optimizer = _make_optimizer(cfg.optimizer, params, cfg.lr)
+    # the init's weights in parameter order (the checkpoint already in memory: no copy), for optimizer_copies
+    init_params = [init_ckpt.state[name] for name, _ in encoder.net.encoder.named_parameters()]
 
     opts = _run_opts(init_ckpt, init_file, cfg, G, C, batch_size, source_latents.shape[0], sources_from, generator_from,
                      {**data.summary(), "input_size": size})
     raw_avg = init_ckpt.raw.get("latent_avg")
-    run = _RunFiles(decoder_state, raw_avg.detach().cpu() if torch.is_tensor(raw_avg) else None, opts,
+    run = RunFiles(decoder_state, raw_avg.detach().cpu() if torch.is_tensor(raw_avg) else None, opts,
                     source_latents.detach().cpu())
 
     step, best, best_step = 0, None, None
     if saved is not None:
         load_state_checked(encoder.net.encoder, {k[len("encoder.") :]: v for k, v in saved["state_dict"].items()
                                                  if k.startswith("encoder.")}, f"{last_path} (encoder)")
-        load_optimizer_state(optimizer, saved["optimizer"], last_path)
+        optimizer_state = with_copies(saved["optimizer"], saved.get("optimizer_copies", []), params, init_params, last_path)
+        load_optimizer_state(optimizer, optimizer_state, last_path)
         step, best, best_step = int(saved["global_step"]), saved["best_val_loss"], saved["best_step"]
     out.mkdir(parents=True, exist_ok=True)
     log = LossLog(log_path, step if saved is not None else None)
@@ -528,11 +482,11 @@ def train_essence_encoder(
         log.append(at, "val", losses)
         if best is None or losses["total"] < best:
             best, best_step = losses["total"], at
-            _save(best_path, _checkpoint(encoder, run, at, best, best_step))
+            save_checkpoint(best_path, checkpoint_dict(encoder, run, at, best, best_step))
         return losses
 
     def save_last(at: int) -> None:
-        _save(last_path, _checkpoint(encoder, run, at, best, best_step, optimizer))
+        save_checkpoint(last_path, checkpoint_dict(encoder, run, at, best, best_step, optimizer, init_params))
 
     if step == 0:
         validate(0)  # the e4e starting point, as a baseline

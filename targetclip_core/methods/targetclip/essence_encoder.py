@@ -14,8 +14,13 @@ import torch
 from torch import nn
 
 from targetclip_core.devices import default_device
-from targetclip_core.encoders.e4e import read_encoder_checkpoint
-from targetclip_core.encoders.inversion import Inverter, check_images, inverter_from_checkpoint
+from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
+from targetclip_core.encoders.inversion import (
+    Inverter,
+    check_images,
+    inverter_from_checkpoint,
+)
+from targetclip_core.errors import CheckpointError
 from targetclip_core.io.weights import resolve_checkpoint
 from targetclip_core.methods.targetclip.essence import Essence, target_thumbnails
 
@@ -60,10 +65,37 @@ class EssenceEncoder(nn.Module):
         return essences[0] if len(essences) == 1 else essences
 
 
+ESSENCE_FORMAT = "targetclip.essence_encoder"  # opts.format of the checkpoints train-encoder writes
+ESSENCE_OPTS = ("num_consistency", "lambda_consistency")  # TargetCLIP's coach options: an essence encoder's run
+
+
+def inverter_reason(ckpt: EncoderCheckpoint) -> str | None:
+    """Why an e4e-layout checkpoint is an inverter (photo -> W+ latent) rather than an essence encoder, or None.
+
+    Both share one layout. An essence encoder is marked by our opts.format or by TargetCLIP's training options
+    (ESSENCE_OPTS); without those, one trained with start_from_latent_avg is an inverter (e4e always is: its
+    output is a whole latent around the mean face, not an offset from a source). A checkpoint with no opts is taken as an essence encoder (a hand-made file)."""
+    opts = ckpt.opts
+    if opts.get("format") == ESSENCE_FORMAT or any(k in opts for k in ESSENCE_OPTS):
+        return None
+    if opts.get("start_from_latent_avg") is True:
+        return "its opts say start_from_latent_avg: it predicts latents around latent_avg"
+    return None
+
+
 def load_essence_encoder(path, device=None) -> EssenceEncoder:
-    """Load a TargetCLIP essence encoder (e4e checkpoint layout), e.g. one `targetclip train-encoder` wrote."""
+    """Load a TargetCLIP essence encoder (e4e checkpoint layout), e.g. one `targetclip train-encoder` wrote.
+
+    An e4e/pSp inverter (same layout, e.g. e4e_ffhq_encode.pt) is refused (`inverter_reason`): its output is a
+    latent, and used as an essence it would add a whole face to every source."""
     file = resolve_checkpoint(path)
     ckpt = read_encoder_checkpoint(file)
+    why = inverter_reason(ckpt)
+    if why:
+        raise CheckpointError(
+            f"{file}: an e4e/pSp inverter (photo -> W+ latent; {why}), not a TargetCLIP essence encoder. Use it to "
+            "invert photos (`targetclip invert` / `edit --encoder`, or the 'inverter' role); an essence encoder "
+            "comes from `targetclip train-encoder`.")
     inverter = inverter_from_checkpoint(ckpt, file, add_latent_avg=bool(ckpt.opts.get("start_from_latent_avg", False)))
     inverter.name = Path(file).stem
     return EssenceEncoder(inverter).to(default_device(device)).eval()
