@@ -15,9 +15,8 @@ import pytest
 import torch
 from helpers.clip import TINY_CLIP
 from helpers.eg3d import tiny_eg3d
-from helpers.generators import tiny_generator
 
-from helpers.comfy import loaded_generator, loaded_tiny_clip, node  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import loaded_generator, node  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -28,16 +27,6 @@ from targetclip_core.methods.targetclip.essence import Essence, load_essence  # 
 from targetclip_core.methods.targetclip.optimize import optimize_essence  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def G(pack):
-    return loaded_generator(pack, tiny_generator(32), "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def C(pack):
-    return loaded_tiny_clip(pack)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from helpers.eg3d import tiny_eg3d
 from helpers.generators import tiny_generator
 
-from helpers.comfy import loaded_generator, loaded_tiny_clip, node, pack_module  # skips without ComfyUI's API
+from helpers.comfy import loaded_generator, node, pack_module  # skips without ComfyUI's API
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -36,16 +36,6 @@ torch.set_num_threads(1)
 
 SAMPLES = 3000  # GANSpace W samples: enough for a stable PCA of 64-dimensional W, fast on CPU
 TEXT = dict(target="smiling face", neutral="face", alpha=4.1, beta=0.15, n_images=1)  # one image per channel: fast
-
-
-@pytest.fixture(scope="module")
-def G(pack):
-    return loaded_generator(pack, tiny_generator(32), "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def C(pack):
-    return loaded_tiny_clip(pack)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from helpers.generators import tiny_generator
 REPO = REPO_ROOT
 torch.set_num_threads(1)
 
-from helpers.comfy import loaded_generator, loaded_tiny_clip, node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
+from helpers.comfy import node, pack_module  # skips the module without ComfyUI's API; must come before comfy.*
 
 import comfy.model_management as mm  # noqa: E402, I001
 import comfy.utils  # noqa: E402
@@ -39,16 +39,6 @@ SAT3D_NODES = {
 # the training-set filter (its own progress bar first) is tested in test_train_node_filters_the_training_set
 TRAIN = dict(descriptors="faces", steps=6, batch_size=1, lr=0.1, n_codes=4, truncation=1.0, lambda_attr=3.5, lambda_prob=0.1,
              seed=0, preview_every=2, filter_training_set=False)
-
-
-@pytest.fixture(scope="module")
-def G(pack):
-    return loaded_generator(pack, tiny_generator(32), "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def C(pack):
-    return loaded_tiny_clip(pack)
 
 
 @pytest.fixture(scope="module")
