@@ -365,8 +365,7 @@ def _comparison_report(result) -> str:
     start = "the trained matrix" if s["init_from_trained"] else "the usual initialisation"
     lines = [f"SAT3D: trained matrix vs instant per-pair masks ({', '.join(s['attributes'])})",
              f"{s['pairs']} pair(s); instant masks: {s['steps']} steps at lr {s['lr']:g} from {start}; delta {s['delta']:g}", "",
-             "| loss term | trained (mean) | instant (mean) |", "|---|---|---|"]
-    lines += [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in LOSS_TERMS]
+             *result.mean_terms_table()]
     lines += ["", f"Lower total loss: instant on {s['instant_wins']} pair(s), trained on {s['trained_wins']}, ties {s['ties']}."]
     lines += [f"  pair {p['pair']}: trained {p['trained']['total']:.6g}, instant {p['instant']['total']:.6g} ({p['winner']})"
               for p in result.pairs]

@@ -430,8 +430,7 @@ def _write_comparison(out: Path, result, labels, info) -> None:
              f"{s['pairs']} pairs; instant masks: {info['steps']} steps at lr {info['lr']:g} from {init}; "
              f"delta {info['delta'][0]:g}; matrix `{info['matrix']}`; descriptors {info['descriptors']}; "
              f"L_bg {'on (' + str(info['parser']) + ')' if info['parser'] else 'off (no --parser)'}.", "",
-             "| loss term | trained (mean) | instant (mean) |", "|---|---|---|"]
-    lines += [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in ("total", "ref", "src", "bg", "prob")]
+             *result.mean_terms_table()]
     lines += ["", f"Lower total loss: instant on {s['instant_wins']} pairs, trained on {s['trained_wins']}, "
                   f"ties {s['ties']} (per pair: compare.csv).", ""]
     write_text_atomic(out / "compare.md", "\n".join(lines))

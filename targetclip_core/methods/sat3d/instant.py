@@ -107,6 +107,12 @@ class InstantComparison:
     pairs: list[dict]
     summary: dict
 
+    def mean_terms_table(self) -> list[str]:
+        """The Markdown table of both matrices' mean loss terms over the pairs (compare.md's, the node's report)."""
+        s = self.summary
+        return (["| loss term | trained (mean) | instant (mean) |", "|---|---|---|"]
+                + [f"| {k} | {s['trained'][k]:.6g} | {s['instant'][k]:.6g} |" for k in LOSS_TERMS])
+
 
 def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, references, attributes, *, steps: int = 300,
                                  lr: float = 0.01, delta: float = 1.0, parser: RegionParser | None = None,
