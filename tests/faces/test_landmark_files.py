@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers.hostile import npy_header_only
 from numpy.lib import format as npy
 
 from targetclip_core.errors import TargetCLIPError
@@ -25,13 +26,6 @@ def refused(path, match: str) -> TargetCLIPError:
         read_landmarks_file(path)
     assert str(path) in str(err.value)
     return err.value
-
-
-def npy_header_only(path, shape, descr: str = "<f8", data: bytes = b""):
-    with open(path, "wb") as f:
-        npy.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
-        f.write(data)
-    return path
 
 
 def test_good_files_give_the_points(tmp_path):

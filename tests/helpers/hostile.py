@@ -341,3 +341,13 @@ def read_in_child(cases: list[tuple[str, Path]], headroom_gb: float = 2.0, per_r
     arg = json.dumps([(reader, str(path)) for reader, path in cases])
     code = _CHILD.replace("PER_READ", str(per_read_s)).replace("CASES", repr(arg))
     return run_limited(code, timeout=timeout, headroom=int(headroom_gb * 2**30))
+
+
+def npy_header_only(path: Path, shape, descr="<f8", data: bytes = b"") -> Path:
+    """A .npy file whose header declares `shape` and `descr`, followed by `data` (none: a header that lies)."""
+    from numpy.lib import format as npy
+
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(data)
+    return path
