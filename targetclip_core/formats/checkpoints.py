@@ -117,11 +117,21 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 class TranslatedState(OrderedDict):
-    """A state dict in our names that remembers each entry's key in the checkpoint file."""
+    """A state dict in our names that remembers each entry's key in the checkpoint file.
 
-    def __init__(self):
+    `file_key(our_key)`, when given, names in the file's terms what `origin` cannot: keys the
+    network expects and the file lacks.
+    """
+
+    def __init__(self, file_key: Callable[[str], str] | None = None):
         super().__init__()
         self.origin: dict[str, str] = {}
+        self.file_key = file_key
+
+    def file_name_of(self, key: str) -> str:
+        if key in self.origin:
+            return self.origin[key]
+        return self.file_key(key) if self.file_key is not None else key
 
 
 def load_state_checked(model: torch.nn.Module, state: dict, source) -> None:
@@ -157,10 +167,9 @@ def check_state_matches(expected: dict, state: dict, source) -> None:
     `expected` may come from a model on the meta device: then nothing is allocated for the
     network before its declared sizes are known to match the file.
     """
-    origin = getattr(state, "origin", {})
-
     def name(k):
-        return f"{origin[k]} (our {k})" if k in origin and origin[k] != k else k
+        theirs = state.file_name_of(k) if isinstance(state, TranslatedState) else k
+        return f"{theirs} (our {k})" if theirs != k else k
 
     missing = [name(k) for k in expected if k not in state]
     unexpected = [name(k) for k in state if k not in expected]

@@ -25,6 +25,14 @@ calling or running anything the file chooses:
   which is kept for diagnostics only and never run.  Allow-listed plain
   ``torch.nn`` classes and EG3D's non-persistent helper modules become
   ``ModuleRecord``\\ s, again data only.
+* The original TensorFlow release (NVlabs/stylegan2 ``.pkl``: a tuple
+  ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``) pickles each network as
+  NEWOBJ of that class then BUILD with its state dict; NEWOBJ makes an empty
+  ``TFNetworkRecord`` and BUILD fills it with the name, static_kwargs,
+  components and variables (numpy arrays and scalars through numpy's
+  ``multiarray._reconstruct`` / ``multiarray.scalar``, numpy 1 or 2 spelling).
+  Its ``build_module_src``, which TensorFlow's loader would execute, is kept
+  as text and never run.
 * Tensor storages are pickled by torch as the bytes of a ``torch.save``; they
   are read with ``torch.load(weights_only=True)``, torch's own restricted
   loader, and must come back as a storage (``pickle_arrays``, with the
@@ -66,7 +74,12 @@ from targetclip_core.formats.pickle_arrays import (
     rebuild_tensor,
     torch_device,
 )
-from targetclip_core.formats.pickle_records import ModuleRecord, PersistentRecord, PickledEasyDict
+from targetclip_core.formats.pickle_records import (
+    ModuleRecord,
+    PersistentRecord,
+    PickledEasyDict,
+    TFNetworkRecord,
+)
 from targetclip_core.formats.unpickler import (
     NOTHING_RAN,
     BoundedReader,
@@ -84,6 +97,7 @@ __all__ = [
     "PersistentRecord",
     "ModuleRecord",
     "PickledEasyDict",
+    "TFNetworkRecord",
 ]
 
 
@@ -210,6 +224,8 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
     allowed[("numpy", "ndarray")] = NDARRAY
     easydict = StandIn("dnnlib.util.EasyDict", new=PickledEasyDict)
     allowed[("dnnlib.util", "EasyDict")] = allowed[("dnnlib", "EasyDict")] = easydict
+    # TensorFlow-era NVlabs networks: NEWOBJ makes an empty record, BUILD fills it (data only).
+    allowed[("dnnlib.tflib.network", "Network")] = StandIn("dnnlib.tflib.network.Network", new=TFNetworkRecord)
     for class_path in _PLAIN_TORCH_MODULES:
         allowed[tuple(class_path.rsplit(".", 1))] = _module_class(class_path)  # type: ignore[index]
     for module, names in _EG3D_HELPERS.items():
@@ -252,7 +268,7 @@ class _RestrictedUnpickler(RestrictedUnpickler):
     """The shared restricted unpickler with NVlabs' allow-list, records and numpy stubs."""
 
     source_kind = "network pickles"
-    buildable_types = (ModuleRecord, PickledEasyDict, BuildStub)
+    buildable_types = (ModuleRecord, PickledEasyDict, TFNetworkRecord, BuildStub)
     container_types = {
         list: (list,),
         dict: (dict, OrderedDict, PickledEasyDict),
@@ -322,7 +338,7 @@ def _load(file: BinaryIO, name: str) -> Any:
     unpickler = _RestrictedUnpickler(BoundedReader(file))
 
     def named(obj: Any) -> None:
-        if isinstance(obj, (PersistentRecord, ModuleRecord)):
+        if isinstance(obj, (PersistentRecord, ModuleRecord, TFNetworkRecord)):
             obj.source = name  # the records' own errors (state_dict, init_kwargs) name the file
 
     try:
@@ -341,4 +357,6 @@ def _load(file: BinaryIO, name: str) -> Any:
 def _children(obj: Any) -> Any:
     if isinstance(obj, (PersistentRecord, ModuleRecord)):
         return (obj.state,)
+    if isinstance(obj, TFNetworkRecord):
+        return (obj.static_kwargs, obj.components, obj.variables)
     return plain_children(obj)

@@ -3,7 +3,8 @@
 ``load_network_pickle`` (``formats.network_pickle``) turns every NVlabs
 persistent object into a ``PersistentRecord`` and every allow-listed plain
 module into a ``ModuleRecord``; a pickled ``dnnlib.EasyDict`` becomes a
-``PickledEasyDict``.  Records hold the object's ``__dict__`` as it was pickled,
+``PickledEasyDict``; a TensorFlow-era ``dnnlib.tflib.network.Network`` (the
+original NVlabs/stylegan2 release) becomes a ``TFNetworkRecord``.  Records hold the object's ``__dict__`` as it was pickled,
 never code, and ``state_dict()`` collects their tensors the way
 ``torch.nn.Module.state_dict()`` names and orders them.
 
@@ -19,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 
 from targetclip_core.errors import CheckpointError
@@ -28,6 +30,7 @@ __all__ = [
     "PersistentRecord",
     "ModuleRecord",
     "PickledEasyDict",
+    "TFNetworkRecord",
 ]
 
 
@@ -138,6 +141,106 @@ class PickledEasyDict(dict):
         if state is not None and not (type(state) is dict and not state):
             raise CheckpointError("dnnlib.EasyDict with unexpected instance state")
         return self
+
+
+# The keys dnnlib.tflib.network.Network.__getstate__ writes (version 4; 2 and 3 lack nothing we read).
+_TF_STATE_KEYS = ("version", "name", "static_kwargs", "components", "build_module_src", "build_func_name",
+                  "variables")
+_TF_VERSIONS = (2, 3, 4)  # what Network.__setstate__ itself accepts
+
+
+class TFNetworkRecord:
+    """A TensorFlow-era ``dnnlib.tflib.network.Network`` (NVlabs/stylegan2 ``.pkl``) as plain data.
+
+    ``variables`` maps each variable's local name to its value as a numpy array (shape-[] values,
+    pickled as numpy scalars, become 0-d arrays) in the file's (creation) order; ``components``
+    maps component keys (``mapping``, ``synthesis``) to nested records.  ``build_module_src`` is
+    the network's Python source, kept as text for diagnostics only: it is never run.
+    """
+
+    source: str | None = None  # the file the record was read from, for messages
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.name = ""
+        self.static_kwargs: dict[str, Any] = {}
+        self.components: dict[str, TFNetworkRecord] = {}
+        self.build_module_src = ""
+        self.build_func_name = ""
+        self.variables: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._built = False
+
+    def _pickle_build(self, state: Any) -> "TFNetworkRecord":
+        if self._built:
+            raise CheckpointError("dnnlib.tflib.network.Network: state given twice")
+        if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+            state = state[0]
+        if type(state) is not dict:
+            raise CheckpointError(f"dnnlib.tflib.network.Network: state is a {type(state).__name__}, not a dict")
+        unknown = [k for k in state if k not in _TF_STATE_KEYS]
+        missing = [k for k in _TF_STATE_KEYS if k not in state and k != "components"]
+        if unknown or missing:
+            raise CheckpointError(f"dnnlib.tflib.network.Network: unexpected state (missing {missing}, "
+                                  f"unknown {[str(k)[:40] for k in unknown[:5]]})")
+        version = state["version"]
+        if type(version) is not int or version not in _TF_VERSIONS:
+            raise CheckpointError(f"dnnlib.tflib.network.Network: unsupported version {str(version)[:20]!r}")
+        self.version = version
+        self.name = _tf_text(state["name"], "name")
+        self.build_func_name = _tf_text(state["build_func_name"], "build_func_name")
+        self.build_module_src = _tf_text(state["build_module_src"], "build_module_src")
+        self.static_kwargs = _tf_static_kwargs(state["static_kwargs"], self.name)
+        self.components = _tf_components(state.get("components") or {}, self.name)
+        self.variables = _tf_variables(state["variables"], self.name)
+        self._built = True
+        return self
+
+    def _where(self) -> str:
+        label = f"TensorFlow network {self.name!r}"
+        return f"{self.source}: {label}" if self.source else label
+
+    def __repr__(self) -> str:
+        return f"TFNetworkRecord(name={self.name!r}, build_func_name={self.build_func_name!r})"
+
+
+def _tf_text(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise CheckpointError(f"dnnlib.tflib.network.Network: {what} is a {type(value).__name__}, not text")
+    return value
+
+
+def _tf_static_kwargs(value: Any, net: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(type(k) is str for k in value):
+        raise CheckpointError(f"TensorFlow network {net!r}: static_kwargs is not a dict with text keys")
+    return dict(value)  # values are checked by whoever reads them
+
+
+def _tf_components(value: Any, net: str) -> "dict[str, TFNetworkRecord]":
+    if not isinstance(value, dict):
+        raise CheckpointError(f"TensorFlow network {net!r}: components is a {type(value).__name__}, not a dict")
+    for key, comp in value.items():
+        if type(key) is not str or not isinstance(comp, TFNetworkRecord):
+            raise CheckpointError(f"TensorFlow network {net!r}: component {str(key)[:40]!r} is not a network")
+    return dict(value)
+
+
+def _tf_variables(value: Any, net: str) -> "OrderedDict[str, np.ndarray]":
+    if not isinstance(value, (list, tuple)):
+        raise CheckpointError(f"TensorFlow network {net!r}: variables is a {type(value).__name__}, not a list")
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for item in value:
+        if not isinstance(item, (list, tuple)) or len(item) != 2 or type(item[0]) is not str:
+            raise CheckpointError(f"TensorFlow network {net!r}: a variable is not a (name, value) pair")
+        name, val = item
+        if name in out:
+            raise CheckpointError(f"TensorFlow network {net!r}: variable {name!r} appears twice")
+        if isinstance(val, np.generic):
+            val = np.asarray(val)  # a numpy scalar (what session.run gives for shape [])
+        if not isinstance(val, np.ndarray) or val.dtype.kind not in "biuf":
+            raise CheckpointError(
+                f"TensorFlow network {net!r}: variable {name!r} is a {type(val).__name__}, not a numeric array")
+        out[name] = val
+    return out
 
 
 def _collect_tensors(record: _Record, prefix: str, out: dict, path: set[int]) -> None:

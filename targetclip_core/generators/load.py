@@ -3,7 +3,8 @@
 Formats (one converter module each in generators/convert/):
   * rosinality `.pt`/`.pth`: {'g_ema': state_dict, 'latent_avg': ...} or a bare state dict
   * e4e / pSp checkpoints: {'state_dict': {'decoder.*': rosinality keys, ...}, 'latent_avg', 'opts'}
-  * NVlabs StyleGAN2(-ADA) network pickles: dict(G_ema=<persistent record>, ...)
+  * NVlabs StyleGAN2(-ADA), StyleGAN3 and EG3D network pickles: dict(G_ema=<persistent record>, ...)
+  * the original TensorFlow StyleGAN2 pickles: (G, D, Gs) of dnnlib.tflib Networks, read as data
   * our `.safetensors`: our own parameter names, config as JSON in the metadata
 
 Every path reads through `torch.load(weights_only=True)`, the restricted unpickler in
@@ -18,16 +19,21 @@ from pathlib import Path
 import torch
 
 from targetclip_core.devices import default_device
-from targetclip_core.errors import CheckpointError, UnsafePickleError, malformed_file
+from targetclip_core.errors import CheckpointError, malformed_file
 from targetclip_core.formats.checkpoints import build_checked, sniff_format, torch_load_safely
 from targetclip_core.generators.convert.eg3d import eg3d_to_internal
 from targetclip_core.generators.convert.nvlabs import nvlabs_to_internal
 from targetclip_core.generators.convert.rosinality import stylegan2_from_torch_checkpoint
+from targetclip_core.generators.convert.stylegan3 import is_stylegan3, stylegan3_to_internal
+from targetclip_core.generators.eg3d import EG3DConfig, EG3DGenerator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from targetclip_core.io.weights import resolve_checkpoint
 
 SAFETENSORS_FORMAT = "targetclip.stylegan2"
 EG3D_SAFETENSORS_FORMAT = "targetclip.eg3d"
+STYLEGAN3_SAFETENSORS_FORMAT = "targetclip.stylegan3"
+_SAFETENSORS_FORMATS = (SAFETENSORS_FORMAT, EG3D_SAFETENSORS_FORMAT, STYLEGAN3_SAFETENSORS_FORMAT)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -62,11 +68,9 @@ def read_generator_checkpoint(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
 
 
 def build_generator(cfg, state: dict, has_w_avg: bool, source="checkpoint"):
-    """Instantiate the network (StyleGAN2, or EG3D for an EG3DConfig) and load `state`,
+    """Instantiate the network its config names (StyleGAN2, StyleGAN3 or EG3D) and load `state`,
     with a clear error for any mismatch."""
-    from targetclip_core.generators.eg3d import EG3DConfig, EG3DGenerator
-
-    network = EG3DGenerator if isinstance(cfg, EG3DConfig) else StyleGAN2Generator
+    network = _network_class(cfg)
     G = build_checked(lambda: network(cfg), state, source)
     G.mapping_network.has_w_avg = has_w_avg
     G.eval().requires_grad_(False)
@@ -78,7 +82,7 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
     from targetclip_core.io.safetensors_files import save_safetensors
 
     meta = {
-        "format": EG3D_SAFETENSORS_FORMAT if G.is_3d else SAFETENSORS_FORMAT,
+        "format": _safetensors_format(G.config),
         "format_version": "1",
         "config": json.dumps(G.config.to_json_dict()),
         "has_w_avg": "1" if G.mapping_network.has_w_avg else "0",
@@ -87,28 +91,36 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
     save_safetensors(tensors, path, metadata=meta)
 
 
+def _network_class(cfg):
+    networks = {StyleGAN2Config: StyleGAN2Generator, StyleGAN3Config: StyleGAN3Generator, EG3DConfig: EG3DGenerator}
+    return networks[type(cfg)]
+
+
+def _safetensors_format(cfg) -> str:
+    formats = {StyleGAN2Config: SAFETENSORS_FORMAT, StyleGAN3Config: STYLEGAN3_SAFETENSORS_FORMAT,
+               EG3DConfig: EG3D_SAFETENSORS_FORMAT}
+    return formats[type(cfg)]
+
+
 # --------------------------------------------------------------------------- NVlabs network pickles
 
 
 def _read_network_pickle(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     from targetclip_core.formats.network_pickle import load_network_pickle
     from targetclip_core.formats.pickle_records import PersistentRecord
+    from targetclip_core.generators.convert import tf_stylegan2
 
-    try:
-        data = load_network_pickle(file)
-    except UnsafePickleError as e:
-        if "dnnlib.tflib" in str(e):
-            raise CheckpointError(
-                f"{file}: a TensorFlow-era StyleGAN2 pickle (dnnlib.tflib). Use the PyTorch release of the "
-                "same model (StyleGAN2-ADA-PyTorch .pkl or rosinality .pt; see weights/manifest.json)."
-            ) from None
-        raise
+    data = load_network_pickle(file)
+    if tf_stylegan2.is_tf_network_pickle(data):  # the original TensorFlow release: (G, D, Gs)
+        return tf_stylegan2.tf_stylegan2_to_internal(data, file)
     net = data.get("G_ema") if isinstance(data, dict) else data
     if not isinstance(net, PersistentRecord):
         what = ", ".join(map(str, list(data)[:6])) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{file}: a pickle without a 'G_ema' network (found: {what})")
     if net.class_name == "TriPlaneGenerator":
         return eg3d_to_internal(net, file)
+    if net.class_name == "Generator" and is_stylegan3(net):
+        return stylegan3_to_internal(net, file)
     return nvlabs_to_internal(net, file)
 
 
@@ -121,9 +133,9 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            if meta.get("format") not in (SAFETENSORS_FORMAT, EG3D_SAFETENSORS_FORMAT):
+            if meta.get("format") not in _SAFETENSORS_FORMATS:
                 raise CheckpointError(
-                    f"{file}: a safetensors file, but not a TargetCLIP StyleGAN2 or EG3D generator "
+                    f"{file}: a safetensors file, but not a TargetCLIP StyleGAN2, StyleGAN3 or EG3D generator "
                     f"(metadata format={meta.get('format')!r})"
                 )
             cfg = _config_from_metadata(meta, file)
@@ -134,10 +146,9 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
 
 
 def _config_from_metadata(meta: dict, file: Path):
-    """The StyleGAN2Config / EG3DConfig our metadata's 'config' holds, every field checked."""
-    from targetclip_core.generators.eg3d import EG3DConfig
-
-    config_class = EG3DConfig if meta["format"] == EG3D_SAFETENSORS_FORMAT else StyleGAN2Config
+    """The generator config our metadata's 'config' holds, every field checked."""
+    config_class = {SAFETENSORS_FORMAT: StyleGAN2Config, EG3D_SAFETENSORS_FORMAT: EG3DConfig,
+                    STYLEGAN3_SAFETENSORS_FORMAT: StyleGAN3Config}[meta["format"]]
     try:
         return config_class.from_json_dict(json.loads(meta.get("config", "")))
     except (ValueError, TypeError, KeyError) as e:

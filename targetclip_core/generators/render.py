@@ -24,28 +24,32 @@ def _batch_size(batch_size: int) -> int:
 
 
 def iter_latent_batches(G, wplus: torch.Tensor, *, batch_size: int = 4, noise_mode: str = "const",
-                        out_resolution: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                        out_resolution: int | None = None, transform: torch.Tensor | None = None,
+                        ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (done, images) per batch of `wplus` [N, n_latent, w_dim]: `done` latents are rendered so far.
 
     For callers that consume each batch as it comes (the CLI writes files) and so keep no more
-    than one batch of images in memory.
+    than one batch of images in memory.  `transform`: StyleGAN3's user transform (stylegan3.user_transform).
     """
     batch_size = _batch_size(batch_size)
+    extra = {} if transform is None else {"transform": transform}
     for start in range(0, len(wplus), batch_size):
         with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
-            images = G.synthesis(wplus[start : start + batch_size], noise_mode=noise_mode, out_resolution=out_resolution)
+            images = G.synthesis(wplus[start : start + batch_size], noise_mode=noise_mode, out_resolution=out_resolution,
+                                 **extra)
         yield min(start + batch_size, len(wplus)), images
 
 
 def render_latents(G, wplus: torch.Tensor, *, batch_size: int = 4, noise_mode: str = "const",
-                   out_resolution: int | None = None, on_batch: OnBatch | None = None) -> torch.Tensor:
+                   out_resolution: int | None = None, on_batch: OnBatch | None = None,
+                   transform: torch.Tensor | None = None) -> torch.Tensor:
     """Render W+ latents [N, n_latent, w_dim] in batches: images [N, 3, H, W] on the generator's device.
 
     The same images as one `G.synthesis(wplus)` call; `on_batch(done, total, images)` runs after every batch.
     """
     out = []
     for done, images in iter_latent_batches(G, wplus, batch_size=batch_size, noise_mode=noise_mode,
-                                            out_resolution=out_resolution):
+                                            out_resolution=out_resolution, transform=transform):
         out.append(images)
         if on_batch is not None:
             on_batch(done, len(wplus), images)

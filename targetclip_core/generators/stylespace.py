@@ -28,8 +28,10 @@ def is_edited(layer_name: str) -> bool:
 
     EG3D's super-resolution codes come after the 3D representation; editing them would
     change the images without changing the 3D scene, so they stay the source's like toRGB.
+    StyleGAN3's "input" code is a rotation and translation of its Fourier features, not a
+    channel style: it moves the picture, so it stays the source's too.
     """
-    return not is_torgb(layer_name) and not layer_name.startswith("superresolution.")
+    return not is_torgb(layer_name) and not layer_name.startswith("superresolution.") and layer_name != "input"
 
 
 @dataclass(frozen=True)

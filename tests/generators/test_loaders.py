@@ -201,7 +201,8 @@ def test_w_avg_used_by_truncation(tmp_path):
     assert rel_err(w, expected) < 1e-5
 
 
-def test_stylegan3_is_refused_by_name(tmp_path):
+def test_inconsistent_stylegan3_records_are_named(tmp_path):
+    """StyleGAN3 records load (tests/generators/test_stylegan3.py); a broken or self-contradicting one is named."""
     _, state = _small_nvlabs(tmp_path)
     sg3 = OrderedDict((k, v) for k, v in state.items() if k.startswith("mapping."))
     sg3["synthesis.input.freqs"] = torch.randn(16, 2)
@@ -212,7 +213,7 @@ def test_stylegan3_is_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="StyleGAN3") as info:
         load_generator(path, device="cpu")
     assert "sg3.pkl" in str(info.value)
-    # a StyleGAN3 record recognised from its source text alone
+    # StyleGAN2 weights under StyleGAN3's source text
     src = "from torch_utils.ops import filtered_lrelu\nclass SynthesisInput(torch.nn.Module): ...\n"
     path = write_nvlabs_pickle(tmp_path / "sg3_src.pkl", state, resolution=16, z_dim=24, w_dim=32, n_mlp=3,
                                module_src=src)
@@ -441,7 +442,7 @@ def test_safetensors_of_another_format(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"model.diffusion.weight": torch.zeros(4, 4)}, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="not a TargetCLIP StyleGAN2 or EG3D generator") as info:
+    with pytest.raises(CheckpointError, match="not a TargetCLIP StyleGAN2, StyleGAN3 or EG3D generator") as info:
         load_generator(path, device="cpu")
     assert "'pt'" in str(info.value)
     save_file({"x": torch.zeros(2)}, str(path))  # no metadata at all

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 
 # Our StyleSpace / layer names -> rosinality module names of a 32px Generator, in synthesis order.
 OURS_TO_ROSINALITY_32 = {
@@ -57,6 +58,27 @@ def small_generator(resolution: int = 32, seed: int = 0, noise_strength: float =
             if name.endswith("noise_strength"):
                 p.fill_(noise_strength)
             elif name.endswith(".bias") and "affine" not in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return G
+
+
+def small_stylegan3(variant: str = "T", resolution: int = 16, seed: int = 0, **kw) -> StyleGAN3Generator:
+    """A tiny random StyleGAN3 (T or R) in eval mode: 4 layers, narrow channels, the filters NVlabs designs,
+    and trained-looking buffers (magnitude_ema far from 1, a non-zero input affine)."""
+    torch.manual_seed(seed)
+    shape = dict(z_dim=32, w_dim=32, n_mlp=2, num_layers=4, num_critical=1, margin_size=4,
+                 channel_base=64 if variant == "T" else 128, channel_max=8 if variant == "T" else 16)
+    if variant == "R":
+        shape.update(conv_kernel=1, use_radial_filters=True)
+    G = StyleGAN3Generator(StyleGAN3Config(resolution=resolution, **{**shape, **kw})).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, b in G.named_buffers():
+            if name.endswith("magnitude_ema"):
+                b.fill_(0.5 + torch.rand([], generator=gen).item())
+        G.input.affine.weight.copy_(0.3 * torch.randn(G.input.affine.weight.shape, generator=gen))
+        for name, p in G.named_parameters():
+            if name.endswith(".bias") and "affine" not in name:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     return G
 

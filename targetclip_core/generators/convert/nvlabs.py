@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
 
 from targetclip_core.errors import CheckpointError
-from targetclip_core.formats.checkpoints import require_keys
+from targetclip_core.formats.checkpoints import TranslatedState, require_keys
 from targetclip_core.generators.fir import check_fir_kernel, fir_kernel_2d
 from targetclip_core.generators.stylegan2 import StyleGAN2Config
 
@@ -19,11 +18,20 @@ def nvlabs_to_internal(net, file) -> tuple[StyleGAN2Config, dict, bool]:
     if net.class_name != "Generator":
         raise CheckpointError(f"{file}: G_ema is a {net.class_name}, not a StyleGAN2 Generator")
     sd = net.state_dict()
-    # StyleGAN3 calls its network Generator too; its synthesis starts from Fourier features
-    if "filtered_lrelu" in (net.module_src or "") or any(k.startswith("synthesis.input.") for k in sd):
-        raise CheckpointError(f"{file}: a StyleGAN3 generator; only StyleGAN2 / StyleGAN2-ADA networks are supported")
+    # StyleGAN3 calls its network Generator too (convert.stylegan3 reads those): source text of
+    # StyleGAN3 around StyleGAN2 weights is a file that contradicts itself
+    if "filtered_lrelu" in (net.module_src or ""):
+        raise CheckpointError(f"{file}: the network's source is StyleGAN3's (filtered_lrelu) but its weights are "
+                              "StyleGAN2's; the file is inconsistent")
     kw = net.init_kwargs
-    syn_kw = dict(kw.get("synthesis_kwargs") or {})
+    if "synthesis_kwargs" in kw:  # StyleGAN2-ADA-PyTorch: Generator(..., synthesis_kwargs={...})
+        syn_kw = dict(kw.get("synthesis_kwargs") or {})
+    else:
+        # NVlabs/stylegan3's own StyleGAN2 (its `stylegan2` config) takes the synthesis arguments flat,
+        # and its SynthesisBlock clamps at 256 unless told otherwise (StyleGAN2-ADA's default is None)
+        syn_kw = {k: v for k, v in kw.items() if k not in ("z_dim", "c_dim", "w_dim", "img_resolution",
+                                                            "img_channels", "mapping_kwargs")}
+        syn_kw.setdefault("conv_clamp", 256)
     cfg = nvlabs_stylegan2_config(sd, kw, syn_kw, file, resolution=int(kw.get("img_resolution") or 0),
                                   img_channels=int(kw.get("img_channels", 3)))
     return cfg, nvlabs_stylegan2_state(sd, cfg, file), "mapping.w_avg" in sd
@@ -52,24 +60,26 @@ def nvlabs_stylegan2_config(sd, kw, syn_kw, file, *, resolution, img_channels, w
 def nvlabs_stylegan2_state(sd, cfg: StyleGAN2Config, file) -> dict:
     """NVlabs `Generator` parameter names -> ours (FIR buffers checked and dropped)."""
     expected_filter = fir_kernel_2d(cfg.blur_kernel)
-    out: dict = OrderedDict()
+    out = TranslatedState(file_key=nvlabs_file_key)
     for k, v in sd.items():
         if k.endswith("resample_filter"):
             check_fir_kernel(v, expected_filter, k, file)
             continue
-        if k.startswith("mapping."):
-            out[k] = v
-            continue
+        ours = k  # mapping.*, and anything unknown (reported as unexpected by the checked load)
         m = re.fullmatch(r"synthesis\.(b\d+)\.(const|conv0|conv1|torgb)(?:\.(.+))?", k)
-        if not m:
-            out[k] = v  # reported as unexpected by the checked load
-            continue
-        blk, layer, rest = m.groups()
-        if layer == "const":
-            out[f"synthesis_blocks.{blk}.const"] = v
-        else:
-            out[nvlabs_layer_key(f"synthesis_blocks.{blk}.{layer}", rest)] = v
+        if m:
+            blk, layer, rest = m.groups()
+            ours = f"synthesis_blocks.{blk}.const" if layer == "const" else nvlabs_layer_key(f"synthesis_blocks.{blk}.{layer}", rest)
+        out[ours] = v
+        out.origin[ours] = k
     return out
+
+
+def nvlabs_file_key(ours: str) -> str:
+    """NVlabs' name of one of our StyleGAN2 keys (for keys a file lacks)."""
+    if not ours.startswith("synthesis_blocks."):
+        return ours
+    return "synthesis." + ours[len("synthesis_blocks."):].replace(".conv.", ".", 1)
 
 
 def nvlabs_layer_key(base: str, rest: str) -> str:
