@@ -85,6 +85,7 @@ def list_files(folder: str) -> list[str]:
 # which of our folders a manifest entry's file goes into, by its kind (weights/manifest.json)
 KIND_FOLDERS = {
     "stylegan2": "stylegan",
+    "stylegan3": "stylegan",
     "eg3d": "eg3d",
     "e4e": "e4e",
     "psp": "e4e",

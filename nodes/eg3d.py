@@ -50,7 +50,7 @@ class LoadEG3D:
     def load(self, ckpt_name):
         def check(G):
             if not G.is_3d:
-                raise ValueError(f"{ckpt_name} is a 2D {G.describe()}, not EG3D: load it with Load StyleGAN2")
+                raise ValueError(f"{ckpt_name} is a 2D {G.describe()}, not EG3D: load it with Load StyleGAN")
 
         return (cached_generator("eg3d", ckpt_name, check),)
 

@@ -1,9 +1,10 @@
-"""Generator nodes: load a StyleGAN2 checkpoint, sample W+ latents, render them."""
+"""Generator nodes: load a StyleGAN2 / StyleGAN3 / EG3D checkpoint, sample W+ latents, render them."""
 
 from __future__ import annotations
 
 from targetclip_core.generators.latents import wplus_from_seeds
 from targetclip_core.generators.render import render_latents
+from targetclip_core.generators.stylegan3 import transform_for
 
 from .common import (
     CATEGORY,
@@ -19,7 +20,8 @@ from .common import (
 
 
 class LoadStyleGAN:
-    DESCRIPTION = "Load a StyleGAN2 generator (rosinality .pt, NVlabs .pkl, e4e .pt or .safetensors) safely: no code from the file runs."
+    DESCRIPTION = ("Load a StyleGAN2, StyleGAN3 or EG3D generator (rosinality .pt, NVlabs .pkl of every release "
+                   "including the TensorFlow-era ones, e4e .pt or .safetensors) safely: no code from the file runs.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("STYLEGAN",)
     RETURN_NAMES = ("generator",)
@@ -84,12 +86,21 @@ class RenderLatents:
             "latents": ("WPLUS", {"tooltip": "W+ latents from Sample Latents, Apply Essence or an inversion."}),
             "noise_mode": (["const", "random", "none"], {"tooltip": "const: the checkpoint's fixed noise (reproducible); random: fresh noise; none: no noise."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once (lower it if memory runs out)."}),
+        }, "optional": {
+            "translate_x": ("FLOAT", {"default": 0.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                      "tooltip": "StyleGAN3 only: move the picture sideways (in half image widths), as gen_images.py --translate."}),
+            "translate_y": ("FLOAT", {"default": 0.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                      "tooltip": "StyleGAN3 only: move the picture up or down (in half image heights)."}),
+            "rotate": ("FLOAT", {"default": 0.0, "min": -360.0, "max": 360.0, "step": 1.0,
+                                 "tooltip": "StyleGAN3 only: rotate the picture (degrees), as gen_images.py --rotate."}),
         }}
 
-    def render(self, generator, latents, noise_mode, batch_size):
+    def render(self, generator, latents, noise_mode, batch_size, translate_x=0.0, translate_y=0.0, rotate=0.0):
         generator = managed(generator)
         wp = latents.check_for(generator)
-        images = render_latents(generator, wp, batch_size=batch_size, noise_mode=noise_mode, on_batch=Progress(len(wp)).on_batch)
+        transform = transform_for(generator, (translate_x, translate_y), rotate)
+        images = render_latents(generator, wp, batch_size=batch_size, noise_mode=noise_mode, transform=transform,
+                                on_batch=Progress(len(wp)).on_batch)
         return (image_from_core(images),)
 
 
@@ -99,7 +110,7 @@ NODE_CLASS_MAPPINGS = {
     "TargetCLIP_RenderLatents": RenderLatents,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "TargetCLIP_LoadStyleGAN": "Load StyleGAN2 (TargetCLIP)",
+    "TargetCLIP_LoadStyleGAN": "Load StyleGAN (TargetCLIP)",
     "TargetCLIP_SampleLatents": "Sample Latents (TargetCLIP)",
     "TargetCLIP_RenderLatents": "Render Latents (TargetCLIP)",
 }

@@ -1,4 +1,4 @@
-"""TargetCLIP engine: StyleGAN2 and EG3D generators, essence transfer, SAT3D.  Plain PyTorch, no ComfyUI.
+"""TargetCLIP engine: StyleGAN2, StyleGAN3 and EG3D generators, essence transfer, SAT3D.  Plain PyTorch, no ComfyUI.
 
 The public API: the stable names scripts and tools import from `targetclip_core`. The code behind
 them is layered in subpackages (io, formats, generators, encoders, faces, methods, metrics, cli,
@@ -22,6 +22,7 @@ from targetclip_core.generators.latents import load_latents, save_latents, wplus
 from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.generators.protocol import Generator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from targetclip_core.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator, user_transform
 from targetclip_core.methods.directions import (
     Direction,
     GlobalDirection,
@@ -100,4 +101,7 @@ __all__ = [
     "save_direction",
     "sefa_directions",
     "text_constraint",
+    "StyleGAN3Config",
+    "StyleGAN3Generator",
+    "user_transform",
 ]

@@ -23,8 +23,10 @@ def test_every_public_name_is_still_importable():
     assert all(hasattr(targetclip_core, name) for name in targetclip_core.__all__)
 
 
-def test_both_generators_satisfy_the_protocol_with_the_same_shapes():
-    for G in (tiny_generator(), tiny_eg3d()):
+def test_every_generator_satisfies_the_protocol_with_the_same_shapes():
+    from helpers.generators import small_stylegan3
+
+    for G in (tiny_generator(), tiny_eg3d(), small_stylegan3("T")):
         assert isinstance(G, targetclip_core.Generator)
         z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

@@ -145,6 +145,69 @@ def bench_generator(
     return rows, summary
 
 
+def random_stylegan3(resolution: int, variant: str = "T", seed: int = 0):
+    """A StyleGAN3 with the official config's channel plan (train.py: R doubles channel_base and channel_max)."""
+    from targetclip_core.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+
+    torch.manual_seed(seed)
+    r = variant.upper() == "R"
+    cfg = StyleGAN3Config(resolution=resolution, channel_base=65536 if r else 32768, channel_max=1024 if r else 512,
+                          conv_kernel=1 if r else 3, use_radial_filters=r)
+    return StyleGAN3Generator(cfg).eval().requires_grad_(False)
+
+
+def bench_stylegan3(resolution=256, variant="T", batch=4, device="cpu", repeats=3, with_baseline=True, G=None, log=print):
+    """StyleGAN3 forward and forward+backward (gradients to W+, as an essence step needs), ours against
+    NVlabs' reference path on the same weights; returns (rows, summary dict)."""
+    from targetclip_core.bench.stylegan3_reference import nvlabs_stylegan3_synthesis
+
+    device = torch.device(device)
+    G = (G or random_stylegan3(resolution, variant)).to(device)
+    wp = (torch.randn(batch, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(1)) * 0.5).to(device)
+    contenders = {"ours": G.synthesis}
+    if with_baseline:
+        contenders["NVlabs reference path"] = lambda x: nvlabs_stylegan3_synthesis(G, x)
+        with torch.no_grad():
+            ours, ref = G.synthesis(wp), nvlabs_stylegan3_synthesis(G, wp)
+        mismatch = float((ours - ref).abs().max() / ref.abs().max())
+        if mismatch > 1e-4:
+            raise RuntimeError(f"the reference path and our synthesis disagree (max rel diff {mismatch:.2e})")
+
+    def run_once(synthesis, backward):
+        x = wp.detach().clone().requires_grad_(backward)
+        _sync(device)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            img = synthesis(x)
+            if backward:
+                img.square().mean().backward()
+        _sync(device)
+        return time.perf_counter() - start
+
+    times = {(name, bwd): float("inf") for name in contenders for bwd in (False, True)}
+    for name, bwd in times:  # warm-up
+        run_once(contenders[name], bwd)
+    for _ in range(repeats):
+        for name, bwd in times:
+            times[(name, bwd)] = min(times[(name, bwd)], run_once(contenders[name], bwd))
+
+    log(f"{G.describe()}, batch {batch}, {device.type}: {machine_description(device)}")
+    log(f"min of {repeats} interleaved runs; seconds per image")
+    log(f"{'configuration':<44}{'forward':>12}{'fwd+bwd':>12}")
+    for name in contenders:
+        log(f"{name:<44}{times[(name, False)] / batch:>12.4f}{times[(name, True)] / batch:>12.4f}")
+    summary = {"ours_fwd_s_per_image": times[("ours", False)] / batch,
+               "ours_fwd_bwd_s_per_image": times[("ours", True)] / batch}
+    if with_baseline:
+        ref = "NVlabs reference path"
+        summary["speedup_vs_reference_fwd"] = times[(ref, False)] / times[("ours", False)]
+        summary["speedup_vs_reference_fwd_bwd"] = times[(ref, True)] / times[("ours", True)]
+        summary["reference_max_rel_diff"] = mismatch
+    for k, v in summary.items():
+        log(f"{k}: {v:.3g}")
+    return times, summary
+
+
 def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None, log=print):
     """Seconds per optimisation step: ours vs the official loop (with the rosinality-style
     generator it runs on, and with ours to separate loop savings from generator savings)."""
@@ -308,3 +371,4 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
     log(f"orbit of {frames}: frame by frame {per_frame:.3f} s/frame, cached tri-planes {cached:.3f} s/frame "
         f"({per_frame / cached:.2f}x)")
     return summary
+

@@ -92,6 +92,14 @@ def finite_float(text: str) -> float:
     return _real(text, "must be a finite number")
 
 
+def float_pair(text: str) -> tuple[float, float]:
+    """argparse `type=`: two finite numbers 'X,Y' (a translation)."""
+    parts = str(text).split(",")
+    if len(parts) != 2:
+        raise _value_error(text, "must be two numbers X,Y")
+    return _real(parts[0], "must be two finite numbers X,Y"), _real(parts[1], "must be two finite numbers X,Y")
+
+
 def positive_float(text: str) -> float:
     """argparse `type=`: a finite number > 0 (a learning rate)."""
     value = _real(text, "must be a finite number > 0")

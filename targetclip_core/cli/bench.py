@@ -11,6 +11,8 @@ def add_parsers(subparsers) -> None:
     b = subparsers.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bg = bsub.add_parser("generator", help="generator forward / forward+backward time, ours vs a rosinality-style baseline")
+    bg.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r"], default="stylegan2",
+                    help="random network to time (default stylegan2; StyleGAN3 is timed against NVlabs' reference path)")
     bg.add_argument("--resolution", type=resolution_arg, default=256, help="random network size (default 256)")
     bg.add_argument("--batch", type=positive_int, default=4, help="images per forward (default 4)")
     bg.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
@@ -67,6 +69,14 @@ def cmd_bench(args) -> int:
 
         G = load_generator(args.checkpoint, device=args.device)
         check_out_resolution(G, args.out_resolution)
+    if args.arch.startswith("stylegan3") or (G is not None and G.identity["arch"].startswith("stylegan3")):
+        from targetclip_core.bench.benchmarks import bench_stylegan3
+
+        if G is not None and not G.identity["arch"].startswith("stylegan3"):
+            raise TargetCLIPError(f"{args.checkpoint}: --arch {args.arch} needs a StyleGAN3 checkpoint, not a {G.describe()}")
+        bench_stylegan3(resolution=args.resolution, variant=args.arch[-1], batch=args.batch, device=args.device,
+                        repeats=args.repeats, with_baseline=not args.no_baseline, G=G)
+        return 0
     elif args.out_resolution is not None and args.out_resolution > args.resolution:
         raise TargetCLIPError(f"--out-resolution {args.out_resolution} is larger than --resolution {args.resolution}")
     bench_generator(

@@ -10,6 +10,7 @@ from targetclip_core.cli.args import (
     check_out_resolution,
     finite_float,
     float_in,
+    float_pair,
     non_negative_int,
     positive_int,
     rays_arg,
@@ -45,6 +46,10 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--out-resolution", type=resolution_arg, default=None, help="stop synthesis at this resolution")
     r.add_argument("--batch-size", type=positive_int, default=4, help="latents rendered at once (default 4)")
     add_device_arg(r, help=DEVICE_HELP)
+    t = r.add_argument_group("StyleGAN3 (as NVlabs' gen_images.py)")
+    t.add_argument("--translate", type=float_pair, default=None, metavar="TX,TY",
+                   help="move the picture (in half image widths), e.g. 0.3,0 (default 0,0)")
+    t.add_argument("--rotate", type=finite_float, default=None, metavar="DEG", help="rotate the picture (degrees)")
     v = r.add_argument_group("3D-aware generators (EG3D)")
     v.add_argument("--views", type=views_arg, default=None, metavar="K | YAW[:PITCH],...",
                    help="render each latent from several cameras: a frame count K (an orbit) or yaw[:pitch] "
@@ -88,6 +93,7 @@ def cmd_render(args) -> int:
     from targetclip_core.generators.latents import load_latents, wplus_from_seeds
     from targetclip_core.generators.load import load_generator
     from targetclip_core.generators.render import iter_latent_batches
+    from targetclip_core.generators.stylegan3 import transform_for
     from targetclip_core.io.images import save_png
 
     out = check_output_path(args.out, "output folder", folder=True)
@@ -95,6 +101,7 @@ def cmd_render(args) -> int:
     if not G.is_3d and (args.views or args.depth):
         raise TargetCLIPError(f"--views/--depth need a 3D-aware generator (EG3D); this is a {G.describe()}")
     check_out_resolution(G, args.out_resolution)
+    transform = transform_for(G, args.translate, args.rotate)
     if args.seeds is not None:
         names = [f"seed{s:04d}" for s in args.seeds]
         if G.c_dim and not G.is_3d and args.class_idx is None:  # EG3D's label is a camera, not a class
@@ -107,7 +114,7 @@ def cmd_render(args) -> int:
         _render_views(G, wp, names, out, args)
         return 0
     batches = iter_latent_batches(G, wp, batch_size=args.batch_size, noise_mode=args.noise_mode,
-                                  out_resolution=args.out_resolution)
+                                  out_resolution=args.out_resolution, transform=transform)
     for done, imgs in tqdm(batches, total=-(-len(wp) // args.batch_size), desc="render", unit="batch"):
         for name, img in zip(names[done - len(imgs) : done], imgs):
             save_png(img, out / f"{name}.png")

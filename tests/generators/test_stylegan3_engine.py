@@ -293,3 +293,20 @@ def test_magnitude_ema_scales_the_layer_input(G3):
     finally:
         layer.magnitude_ema.copy_(saved)
     assert torch.isfinite(image).all()
+
+
+def test_sat3d_transfer_on_stylegan3_edits_feature_codes_only(G3):
+    """SAT3D's Eq. 1 in StyleGAN3's StyleSpace: with every channel given to attribute A, delta 1 takes the
+    reference's feature-layer codes; the input transform and ToRGB codes stay the source's."""
+    from targetclip_core.methods import sat3d
+
+    layout = StyleLayout.from_generator(G3)
+    logits = torch.stack([torch.full((layout.n_channels,), 20.0), torch.full((layout.n_channels,), -20.0)])
+    matrix = sat3d.SAT3DMatrix(logits, ["A"], layout, dict(G3.identity), sat3d.generator_fingerprint(G3))
+    src, ref = random_wplus(G3, 1, seed=1), random_wplus(G3, 1, seed=2)
+    out = sat3d.transfer_styles(G3, src, ref, matrix, ["A"], delta=1.0)
+    s_src, s_ref = G3.styles(src), G3.styles(ref)
+    for name in G3.layer_names():
+        expected = s_src[name] if name in ("input", "torgb") else s_ref[name]
+        assert torch.allclose(out[name], expected, atol=1e-5), name
+    assert G3.synthesis_from_styles(out).shape == (1, 3, G3.resolution, G3.resolution)

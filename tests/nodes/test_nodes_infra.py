@@ -113,7 +113,7 @@ def how_comfyui_checks(cls, input_name) -> bool:
 
 
 @pytest.mark.parametrize("key, folder, kinds, other_kinds", [
-    ("TargetCLIP_LoadStyleGAN", "stylegan", {"stylegan2"}, {"eg3d", "e4e"}),
+    ("TargetCLIP_LoadStyleGAN", "stylegan", {"stylegan2", "stylegan3"}, {"eg3d", "e4e"}),
     ("TargetCLIP_LoadEG3D", "eg3d", {"eg3d"}, {"stylegan2"}),
     ("TargetCLIP_LoadE4E", "e4e", {"e4e", "psp"}, {"arcface", "stylegan2"}),
 ])
