@@ -1,4 +1,4 @@
-"""TargetCLIP engine: StyleGAN2, StyleGAN3 and EG3D generators, essence transfer, SAT3D.  Plain PyTorch, no ComfyUI.
+"""TargetCLIP engine: StyleGAN2, StyleGAN3 and EG3D generators, essence transfer, SAT3D, photo reconstruction.  Plain PyTorch, no ComfyUI.
 
 The public API: the stable names scripts and tools import from `targetclip_core`. The code behind
 them is layered in subpackages (io, formats, generators, encoders, faces, methods, metrics, cli,
@@ -8,6 +8,7 @@ bench): docs/ARCHITECTURE.md says what each holds and where new code goes.
 from targetclip_core.encoders.arcface import ArcFace, load_arcface
 from targetclip_core.encoders.clip import CLIPEncoder, load_clip
 from targetclip_core.encoders.inversion import Inverter, load_inverter
+from targetclip_core.encoders.perceptual import load_lpips
 from targetclip_core.errors import (
     CheckpointError,
     LatentError,
@@ -36,6 +37,13 @@ from targetclip_core.methods.directions import (
     save_direction,
     sefa_directions,
     text_constraint,
+)
+from targetclip_core.methods.reconstruction import (
+    load_tuned_generator,
+    pivotal_tuning,
+    reconstruct_photo,
+    refine_inversion,
+    save_tuned_generator,
 )
 from targetclip_core.methods.targetclip.essence import (
     Essence,
@@ -104,4 +112,10 @@ __all__ = [
     "StyleGAN3Config",
     "StyleGAN3Generator",
     "user_transform",
+    "load_lpips",
+    "refine_inversion",
+    "pivotal_tuning",
+    "reconstruct_photo",
+    "save_tuned_generator",
+    "load_tuned_generator",
 ]

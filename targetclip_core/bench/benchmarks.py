@@ -372,3 +372,69 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
         f"({per_frame / cached:.2f}x)")
     return summary
 
+
+def bench_reconstruction(resolution=1024, steps=3, device="cpu", with_lpips=True, with_arcface=True, log=print):
+    """Seconds per W+ refinement step and per pivotal-tuning step on a random StyleGAN2 (rosinality channel plan),
+    with LPIPS (random AlexNet trunk, the lpips package's heads) and ArcFace (random IR-SE50) as the CLI runs
+    them; the peak memory after each. Returns the summary dict."""
+    import resource
+    import tempfile
+
+    from targetclip_core.methods.reconstruction import Locality, ReconstructionTerms, pivotal_tuning, refine_inversion
+
+    device = torch.device(device)
+    G = random_generator(resolution).to(device)
+    gen = torch.Generator().manual_seed(0)
+    target = (torch.rand(1, 3, resolution, resolution, generator=gen) * 2 - 1).to(device)
+    wp = (torch.randn(1, G.n_latent, G.w_dim, generator=gen) * 0.5).to(device)
+    lpips = arcface = None
+    if with_lpips:
+        lpips = _random_lpips(device, tempfile.mkdtemp(prefix="targetclip-bench-"))
+    if with_arcface:
+        from targetclip_core.encoders.arcface import ArcFace
+
+        arcface = ArcFace().eval().requires_grad_(False).to(device)
+
+    def peak_gb() -> float:
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated(device) / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+    def timed(run) -> float:
+        stamps = []
+
+        def stamp(info) -> None:  # returns None: the run goes on
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+        run(stamp)
+        return min(b - a for a, b in zip(stamps, stamps[1:]))  # the first step includes warm-up
+
+    terms = ReconstructionTerms(l2=1.0, lpips=1.0 if lpips is not None else 0.0, identity=0.1 if arcface is not None else 0.0)
+    refine = timed(lambda cb: refine_inversion(G, target, wp, steps=steps + 1, terms=terms, lpips=lpips, arcface=arcface,
+                                               callback=cb))
+    refine_peak = peak_gb()
+    pti_terms = ReconstructionTerms(l2=1.0, lpips=terms.lpips)
+    pti = timed(lambda cb: pivotal_tuning(G, target, wp, steps=steps + 1, terms=pti_terms, lpips=lpips,
+                                          locality=Locality(every=1), stop_below_lpips=None, callback=cb))
+    pti_peak = peak_gb()
+    log(f"StyleGAN2 {resolution}px, {device.type}: {machine_description(device)}")
+    log(f"terms: L2{' + LPIPS (alex)' if lpips is not None else ''}{' + ArcFace identity' if arcface is not None else ''}"
+        f"; PTI with the locality term on every step (its most expensive setting); min of {steps} steps")
+    log(f"refine_inversion: {refine:.3f} s/step, peak {refine_peak:.2f} GB")
+    log(f"pivotal_tuning:   {pti:.3f} s/step, peak {pti_peak:.2f} GB")
+    return {"refine_s_per_step": refine, "pti_s_per_step": pti, "refine_peak_gb": refine_peak, "pti_peak_gb": pti_peak}
+
+
+def _random_lpips(device, folder: str):
+    """LPIPS (alex) with a random torchvision AlexNet trunk written to `folder`, loaded as a user's file would be."""
+    import os
+
+    import torchvision
+
+    from targetclip_core.encoders.perceptual import BACKBONES, try_load_lpips
+
+    path = os.path.join(folder, BACKBONES["alex"][0])
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    lpips, _ = try_load_lpips("alex", backbone=path, device=device)
+    return lpips

@@ -289,7 +289,7 @@ def _mapping(*args: Any) -> _InertDict:
         if not isinstance(items, (list, tuple)):
             raise CheckpointError("a mapping is built from something other than a list")
         for item in items:
-            key = item[0] if isinstance(item, tuple) and len(item) == 2 else item
+            key = item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else item  # legacy files pickle [k, v] lists
             out[require_key(key)] = None
     return out
 

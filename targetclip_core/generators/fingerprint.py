@@ -27,3 +27,13 @@ def cached_fingerprint(G) -> str:
         return _FINGERPRINTS[G]
     except TypeError:  # not weak-referenceable: hash every time
         return generator_fingerprint(G)
+
+
+def lineage_fingerprints(G) -> set[str]:
+    """G's own fingerprint and, for a pivotally tuned copy (methods.reconstruction), the one of the network
+    it was tuned from: files made for that network (SAT3D matrices) apply to its tuned copies too."""
+    out = {cached_fingerprint(G)}
+    base = getattr(G, "tuned_from", None)
+    if isinstance(base, dict) and isinstance(base.get("fingerprint"), str):
+        out.add(base["fingerprint"])
+    return out

@@ -48,6 +48,8 @@ def load_generator(path, device=None) -> StyleGAN2Generator:
     file = resolve_checkpoint(path)
     cfg, state, has_w_avg = read_generator_checkpoint(file)
     G = build_generator(cfg, state, has_w_avg, source=file)
+    if sniff_format(file) == "safetensors":
+        _read_lineage(G, file)
     return G.to(default_device(device))
 
 
@@ -87,8 +89,29 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
         "config": json.dumps(G.config.to_json_dict()),
         "has_w_avg": "1" if G.mapping_network.has_w_avg else "0",
     }
+    tuned_from = getattr(G, "tuned_from", None)
+    if isinstance(tuned_from, dict):  # a pivotally tuned copy keeps the network it came from (SAT3D matrices apply)
+        meta["tuned_from"] = json.dumps(tuned_from, sort_keys=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
     save_safetensors(tensors, path, metadata=meta)
+
+
+def _read_lineage(G, file: Path) -> None:
+    """`tuned_from` of a generator save_generator wrote from a pivotally tuned copy."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        text = (f.metadata() or {}).get("tuned_from")
+    if text is None:
+        return
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        info = None
+    if not (isinstance(info, dict) and isinstance(info.get("fingerprint"), str) and len(info["fingerprint"]) == 64):
+        raise CheckpointError(f"{file}: the metadata 'tuned_from' is not what save_generator writes")
+    G.tuned_from = {"fingerprint": info["fingerprint"], "describe": str(info.get("describe", "")),
+                    "identity": info.get("identity") if isinstance(info.get("identity"), dict) else {}}
 
 
 def _network_class(cfg):

@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 MANIFEST_PATH = DEFAULT_WEIGHTS_DIR / "manifest.json"
 FORMAT_VERSION = 1
-KINDS = frozenset({"stylegan2", "stylegan3", "eg3d", "e4e", "psp", "arcface", "face-parsing", "essence-encoder"})
+KINDS = frozenset({"stylegan2", "stylegan3", "eg3d", "e4e", "psp", "arcface", "face-parsing", "essence-encoder", "perceptual"})
 
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

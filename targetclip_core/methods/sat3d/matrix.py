@@ -25,7 +25,11 @@ from pathlib import Path
 import torch
 
 from targetclip_core.errors import LatentError, TargetCLIPError
-from targetclip_core.generators.fingerprint import cached_fingerprint, generator_fingerprint  # noqa: F401 (re-exported)
+from targetclip_core.generators.fingerprint import (  # noqa: F401 (generator_fingerprint re-exported)
+    cached_fingerprint,
+    generator_fingerprint,
+    lineage_fingerprints,
+)
 from targetclip_core.generators.stylespace import StyleLayout
 from targetclip_core.io.safetensors_files import (
     meta_int,
@@ -119,10 +123,10 @@ class SAT3DMatrix:
                 f"this SAT3D matrix was trained for a {_describe(self.generator, self.layout)} generator; this one is "
                 f"{_describe(G.identity, layout)}: a mask matrix only fits the generator it was trained on"
             )
-        if strict_weights and generator_fingerprint(G) != self.fingerprint:
+        if strict_weights and self.fingerprint not in lineage_fingerprints(G):
             raise LatentError(
                 "this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
-                f"{self.fingerprint[:12]} != {generator_fingerprint(G)[:12]}): channel meanings differ between networks. "
+                f"{self.fingerprint[:12]} != {cached_fingerprint(G)[:12]}): channel meanings differ between networks. "
                 "Pass strict_weights=False only for a fine-tuned relative of the original generator."
             )
 
@@ -135,7 +139,7 @@ def check_matrix(matrix: SAT3DMatrix, G, allow_other_weights: bool = False) -> N
     """Refuse a matrix trained for another generator, naming both (the weights fingerprint is
     hashed once per generator object, so a UI can check on every run)."""
     matrix.check_compatible(G, strict_weights=False)  # layout and resolution
-    if not allow_other_weights and cached_fingerprint(G) != matrix.fingerprint:
+    if not allow_other_weights and matrix.fingerprint not in lineage_fingerprints(G):  # a PTI copy counts as its base
         raise LatentError(
             f"this SAT3D matrix was trained on another generator of the same layout (weights fingerprint "
             f"{matrix.fingerprint[:12]} != {cached_fingerprint(G)[:12]}): channel meanings differ between networks. "
