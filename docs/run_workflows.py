@@ -17,6 +17,8 @@ facenet-pytorch ...); the same interpreter runs ComfyUI. Name workflows (with or
    models/sat3d/faces_{ffhq,eg3d_ffhq512}.safetensors  untrained faces matrices (initial logits plus noise) with the
                                                 layout and weights fingerprint of each generator
    models/facedetection/79999_iter.pth          random BiSeNet weights in the official layout
+   models/e4e/alexnet-owt-7be5be79.pth          random torchvision AlexNet weights: the LPIPS trunk of Refine
+                                                Inversion / Pivotal Tuning (the heads come with the lpips package)
    models/checkpoints/v1-5-pruned-emaonly.safetensors  random weights of the whole SD1.5 architecture (UNet, VAE,
                                                 CLIP-L; 2.1 GB fp16), kept in WORKDIR/.sd-cache; --no-sd skips it
    input/photo.jpg, target.jpg, target.png      keanu, joker and elsa from ../shared/data/targetclip/targets: MTCNN
@@ -69,6 +71,9 @@ TINY = {
     "TargetCLIP_TextDirection": {"n_images": 1, "max_resolution": 8, "beta": 0.001},  # random CLIP: weak relevances
     "ImageScale": {"width": 64, "height": 64},
     "KSampler": {"steps": 2},
+    # the LPIPS backbone cannot be downloaded here: the perceptual term is off with a warning, as a user without it sees
+    "TargetCLIP_RefineInversion": {"steps": 3},
+    "TargetCLIP_PivotalTuning": {"steps": 2},
 }
 ORBIT_FRAMES = "2"  # Render Views given a frame count ("24") renders this many instead
 # SD1.5 as ComfyUI 0.8 knows it: its UNet config (comfy/model_detection.py) and VAE ddconfig (comfy/sd.py)
@@ -211,6 +216,9 @@ def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> 
     eg3d = load_generator(models / "eg3d" / "ffhq512-128.pkl", device="cpu")
     build_matrix(models / "sat3d" / "faces_eg3d_ffhq512.safetensors", eg3d)
     torch.save(official_state(), models / "facedetection" / "79999_iter.pth")
+    import torchvision  # the LPIPS trunk of Refine Inversion / Pivotal Tuning, random weights, torchvision's file name
+
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), models / "e4e" / "alexnet-owt-7be5be79.pth")
 
     missing: dict[str, tuple[str, str]] = {}  # workflow -> (status, why)
     (workdir / "input").mkdir()

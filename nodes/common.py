@@ -91,6 +91,7 @@ KIND_FOLDERS = {
     "psp": "e4e",
     "essence-encoder": "e4e",
     "arcface": "e4e",
+    "perceptual": "e4e",
     "face-parsing": "facedetection",
 }
 

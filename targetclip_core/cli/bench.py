@@ -33,6 +33,12 @@ def add_parsers(subparsers) -> None:
     be.add_argument("--repeats", type=positive_int, default=2, help="timed repeats, the fastest is reported (default 2)")
     be.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     be.add_argument("--checkpoint", default=None, help="time a real EG3D checkpoint instead of the ffhq512-128 architecture")
+    br = bsub.add_parser("reconstruct", help="seconds per W+ refinement step and per pivotal-tuning step, peak memory")
+    br.add_argument("--resolution", type=resolution_arg, default=1024, help="random generator size (default 1024)")
+    br.add_argument("--steps", type=positive_int, default=3, help="timed steps of each (min is reported)")
+    br.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
+    br.add_argument("--no-lpips", action="store_true", help="without the perceptual term")
+    br.add_argument("--no-arcface", action="store_true", help="without the identity term")
     bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
     bo.add_argument("--resolution", type=resolution_arg, default=256, help="random generator size (default 256)")
     bo.add_argument("--n-sources", type=positive_int, default=4, help="sources per step (default 4)")
@@ -58,6 +64,12 @@ def cmd_bench(args) -> int:
     if args.what == "invert":
         bench_inversion(batches=tuple(args.batch), repeats=args.repeats, device=args.device,
                         resolution=args.resolution, with_optimisation=not args.no_optimisation)
+        return 0
+    if args.what == "reconstruct":
+        from targetclip_core.bench.benchmarks import bench_reconstruction
+
+        bench_reconstruction(resolution=args.resolution, steps=args.steps, device=args.device,
+                             with_lpips=not args.no_lpips, with_arcface=not args.no_arcface)
         return 0
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,

@@ -12,6 +12,13 @@ from targetclip_core.cli.args import (
     layers_arg,
     parse_layers,
 )
+from targetclip_core.cli.reconstruction import (
+    add_reconstruction_args,
+    load_scorers,
+    run_reconstruction,
+    wants_reconstruction,
+    write_reconstruction,
+)
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.io.files import check_output_path, safe_file_name
 
@@ -25,6 +32,7 @@ def add_parsers(subparsers) -> None:
     i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name")
     i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
     i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
+    add_reconstruction_args(i)
     add_alignment_args(i)
     add_device_arg(i)
     e = subparsers.add_parser("encode", help="target image(s) -> essence in one pass with a TargetCLIP essence encoder")
@@ -44,6 +52,7 @@ def add_parsers(subparsers) -> None:
     ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
     ed.add_argument("--out", required=True, help="output folder")
     ed.add_argument("--feather", type=float_in(0, 0.5), default=None, help=f"mask feathering, fraction of the crop size (default {DEFAULT_FEATHER:g})")
+    add_reconstruction_args(ed)
     add_alignment_args(ed, with_toggle=False)
     add_device_arg(ed)
 
@@ -98,16 +107,25 @@ def cmd_invert(args) -> int:
     paths = _outputs(args.out, args.photo, ".safetensors", "latent")
     inverter = load_inverter(args.encoder, device=args.device)
     G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    lpips, arcface = load_scorers(args, G.device) if wants_reconstruction(args) else (None, None)
     for photo, path in tqdm(list(zip(args.photo, paths)), desc="invert", unit="photo"):
         _, face, image = _aligned(photo, args, size=G.resolution)
         wp = inverter.invert(image)
         G.check_wplus(wp)
+        extra = ["_reconstruction.png"]
+        if wants_reconstruction(args):
+            result = run_reconstruction(args, G, image, wp, lpips, arcface)
+            wp = result.final.wplus
+            save_png(result.final.images, path.with_name(path.stem + "_reconstruction.png"))
+            extra += [p.name[len(path.stem):] for p in write_reconstruction(result, path, args.pti_save)]
+        else:
+            with torch.no_grad():
+                save_png(G.synthesis(wp), path.with_name(path.stem + "_reconstruction.png"))
         save_latents(path, wp, G.identity)
-        with torch.no_grad():
-            save_png(G.synthesis(wp), path.with_name(path.stem + "_reconstruction.png"))
         if face is not None:
             save_png(face.image, path.with_name(path.stem + "_aligned.png"))
-        print(f"wrote {path} (+ _aligned.png, _reconstruction.png)")
+            extra.insert(0, "_aligned.png")
+        print(f"wrote {path} (+ {', '.join(extra)})")
     return 0
 
 
@@ -155,6 +173,12 @@ def cmd_edit(args) -> int:
         stage("invert")
         wp = inverter.invert(image)
         bar.update(1)
+        if wants_reconstruction(args):
+            stage("refine / PTI")
+            lpips, arcface = load_scorers(args, G.device)
+            result = run_reconstruction(args, G, image, wp, lpips, arcface)
+            write_reconstruction(result, out / Path(args.photo).name, args.pti_save)
+            wp, G = result.final.wplus, result.final.generator
         stage("reconstruct")
         _edit_outputs(args, G, wp, essence, original, face, out, [s if s is not None else essence.strength for s in strengths],
                       bar, stage)

@@ -71,3 +71,53 @@ def test_a_photo_without_a_face_is_a_clear_error(tmp_path, e4e_file, capsys):
     assert rc == 2
     assert "no face" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- --refine / --pti
+
+
+def test_invert_refine_and_pti_write_the_stages(tmp_path, photo, e4e_file, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from targetclip_core.generators.load import load_generator
+
+    out = tmp_path / "keanu.safetensors"
+    rc = main(["invert", str(photo), "--encoder", str(e4e_file), "--out", str(out), "--device", "cpu",
+               "--refine", "4", "--pti", "3", "--lpips", "off", "--refine-lr", "0.05"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads((tmp_path / "keanu_stages.json").read_text())
+    assert report["columns"] == ["photo", "e4e", "refined", "PTI"]
+    rows = {r["stage"]: r for r in report["rows"]}
+    assert rows["refined"]["mse"] < rows["e4e"]["mse"]  # 4 steps of refinement already help
+    assert Image.open(tmp_path / "keanu_stages.png").size == (16 * 4, 16)
+    assert "refined" in captured.out and "psnr" in captured.out
+    tuned = load_generator(tmp_path / "keanu_pti.safetensors", device="cpu")  # the full file loads anywhere
+    with safe_open(str(tmp_path / "keanu_pti.safetensors"), framework="pt") as f:
+        assert "tuned_from" in f.metadata()
+    latent = load_latents(out)
+    with torch.no_grad():  # the saved latent through the tuned generator is the PTI stage's reconstruction
+        recon = np.asarray(Image.open(tmp_path / "keanu_reconstruction.png")).astype(int)
+        mine = ((tuned.synthesis(latent)[0].clamp(-1, 1) + 1) * 127.5 + 0.5).floor().permute(1, 2, 0).numpy()
+    assert np.abs(recon - mine).max() <= 1
+
+
+def test_edit_with_refine_uses_the_refined_latent(tmp_path, photo, e4e_file):
+    essence = Essence(vector=torch.zeros(1, 6, 32), generator={"arch": "stylegan2", "resolution": 16, "n_latent": 6,
+                                                               "w_dim": 32}, name="none")
+    save_essence(tmp_path / "none.safetensors", essence)
+    rc = main(["edit", str(photo), "--essence", str(tmp_path / "none.safetensors"), "--encoder", str(e4e_file),
+               "--out", str(tmp_path / "out"), "--device", "cpu", "--refine", "3", "--lpips", "off"])
+    assert rc == 0
+    assert (tmp_path / "out" / "keanu_stages.json").exists() and (tmp_path / "out" / "keanu_stages.png").exists()
+
+
+def test_refine_warns_once_when_lpips_is_unavailable(tmp_path, photo, e4e_file, capsys, monkeypatch):
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "no-hub"))
+    monkeypatch.setenv("TARGETCLIP_WEIGHTS_DIR", str(tmp_path / "no-store"))
+    rc = main(["invert", str(photo), "--encoder", str(e4e_file), "--out", str(tmp_path / "k.safetensors"),
+               "--device", "cpu", "--refine", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "targetclip: warning: LPIPS is off" in err and "Traceback" not in err
