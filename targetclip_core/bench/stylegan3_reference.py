@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _upfirdn2d_ref(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0):
+def upfirdn2d_reference(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0):
+    """NVlabs' `_upfirdn2d_ref`: zero insertion, pad/crop, true convolution, decimation."""
     if f is None:
         f = torch.ones(1, 1, dtype=x.dtype, device=x.device)
     b, c, h, w = x.shape
@@ -59,10 +60,16 @@ def nvlabs_stylegan3_synthesis(G, wp: torch.Tensor) -> torch.Tensor:
         x = _modulated_conv2d_ref(x, layer.weight, s, not spec.is_torgb, spec.conv_kernel - 1,
                                   layer.magnitude_ema.rsqrt())
         gain, slope = (1.0, 1.0) if spec.is_torgb else (math.sqrt(2), 0.2)
-        x = x + layer.bias[None, :, None, None]
-        x = _upfirdn2d_ref(x, layer.up_filter, up=spec.up_factor, padding=spec.padding, gain=spec.up_factor**2)
-        x = F.leaky_relu(x, slope) * gain
-        if layer.conv_clamp is not None:
-            x = x.clamp(-layer.conv_clamp, layer.conv_clamp)
-        x = _upfirdn2d_ref(x, layer.down_filter, down=spec.down_factor)
+        x = filtered_lrelu_reference(x, layer.up_filter, layer.down_filter, layer.bias, spec.up_factor, spec.down_factor,
+                                     spec.padding, gain, slope, layer.conv_clamp)
     return x * G.config.output_scale
+
+
+def filtered_lrelu_reference(x, fu, fd, b, up, down, padding, gain, slope, clamp):
+    """NVlabs' `_filtered_lrelu_ref`: bias, upsample, leaky ReLU and gain, clamp, downsample."""
+    x = x + b[None, :, None, None]
+    x = upfirdn2d_reference(x, fu, up=up, padding=padding, gain=up**2)
+    x = F.leaky_relu(x, slope) * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return upfirdn2d_reference(x, fd, down=down)

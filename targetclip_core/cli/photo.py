@@ -29,7 +29,8 @@ def add_parsers(subparsers) -> None:
 
     i = subparsers.add_parser("invert", help="photo(s) -> W+ with e4e/pSp (aligned like FFHQ first); saves the crop and reconstruction")
     i.add_argument("photo", nargs="+", help="photo file(s) of faces")
-    i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name")
+    i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name; 'none': start from "
+                   "the generator's average latent, as NVlabs' projector does (needs --generator and --refine)")
     i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
     i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
     add_reconstruction_args(i)
@@ -105,16 +106,25 @@ def cmd_invert(args) -> int:
     from targetclip_core.io.images import save_png
 
     paths = _outputs(args.out, args.photo, ".safetensors", "latent")
-    inverter = load_inverter(args.encoder, device=args.device)
-    G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
+    if args.encoder == "none":  # the projector's start: the average latent, then --refine does the work
+        if not args.generator or not args.refine:
+            raise TargetCLIPError("--encoder none starts from the average latent: it needs --generator and --refine STEPS")
+        inverter, G = None, load_generator(args.generator, device=args.device)
+    else:
+        inverter = load_inverter(args.encoder, device=args.device)
+        G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
     lpips, arcface = load_scorers(args, G.device) if wants_reconstruction(args) else (None, None)
     for photo, path in tqdm(list(zip(args.photo, paths)), desc="invert", unit="photo"):
         _, face, image = _aligned(photo, args, size=G.resolution)
-        wp = inverter.invert(image)
+        if inverter is None:
+            with torch.no_grad():
+                wp = G.to_wplus(G.truncation_latent()).expand(image.shape[0], -1, -1).clone()
+        else:
+            wp = inverter.invert(image)
         G.check_wplus(wp)
         extra = ["_reconstruction.png"]
         if wants_reconstruction(args):
-            result = run_reconstruction(args, G, image, wp, lpips, arcface)
+            result = run_reconstruction(args, G, image, wp, lpips, arcface, start="average" if inverter is None else "e4e")
             wp = result.final.wplus
             save_png(result.final.images, path.with_name(path.stem + "_reconstruction.png"))
             extra += [p.name[len(path.stem):] for p in write_reconstruction(result, path, args.pti_save)]

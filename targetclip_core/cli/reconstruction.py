@@ -7,7 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-from targetclip_core.cli.args import finite_float, non_negative_int, positive_float
+from targetclip_core.cli.args import finite_float, float_pair, non_negative_int, positive_float
 
 
 def add_reconstruction_args(parser) -> None:
@@ -34,6 +34,8 @@ def add_reconstruction_args(parser) -> None:
     g.add_argument("--lpips-heads", default=None, help="LPIPS linear heads (default: the ones the lpips package ships)")
     g.add_argument("--arcface", default=None, help="ArcFace IR-SE50 (model_ir_se50.pth or a manifest name): identity "
                    "term of --refine and identity score of every stage")
+    g.add_argument("--camera", type=float_pair, default=None, metavar="YAW,PITCH",
+                   help="EG3D: the camera the photo was taken from, in degrees (default: the frontal camera)")
     g.add_argument("--lambda-id", type=finite_float, default=0.1, help="weight of the identity term when --arcface is given (default 0.1)")
 
 
@@ -57,11 +59,18 @@ def load_scorers(args, device):
     return lpips, arcface
 
 
-def run_reconstruction(args, G, image, wp, lpips, arcface, camera=None):
+def run_reconstruction(args, G, image, wp, lpips, arcface, start: str = "e4e"):
     """reconstruct_photo with the command's options and a tqdm bar per stage."""
     from tqdm import tqdm
 
+    from targetclip_core.errors import TargetCLIPError
     from targetclip_core.methods.reconstruction import Locality, ReconstructionTerms, reconstruct_photo
+
+    camera = None
+    if args.camera is not None:
+        if not G.is_3d:
+            raise TargetCLIPError(f"--camera is for 3D-aware generators (EG3D); this is a {G.describe()}")
+        camera = G.camera(yaw=args.camera[0], pitch=args.camera[1])
 
     identity = args.lambda_id if arcface is not None else 0.0
     lpips_weight = 1.0 if lpips is not None else 0.0
@@ -80,7 +89,7 @@ def run_reconstruction(args, G, image, wp, lpips, arcface, camera=None):
         return reconstruct_photo(G, image, wp, refine_steps=args.refine, refine_lr=args.refine_lr, refine_terms=refine_terms,
                                  pti_steps=args.pti, pti_lr=args.pti_lr, pti_terms=pti_terms,
                                  locality=Locality(every=args.locality_every), lpips=lpips, arcface=arcface, camera=camera,
-                                 on_step=on_step)
+                                 on_step=on_step, start=start)
     finally:
         for bar in bars.values():
             bar.close()

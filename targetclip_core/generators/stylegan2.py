@@ -416,27 +416,10 @@ def _normalize_2nd_moment(x, eps=1e-8):
 # --------------------------------------------------------------------------- the generator
 
 
-class StyleGAN2Generator(nn.Module):
-    """StyleGAN2 generator with the engine's generator protocol (generators.protocol.Generator).
+class MappedGenerator:
+    """The latent-space half of the generator protocol, shared by StyleGAN2 and StyleGAN3: sizes from
+    `self.config`, z -> w through `self.mapping` (a MappingNetwork), W+ as one w per synthesis layer."""
 
-    Images come out as float tensors [B, 3, H, W], range about [-1, 1], not clamped.
-    """
-
-    is_3d = False
-
-    def __init__(self, cfg: StyleGAN2Config):
-        super().__init__()
-        self.config = cfg
-        self.mapping = MappingNetwork(cfg)
-        blocks = []
-        prev = 0
-        for res in cfg.resolutions:
-            blocks.append((f"b{res}", SynthesisBlock(prev, cfg.channels[res], res, cfg)))
-            prev = cfg.channels[res]
-        self.synthesis_blocks = nn.ModuleDict(OrderedDict(blocks))
-        self.modconv_impl = "auto"
-
-    # ---- properties of the public API
     @property
     def resolution(self) -> int:
         return self.config.resolution
@@ -462,12 +445,6 @@ class StyleGAN2Generator(nn.Module):
         return self.mapping.w_avg.device
 
     @property
-    def identity(self) -> dict:
-        """What makes two generators' latents interchangeable (checked by essence files)."""
-        return {"arch": "stylegan2", "resolution": self.resolution, "n_latent": self.n_latent, "w_dim": self.w_dim}
-
-    # ---- latent space
-    @property
     def mapping_network(self) -> nn.Module:
         """The z -> w network (`self.mapping`; holds w_avg and whether the checkpoint trained it)."""
         return self.mapping
@@ -490,6 +467,32 @@ class StyleGAN2Generator(nn.Module):
 
     def check_wplus(self, wp: torch.Tensor) -> None:
         check_wplus_shape(wp, self.n_latent, self.w_dim, self.describe())
+
+
+class StyleGAN2Generator(MappedGenerator, nn.Module):
+    """StyleGAN2 generator with the engine's generator protocol (generators.protocol.Generator).
+
+    Images come out as float tensors [B, 3, H, W], range about [-1, 1], not clamped.
+    """
+
+    is_3d = False
+
+    def __init__(self, cfg: StyleGAN2Config):
+        super().__init__()
+        self.config = cfg
+        self.mapping = MappingNetwork(cfg)
+        blocks = []
+        prev = 0
+        for res in cfg.resolutions:
+            blocks.append((f"b{res}", SynthesisBlock(prev, cfg.channels[res], res, cfg)))
+            prev = cfg.channels[res]
+        self.synthesis_blocks = nn.ModuleDict(OrderedDict(blocks))
+        self.modconv_impl = "auto"
+
+    @property
+    def identity(self) -> dict:
+        """What makes two generators' latents interchangeable (checked by essence files)."""
+        return {"arch": "stylegan2", "resolution": self.resolution, "n_latent": self.n_latent, "w_dim": self.w_dim}
 
     def describe(self) -> str:
         return f"{self.resolution}px StyleGAN2"

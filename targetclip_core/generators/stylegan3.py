@@ -48,7 +48,7 @@ from targetclip_core.generators.limits import (
     checked_float,
     checked_int,
 )
-from targetclip_core.generators.stylegan2 import NOISE_MODES, MappingNetwork, ScaledLinear, check_wplus_shape
+from targetclip_core.generators.stylegan2 import NOISE_MODES, MappedGenerator, MappingNetwork, ScaledLinear
 
 SQRT2 = math.sqrt(2.0)
 MAX_SYNTHESIS_LAYERS = 64  # 14 in every published config
@@ -347,7 +347,7 @@ def transform_for(G, translate: tuple[float, float] | None = None, rotate: float
     return user_transform(translate or (0.0, 0.0), rotate or 0.0)
 
 
-class StyleGAN3Generator(nn.Module):
+class StyleGAN3Generator(MappedGenerator, nn.Module):
     """StyleGAN3 (T or R) with the engine's generator protocol (generators.protocol.Generator)."""
 
     is_3d = False
@@ -360,31 +360,6 @@ class StyleGAN3Generator(nn.Module):
         self.input = SynthesisInput(first, cfg.w_dim)
         self.layers = nn.ModuleDict(OrderedDict((spec.name, SynthesisLayer(spec, cfg.w_dim, cfg.conv_clamp)) for spec in plan))
 
-    # ---- properties of the public API
-    @property
-    def resolution(self) -> int:
-        return self.config.resolution
-
-    @property
-    def n_latent(self) -> int:
-        return self.config.n_latent
-
-    @property
-    def w_dim(self) -> int:
-        return self.config.w_dim
-
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def c_dim(self) -> int:
-        return self.config.c_dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.mapping.w_avg.device
-
     @property
     def identity(self) -> dict:
         return {"arch": f"stylegan3-{self.config.variant.lower()}", "resolution": self.resolution,
@@ -395,34 +370,12 @@ class StyleGAN3Generator(nn.Module):
         return [self.resolution]  # every layer works near the output's sampling rate: no early stop
 
     @property
-    def mapping_network(self) -> nn.Module:
-        return self.mapping
-
-    @property
     def stored_transform(self) -> torch.Tensor:
         """The user transform the checkpoint holds ([3, 3], identity in published files)."""
         return self.input.transform.detach().clone()
 
     def describe(self) -> str:
         return f"{self.resolution}px StyleGAN3-{self.config.variant}"
-
-    # ---- latent space
-    def truncation_latent(self) -> torch.Tensor:
-        return self.mapping.truncation_latent()
-
-    def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
-        return self.mapping.mean(n, seed)
-
-    def to_wplus(self, w: torch.Tensor) -> torch.Tensor:
-        if w.dim() == 3:
-            self.check_wplus(w)
-            return w
-        if w.dim() != 2 or w.shape[1] != self.w_dim:
-            raise LatentError(f"expected w of shape [B, {self.w_dim}], got {list(w.shape)}")
-        return w[:, None, :].expand(-1, self.n_latent, -1)
-
-    def check_wplus(self, wp: torch.Tensor) -> None:
-        check_wplus_shape(wp, self.n_latent, self.w_dim, self.describe())
 
     # ---- StyleSpace
     def layer_names(self) -> list[str]:

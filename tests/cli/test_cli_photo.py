@@ -121,3 +121,36 @@ def test_refine_warns_once_when_lpips_is_unavailable(tmp_path, photo, e4e_file, 
                "--device", "cpu", "--refine", "1"])
     err = capsys.readouterr().err
     assert rc == 0 and "targetclip: warning: LPIPS is off" in err and "Traceback" not in err
+
+
+def test_eg3d_photo_from_the_average_latent_and_a_camera(tmp_path, photo, capsys):
+    import json
+
+    from helpers.eg3d import tiny_eg3d
+
+    from targetclip_core.generators.load import save_generator
+
+    gen = tmp_path / "eg3d.safetensors"
+    save_generator(tiny_eg3d(), gen)
+    out = tmp_path / "keanu.safetensors"
+    rc = main(["invert", str(photo), "--encoder", "none", "--generator", str(gen), "--out", str(out), "--device", "cpu",
+               "--refine", "3", "--pti", "2", "--lpips", "off", "--camera", "15,-5", "--refine-lr", "0.05"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads((tmp_path / "keanu_stages.json").read_text())
+    assert report["columns"] == ["photo", "average", "refined", "PTI"]
+    rows = {r["stage"]: r for r in report["rows"]}
+    assert rows["refined"]["mse"] < rows["average"]["mse"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--encoder", "none", "--refine", "2"], "needs --generator"),
+    (["--refine", "1", "--camera", "10,0", "--lpips", "off"], "3D-aware"),
+])
+def test_reconstruction_options_are_checked(tmp_path, photo, e4e_file, capsys, extra, message):
+    args = ["invert", str(photo), "--out", str(tmp_path / "k.safetensors"), "--device", "cpu"]
+    if "--encoder" not in extra:
+        args += ["--encoder", str(e4e_file)]
+    rc = main(args + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err

@@ -1,5 +1,5 @@
 """StyleGAN3 inside the engine: the alias-free resampling against a direct transcription of NVlabs'
-reference ops, the layer plan and filter design against what NVlabs' code recorded in the conformance
+reference ops (bench.stylegan3_reference, the benchmark's baseline), the layer plan and filter design against what NVlabs' code recorded in the conformance
 fixtures, and the generator protocol (StyleSpace, essences, SAT3D's layout, the user transform, files).
 
 Conformance of whole networks against NVlabs' outputs is in test_stylegan3.py."""
@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers.generators import random_wplus, small_stylegan3
 
+from targetclip_core.bench.stylegan3_reference import filtered_lrelu_reference
 from targetclip_core.errors import CheckpointError, LatentError, TargetCLIPError
 from targetclip_core.generators.alias_free import design_lowpass_filter, filtered_lrelu
 from targetclip_core.generators.load import load_generator, save_generator
@@ -25,34 +25,6 @@ SQRT2 = math.sqrt(2)
 
 
 # --------------------------------------------------------------------------- the resampling ops
-
-
-def _upfirdn2d_ref(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0):
-    """NVlabs' `_upfirdn2d_ref` written out: zero insertion, pad/crop, true convolution, decimation."""
-    if f is None:
-        f = torch.ones(1, 1)
-    b, c, h, w = x.shape
-    px0, px1, py0, py1 = padding
-    x = x.reshape(b, c, h, 1, w, 1)
-    x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(b, c, h * up, w * up)
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    f = (f * gain ** (f.ndim / 2)).flip(list(range(f.ndim)))
-    if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
-    else:
-        x = F.conv2d(x, f[None, None, None].repeat(c, 1, 1, 1), groups=c)
-        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
-    return x[:, :, ::down, ::down]
-
-
-def _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp):
-    x = x + b[None, :, None, None]
-    x = _upfirdn2d_ref(x, fu, up=up, padding=padding, gain=up**2)
-    x = torch.where(x >= 0, x, x * slope) * gain
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    return _upfirdn2d_ref(x, fd, down=down)
 
 
 @pytest.mark.parametrize("up, down, padding, radial", [
@@ -69,7 +41,7 @@ def test_filtered_lrelu_matches_the_reference_ops(up, down, padding, radial):
     fu = design_lowpass_filter(6 * up, 2.0, 6.0, 16.0 * up) if up > 1 else None
     fd = design_lowpass_filter(6 * down, 2.0, 6.0, 16.0 * down, radial=radial) if down > 1 else None
     ours = filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=padding, gain=SQRT2, slope=0.2, clamp=1.5)
-    ref = _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, SQRT2, 0.2, 1.5)
+    ref = filtered_lrelu_reference(x, fu, fd, b, up, down, padding, SQRT2, 0.2, 1.5)
     assert ours.shape == ref.shape
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5)
 
@@ -310,3 +282,15 @@ def test_sat3d_transfer_on_stylegan3_edits_feature_codes_only(G3):
         expected = s_src[name] if name in ("input", "torgb") else s_ref[name]
         assert torch.allclose(out[name], expected, atol=1e-5), name
     assert G3.synthesis_from_styles(out).shape == (1, 3, G3.resolution, G3.resolution)
+
+
+def test_optimize_essence_on_stylegan3(G3):
+    """The essence optimiser renders StyleGAN3 at its own size (no early exit) and learns a W+ offset for it."""
+    from helpers.clip import tiny_clip
+
+    from targetclip_core.methods.targetclip.optimize import optimize_essence
+
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    essence = optimize_essence(G3, tiny_clip(), target, steps=3, n_sources=2, lr=0.1)
+    assert essence.vector.shape == (1, G3.n_latent, G3.w_dim) and torch.isfinite(essence.vector).all()
+    assert essence.generator == G3.identity and essence.vector.abs().sum() > 0

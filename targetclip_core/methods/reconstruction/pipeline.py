@@ -16,7 +16,7 @@ from targetclip_core.methods.reconstruction.refine import FitStep, fit_target, r
 
 @dataclass
 class Stage:
-    name: str  # "e4e", "refined", "PTI"
+    name: str  # "e4e" (or the start's name), "refined", "PTI"
     wplus: torch.Tensor  # [B, n_latent, w_dim]
     generator: torch.nn.Module  # the network this stage renders with (PTI: the tuned copy)
     images: torch.Tensor  # [B, 3, R, R] its reconstruction of the photo
@@ -62,9 +62,10 @@ def reconstruct_photo(G, photo: torch.Tensor, wplus: torch.Tensor, *, refine_ste
                       refine_terms: ReconstructionTerms = ReconstructionTerms(), pti_steps: int = 0,
                       pti_lr: float = 3e-4, pti_terms: ReconstructionTerms = ReconstructionTerms(),
                       locality: Locality = Locality(), lpips=None, arcface=None, camera: torch.Tensor | None = None,
-                      on_step: Callable[[str, FitStep], bool | None] | None = None) -> Reconstruction:
+                      on_step: Callable[[str, FitStep], bool | None] | None = None, start: str = "e4e") -> Reconstruction:
     """e4e's `wplus` for the aligned `photo`, then `refine_steps` of W+ refinement, then `pti_steps` of PTI around
-    the result; on_step(stage name, FitStep) after every step (True stops that stage)."""
+    the result; on_step(stage name, FitStep) after every step (True stops that stage). `start` names the first
+    stage (e.g. "average" for the mean latent, the NVlabs projector's start)."""
     target = fit_target(G, photo)
     render = renderer(G, camera)
 
@@ -74,7 +75,7 @@ def reconstruct_photo(G, photo: torch.Tensor, wplus: torch.Tensor, *, refine_ste
         return Stage(name, wp, net, images, reconstruction_metrics(images, target, lpips=lpips, arcface=arcface))
 
     wp = G.to_wplus(wplus.to(G.device).float())
-    stages = [measured("e4e", wp, G, render)]
+    stages = [measured(start, wp, G, render)]
     if refine_steps:
         fit = refine_inversion(G, target, wp, steps=refine_steps, lr=refine_lr, terms=refine_terms, lpips=lpips,
                                arcface=arcface, camera=camera,

@@ -28,9 +28,9 @@ from targetclip_core.errors import CheckpointError, TargetCLIPError, malformed_f
 from targetclip_core.formats.checkpoints import check_state_matches
 from targetclip_core.generators.fingerprint import cached_fingerprint
 from targetclip_core.io.safetensors_files import meta_str, read_safetensors, save_safetensors
-from targetclip_core.methods.optimization import check_converged, check_run_settings, make_autograd_ready
+from targetclip_core.methods.optimization import check_converged
 from targetclip_core.methods.reconstruction.losses import LPIPS_SIZE, ReconstructionLoss, ReconstructionTerms, to_size
-from targetclip_core.methods.reconstruction.refine import FitStep, fit_target, renderer
+from targetclip_core.methods.reconstruction.refine import FitStep, prepare_fit, renderer
 
 TUNED_FORMAT = "targetclip.tuned-generator"
 PTI_STEPS = 350
@@ -72,16 +72,9 @@ def pivotal_tuning(G, target: torch.Tensor, pivot: torch.Tensor, *, steps: int =
                    camera: torch.Tensor | None = None, seed: int = 0,
                    callback: Callable[[FitStep], bool | None] | None = None) -> TunedResult:
     """Tune a copy of `G` so that it renders the photo `target` from the pivot W+ `pivot` [B, n_latent, w_dim]."""
-    check_run_settings(lr=lr, steps=steps)
     if locality.every < 0 or locality.samples < 1:
         raise TargetCLIPError("locality.every must be >= 0 and locality.samples >= 1")
-    for model in (G, lpips, arcface):
-        if model is not None:
-            make_autograd_ready(model)
-    target = fit_target(G, target)
-    pivot = G.to_wplus(pivot.detach().to(G.device).float()).clone()
-    if pivot.shape[0] != target.shape[0]:
-        raise TargetCLIPError(f"{pivot.shape[0]} pivots for {target.shape[0]} photos")
+    target, pivot = prepare_fit(G, target, pivot, lr=lr, steps=steps, models=(lpips, arcface))
     tuned = copy.deepcopy(G).train(False)
     params = tunable_parameters(tuned)
     for _, p in params:

@@ -57,6 +57,21 @@ def fit_target(G, target: torch.Tensor) -> torch.Tensor:
     return to_size(target.detach().to(G.device, torch.float32).clone(), G.resolution)
 
 
+def prepare_fit(G, target: torch.Tensor, wplus: torch.Tensor, *, lr: float, steps: int, models=()
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a fit to photos checks and readies first: the settings, the networks for autograd (ComfyUI loads
+    them in inference mode), the photos at G's size and one W+ [B, n_latent, w_dim] per photo."""
+    check_run_settings(lr=lr, steps=steps)
+    for model in (G, *models):
+        if model is not None:
+            make_autograd_ready(model)
+    target = fit_target(G, target)
+    wp = G.to_wplus(wplus.detach().to(G.device).float()).clone()
+    if wp.shape[0] != target.shape[0]:
+        raise TargetCLIPError(f"{wp.shape[0]} latents for {target.shape[0]} photos")
+    return target, wp
+
+
 # callers may sit inside no_grad or inference_mode (ComfyUI runs every node in inference mode)
 @torch.inference_mode(False)
 @torch.enable_grad()
@@ -69,14 +84,7 @@ def refine_inversion(G, target: torch.Tensor, wplus: torch.Tensor, *, steps: int
     terms: the weights of pixel L2, LPIPS (needs `lpips`, encoders.perceptual) and ArcFace identity (needs
     `arcface`). callback(FitStep) runs every step; returning True stops. Returns the best step's W+.
     """
-    check_run_settings(lr=lr, steps=steps)
-    for model in (G, lpips, arcface):
-        if model is not None:
-            make_autograd_ready(model)
-    target = fit_target(G, target)
-    start = G.to_wplus(wplus.detach().to(G.device).float()).clone()
-    if start.shape[0] != target.shape[0]:
-        raise TargetCLIPError(f"{start.shape[0]} latents for {target.shape[0]} photos")
+    target, start = prepare_fit(G, target, wplus, lr=lr, steps=steps, models=(lpips, arcface))
     loss_fn = ReconstructionLoss(target, terms, lpips=lpips, arcface=arcface)
     render = renderer(G, camera)
     wp = start.clone().requires_grad_(True)
