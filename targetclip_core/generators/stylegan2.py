@@ -468,6 +468,26 @@ class MappedGenerator:
     def check_wplus(self, wp: torch.Tensor) -> None:
         check_wplus_shape(wp, self.n_latent, self.w_dim, self.describe())
 
+    def forward(self, z, c=None, truncation=1.0, noise_mode="const", out_resolution=None):
+        return self.synthesis(self.to_wplus(self.mapping(z, c, truncation=truncation)), noise_mode, out_resolution)
+
+    def ordered_style_codes(self, styles, widths: list[int]) -> list[torch.Tensor]:
+        """StyleSpace codes (a dict by `layer_names()` or a list in that order) as a list, each checked to be
+        [B, width] for its layer."""
+        names = self.layer_names()
+        if isinstance(styles, dict):
+            missing = [n for n in names if n not in styles]
+            if missing:
+                raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
+            styles = [styles[n] for n in names]
+        styles = list(styles)
+        if len(styles) != len(names):
+            raise LatentError(f"expected {len(names)} style codes (one per layer), got {len(styles)}")
+        for name, s, width in zip(names, styles, widths):
+            if s.dim() != 2 or s.shape[1] != width:
+                raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {width}]")
+        return styles
+
 
 class StyleGAN2Generator(MappedGenerator, nn.Module):
     """StyleGAN2 generator with the engine's generator protocol (generators.protocol.Generator).
@@ -550,23 +570,8 @@ class StyleGAN2Generator(MappedGenerator, nn.Module):
                 break
         return img.contiguous()
 
-    def forward(self, z, c=None, truncation=1.0, noise_mode="const", out_resolution=None):
-        return self.synthesis(self.to_wplus(self.mapping(z, c, truncation=truncation)), noise_mode, out_resolution)
-
     def _style_list(self, styles) -> list[torch.Tensor]:
-        names = self.layer_names()
-        if isinstance(styles, dict):
-            missing = [n for n in names if n not in styles]
-            if missing:
-                raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
-            styles = [styles[n] for n in names]
-        styles = list(styles)
-        if len(styles) != len(names):
-            raise LatentError(f"expected {len(names)} style codes (one per modulated conv), got {len(styles)}")
-        for name, s, (_, layer) in zip(names, styles, self._layers()):
-            if s.dim() != 2 or s.shape[1] != layer.conv.in_ch:
-                raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {layer.conv.in_ch}]")
-        return styles
+        return self.ordered_style_codes(styles, [layer.conv.in_ch for _, layer in self._layers()])
 
     def _pick_impl(self, batch: int, device: torch.device) -> str:
         if self.modconv_impl not in MODCONV_IMPLS:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from targetclip_core.errors import LatentError, TargetCLIPError
+from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.alias_free import design_lowpass_filter, filtered_lrelu
 from targetclip_core.generators.limits import (
     MAX_CHANNELS,
@@ -413,21 +413,5 @@ class StyleGAN3Generator(MappedGenerator, nn.Module):
             x = layer(x, s)
         return x * self.config.output_scale if self.config.output_scale != 1 else x
 
-    def forward(self, z, c=None, truncation=1.0, noise_mode="const", out_resolution=None):
-        return self.synthesis(self.to_wplus(self.mapping(z, c, truncation=truncation)), noise_mode, out_resolution)
-
     def _style_list(self, styles) -> list[torch.Tensor]:
-        names = self.layer_names()
-        if isinstance(styles, dict):
-            missing = [n for n in names if n not in styles]
-            if missing:
-                raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
-            styles = [styles[n] for n in names]
-        styles = list(styles)
-        if len(styles) != len(names):
-            raise LatentError(f"expected {len(names)} style codes (the input and one per layer), got {len(styles)}")
-        widths = [4] + [layer.in_channels for layer in self.layers.values()]
-        for name, s, width in zip(names, styles, widths):
-            if s.dim() != 2 or s.shape[1] != width:
-                raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {width}]")
-        return styles
+        return self.ordered_style_codes(styles, [4] + [layer.in_channels for layer in self.layers.values()])

@@ -172,7 +172,12 @@ def test_eg3d_from_a_known_camera():
                                pti_lr=2e-3, pti_terms=L2, locality=Locality(every=0), camera=camera)
     e4e, refined, pti = (float(s.metrics["mse"][0]) for s in result.stages)
     assert refined < e4e and pti < refined
-    assert result.final.generator.is_3d and result.final.generator.tuned_from["fingerprint"] == generator_fingerprint(G3)
+    tuned = result.final.generator
+    assert tuned.is_3d and tuned.tuned_from["fingerprint"] == generator_fingerprint(G3)
+    with torch.no_grad():  # the fitted face renders from other cameras: an orbit of the user's own face
+        views = [out["image"] for _, out in tuned.render_views(result.final.wplus, tuned.camera(yaw=[-20.0, 0.0, 20.0]))]
+    assert len(views) == 3 and all(v.shape == photo.shape for v in views)
+    assert not torch.allclose(views[0], views[2])
 
 
 def test_bench_reconstruction_reports_seconds_per_step_and_memory():
