@@ -17,7 +17,7 @@ FAMILIES = (generate, essence, directions, photo, bench, train, metrics, sat3d)
 
 def build_parser() -> ArgumentParser:
     """The `targetclip` parser: every family's commands, as subcommands (values like -30,0 taken as values)."""
-    p = ArgumentParser(prog="targetclip", description="TargetCLIP essence transfer and StyleGAN2 tools.")
+    p = ArgumentParser(prog="targetclip", description="TargetCLIP essence transfer, SAT3D and StyleGAN2/StyleGAN3/EG3D tools.")
     sub = p.add_subparsers(dest="command", required=True)
     for family in FAMILIES:
         family.add_parsers(sub)

@@ -31,7 +31,7 @@ def add_parsers(subparsers) -> None:
     i.add_argument("photo", nargs="+", help="photo file(s) of faces")
     i.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name; 'none': start from "
                    "the generator's average latent, as NVlabs' projector does (needs --generator and --refine)")
-    i.add_argument("--generator", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
+    i.add_argument("--generator", "-g", default=None, help="generator for the reconstruction (default: the one inside the encoder checkpoint)")
     i.add_argument("--out", required=True, help="latent .safetensors (one photo) or a folder")
     add_reconstruction_args(i)
     add_alignment_args(i)
@@ -50,7 +50,7 @@ def add_parsers(subparsers) -> None:
     ed.add_argument("--strength", type=finite_float, nargs="+", default=None, help="one or more strengths (default: the essence's)")
     ed.add_argument("--layers", type=layers_arg, default="all", help="all | coarse | middle | fine | comma-separated W+ indices")
     ed.add_argument("--encoder", default="e4e-ffhq-encode", help="e4e/pSp checkpoint or manifest name (default e4e-ffhq-encode)")
-    ed.add_argument("--generator", default=None, help="default: the generator inside the encoder checkpoint")
+    ed.add_argument("--generator", "-g", default=None, help="default: the generator inside the encoder checkpoint")
     ed.add_argument("--out", required=True, help="output folder")
     ed.add_argument("--feather", type=float_in(0, 0.5), default=None, help=f"mask feathering, fraction of the crop size (default {DEFAULT_FEATHER:g})")
     add_reconstruction_args(ed)
