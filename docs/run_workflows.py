@@ -24,6 +24,7 @@ facenet-pytorch ...); the same interpreter runs ComfyUI. Name workflows (with or
    input/photo.jpg, target.jpg, target.png      keanu, joker and elsa from ../shared/data/targetclip/targets: MTCNN
                                                 (weights bundled with facenet-pytorch) needs a real face; without
                                                 them the workflows that align a face are "not runnable offline"
+   input/clip.mp4                               6 frames of photo.jpg drifting, with a 440 Hz tone (Edit Clip keeps it)
 2. Starts `main.py --cpu --listen 127.0.0.1 --base-directory WORKDIR` with the pack linked as
    WORKDIR/custom_nodes/targetclip; checks that /object_info lists every TargetCLIP_* node of nodes/ and that the
    start-up log has no traceback from the pack.
@@ -74,6 +75,8 @@ TINY = {
     # the LPIPS backbone cannot be downloaded here: the perceptual term is off with a warning, as a user without it sees
     "TargetCLIP_RefineInversion": {"steps": 3},
     "TargetCLIP_PivotalTuning": {"steps": 2},
+    "TargetCLIP_EssenceRamp": {"frames": 4},
+    "TargetCLIP_Turntable": {"frames": 3},
 }
 ORBIT_FRAMES = "2"  # Render Views given a frame count ("24") renders this many instead
 # SD1.5 as ComfyUI 0.8 knows it: its UNet config (comfy/model_detection.py) and VAE ddconfig (comfy/sd.py)
@@ -180,6 +183,39 @@ def build_sd15_checkpoint(comfyui: Path, path: Path) -> None:
     save_file(tensors, str(path))
 
 
+def write_clip_of(photo: Path, path: Path, frames: int = 6, fps: int = 12) -> None:
+    """A short H.264 clip of the photo drifting a few pixels a frame, with a 440 Hz AAC tone (the audio the
+    edit must keep), written with PyAV (ComfyUI's own requirement)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(photo).convert("RGB")
+    img.thumbnail((256, 256))
+    w, h = (img.width // 2) * 2, (img.height // 2) * 2
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = out.add_stream("aac", rate=44100)
+        for k in range(frames):
+            canvas = Image.new("RGB", (w, h))
+            canvas.paste(img, (2 * k - frames, 0))
+            for packet in video.encode(av.VideoFrame.from_image(canvas)):
+                out.mux(packet)
+        samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(44100 * frames // fps) / 44100)).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = samples[start : start + 1024]
+            if len(chunk) < 1024:
+                chunk = np.pad(chunk, (0, 1024 - len(chunk)))
+            frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
+            frame.sample_rate = 44100
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+
 def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> dict[str, tuple[str, str]]:
     """Fresh WORKDIR with the models, inputs and the pack link. Returns {workflow: (status, why)} of those
     that cannot run."""
@@ -226,10 +262,14 @@ def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> 
         photo = shared / "data" / "targetclip" / "targets" / source
         if photo.is_file():
             Image.open(photo).convert("RGB").save(workdir / "input" / name)
+            if name == "photo.jpg":
+                write_clip_of(photo, workdir / "input" / "clip.mp4")
         else:  # enough for the workflows that never look for a face
             Image.fromarray((torch.rand(256, 256, 3) * 255).byte().numpy()).save(workdir / "input" / name)
             missing.update({wf: (OFFLINE, f"no face photo ({photo} missing): Align Face (MTCNN) needs a real face")
                             for wf, needs in FACE_WORKFLOWS.items() if needs == name})
+            if name == "photo.jpg":
+                missing["edit_clip_with_essence"] = (OFFLINE, f"no face photo ({photo} missing) to make the clip of")
     sd_cache = workdir / ".sd-cache" / SD_NAME  # 2 GB and a minute to write: kept between runs
     if with_sd and not sd_cache.is_file():
         sd_cache.parent.mkdir(exist_ok=True)

@@ -23,6 +23,8 @@ import torch
 PACK_ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 CATEGORY = "TargetCLIP"
+# W+ ranges the nodes offer (methods.targetclip.essence.parse_layer_range reads them)
+LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
 
 # our folders under ComfyUI/models, with the files each lists
 MODEL_FOLDERS = {

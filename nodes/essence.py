@@ -24,6 +24,7 @@ from targetclip_core.methods.targetclip.optimize import optimize_essence, sample
 
 from .common import (
     CATEGORY,
+    LAYER_CHOICES,
     Progress,
     WPlus,
     cached_model,
@@ -39,7 +40,6 @@ from .common import (
     validate_model_file,
 )
 
-LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
 GRID_ESSENCES = 8  # essence_1 .. essence_8 inputs of Essence Grid
 
 

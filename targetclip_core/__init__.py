@@ -1,4 +1,4 @@
-"""TargetCLIP engine: StyleGAN2, StyleGAN3 and EG3D generators, essence transfer, SAT3D, photo reconstruction.  Plain PyTorch, no ComfyUI.
+"""TargetCLIP engine: StyleGAN2, StyleGAN3 and EG3D generators, essence transfer, SAT3D, photo reconstruction, video.  Plain PyTorch, no ComfyUI.
 
 The public API: the stable names scripts and tools import from `targetclip_core`. The code behind
 them is layered in subpackages (io, formats, generators, encoders, faces, methods, metrics, cli,
@@ -24,6 +24,7 @@ from targetclip_core.generators.load import load_generator, save_generator
 from targetclip_core.generators.protocol import Generator
 from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from targetclip_core.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator, user_transform
+from targetclip_core.io.video import read_clip, write_clip
 from targetclip_core.methods.directions import (
     Direction,
     GlobalDirection,
@@ -54,6 +55,7 @@ from targetclip_core.methods.targetclip.essence import (
     save_essence,
 )
 from targetclip_core.methods.targetclip.essence_encoder import EssenceEncoder, load_essence_encoder
+from targetclip_core.methods.video import edit_clip, essence_ramp, turntable
 from targetclip_core.methods.targetclip.optimize import optimize_essence
 
 __version__ = "0.1.0"
@@ -118,4 +120,9 @@ __all__ = [
     "reconstruct_photo",
     "save_tuned_generator",
     "load_tuned_generator",
+    "read_clip",
+    "write_clip",
+    "edit_clip",
+    "essence_ramp",
+    "turntable",
 ]

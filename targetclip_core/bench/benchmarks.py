@@ -438,3 +438,43 @@ def _random_lpips(device, folder: str):
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
     lpips, _ = try_load_lpips("alex", backbone=path, device=device)
     return lpips
+
+
+def bench_edit_video(clip, resolution=1024, max_frames=8, device="cpu", log=print):
+    """Seconds per frame of edit_clip on a real clip (a face is needed for the detector): a random StyleGAN2
+    (rosinality channel plan) at `resolution`, a full-size random e4e (IR-SE50, its W+), a random essence; the
+    stages timed from the progress callback. Returns the summary dict."""
+    from targetclip_core.encoders.e4e import EncoderConfig, StyleEncoder
+    from targetclip_core.encoders.inversion import Inverter
+    from targetclip_core.io.video import read_clip
+    from targetclip_core.methods.targetclip.essence import Essence
+    from targetclip_core.methods.video import edit_clip, essence_edit
+
+    device = torch.device(device)
+    source = read_clip(clip, max_frames=max_frames)
+    G = random_generator(resolution).to(device)
+    cfg = EncoderConfig(n_styles=G.n_latent, w_dim=G.w_dim)
+    inverter = Inverter(StyleEncoder(cfg).eval(), torch.zeros(G.w_dim), add_latent_avg=True).to(device)
+    inverter.requires_grad_(False)
+    vector = 0.3 * torch.randn(1, G.n_latent, G.w_dim, generator=torch.Generator().manual_seed(0))
+    edit = essence_edit(G, Essence(vector=vector, generator=dict(G.identity), name="random"))
+    last: dict = {}
+
+    def on_frame(stage, done, total):
+        last[stage] = time.perf_counter()
+
+    start = time.perf_counter()
+    result = edit_clip(source.frames, inverter, edit, resolution=G.resolution, device=device, on_frame=on_frame)
+    end = time.perf_counter()
+    n = len(result.faces)
+    faces = n - result.frames_without_face
+    stages = {"track (detect)": last["track"] - start}
+    if "invert" in last:
+        stages["align + invert"] = last["invert"] - last["track"]
+        stages["edit + paste back"] = last["edit"] - last["invert"]
+    log(f"edit_clip: {n} frames of {source.frames.shape[2]}x{source.frames.shape[1]} ({faces} with a face), "
+        f"StyleGAN2 {resolution}px + e4e IR-SE50, {device.type}: {machine_description(device)}")
+    for name, seconds in stages.items():
+        log(f"  {name:<20}{seconds / n:>8.2f} s/frame")
+    log(f"  {'total':<20}{(end - start) / n:>8.2f} s/frame")
+    return {"s_per_frame": (end - start) / n, **{k: v / n for k, v in stages.items()}}

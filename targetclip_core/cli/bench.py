@@ -39,6 +39,11 @@ def add_parsers(subparsers) -> None:
     br.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     br.add_argument("--no-lpips", action="store_true", help="without the perceptual term")
     br.add_argument("--no-arcface", action="store_true", help="without the identity term")
+    bv = bsub.add_parser("video", help="seconds per frame of edit-video (random networks, a clip of yours with a face)")
+    bv.add_argument("--clip", required=True, help="a video with a face (the detector needs a real one)")
+    bv.add_argument("--resolution", type=resolution_arg, default=1024, help="random generator size (default 1024)")
+    bv.add_argument("--frames", type=positive_int, default=8, help="frames of the clip to edit (default 8)")
+    bv.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     bo = bsub.add_parser("optimize", help="seconds per essence-optimisation step, ours vs the official loop")
     bo.add_argument("--resolution", type=resolution_arg, default=256, help="random generator size (default 256)")
     bo.add_argument("--n-sources", type=positive_int, default=4, help="sources per step (default 4)")
@@ -70,6 +75,11 @@ def cmd_bench(args) -> int:
 
         bench_reconstruction(resolution=args.resolution, steps=args.steps, device=args.device,
                              with_lpips=not args.no_lpips, with_arcface=not args.no_arcface)
+        return 0
+    if args.what == "video":
+        from targetclip_core.bench.benchmarks import bench_edit_video
+
+        bench_edit_video(args.clip, resolution=args.resolution, max_frames=args.frames, device=args.device)
         return 0
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,

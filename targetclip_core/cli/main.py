@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from targetclip_core.cli import bench, directions, essence, generate, metrics, photo, sat3d, train
+from targetclip_core.cli import bench, directions, essence, generate, metrics, photo, sat3d, train, video
 from targetclip_core.cli.args import ArgumentParser, one_line_warnings, run_command
 
 # In this order in `targetclip --help`.
-FAMILIES = (generate, essence, directions, photo, bench, train, metrics, sat3d)
+FAMILIES = (generate, essence, directions, photo, video, bench, train, metrics, sat3d)
 
 
 def build_parser() -> ArgumentParser:

@@ -410,7 +410,7 @@ def _detect_dlib(rgb: np.ndarray, path: Path) -> list[Face]:
 def _detect_mtcnn(rgb: np.ndarray, device) -> list[Face]:
     model = load_mtcnn(device)
     device = next(model.parameters()).device
-    pixels = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy()).to(device).permute(2, 0, 1)[None].float()
     boxes, points = model(pixels)
     boxes, points = boxes.cpu().numpy(), points.cpu().numpy()
     return [Face(box=b[:4].copy(), score=float(b[4]), landmarks=p.copy()) for b, p in zip(boxes, points)]

@@ -12,7 +12,8 @@ from targetclip_core.cli import main as cli_main
 from targetclip_core.cli.main import FAMILIES, build_parser, command_table
 
 COMMANDS_IN_HELP_ORDER = (
-    "convert", "download", "render", "optimize", "apply", "directions", "invert", "encode", "edit", "bench", "train-encoder",
+    "convert", "download", "render", "optimize", "apply", "directions", "invert", "encode", "edit", "edit-video", "animate",
+    "bench", "train-encoder",
     "score", "eval", "interpret", "fid", "sat3d-train", "sat3d-transfer",
 )
 

@@ -29,6 +29,13 @@ CORE_NODES = {
     "BatchImagesNode": {"widgets": [], "links": {f"images.image{i}": "IMAGE" for i in range(50)},
                         "required": {"images.image0", "images.image1"}, "outputs": ["IMAGE"]},
     "MaskPreview": {"widgets": [], "links": {"mask": "MASK"}, "outputs": []},
+    # ComfyUI 0.8's video nodes (comfy_extras/nodes_video.py): a clip in, its frames, audio and frame rate out, and back
+    "LoadVideo": {"widgets": ["file"], "links": {}, "outputs": ["VIDEO"]},
+    "GetVideoComponents": {"widgets": [], "links": {"video": "VIDEO"}, "outputs": ["IMAGE", "AUDIO", "FLOAT"]},
+    # fps is a widget that a link may drive (Get Video Components' fps); audio is optional
+    "CreateVideo": {"widgets": ["fps"], "links": {"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"},
+                    "required": {"images", "fps"}, "outputs": ["VIDEO"]},
+    "SaveVideo": {"widgets": ["filename_prefix", "format", "codec"], "links": {"video": "VIDEO"}, "outputs": []},
     "PreviewAny": {"widgets": [], "links": {"source": "*"}, "outputs": []},
     # Stable Diffusion img2img after an edit
     "ImageScale": {"widgets": ["upscale_method", "width", "height", "crop"], "links": {"image": "IMAGE"}, "outputs": ["IMAGE"]},
@@ -93,7 +100,10 @@ def ui_to_api(ui: dict, specs: dict) -> dict:
         for name in spec["widgets"]:
             if not values:
                 break
-            inputs[name] = values.pop(0)
+            value = values.pop(0)
+            if name in inputs:  # a widget driven by a link keeps its value in the file; the link wins
+                continue
+            inputs[name] = value
             if name in spec["seed_widgets"] or (node["type"] == "LoadImage" and name == "image"):
                 values.pop(0)  # control_after_generate / upload button
         assert not values, f"{node['type']} #{node['id']} has {len(values)} widget values too many"
@@ -148,7 +158,7 @@ def test_api_workflow_is_valid(path):
 TITLE_BAR = 30  # LiteGraph draws a node's title bar above its pos
 VIEW = (1600, 900)  # the canvas a template must fit when opened (extra.ds)
 MIN_IMAGE_NODE = 256  # a node that shows an image keeps at least this much width and height for it
-CORE_IMAGE_NODES = {"PreviewImage", "SaveImage", "MaskPreview", "LoadImage"}  # core nodes that draw an image
+CORE_IMAGE_NODES = {"PreviewImage", "SaveImage", "MaskPreview", "LoadImage", "LoadVideo", "SaveVideo"}  # draw a picture
 # Node classes ComfyUI 0.8 marks deprecated (DEPRECATED = True in nodes.py, is_deprecated=True in comfy_extras):
 # the frontend hides them from search and flags them; read from a checkout when COMFYUI_PATH names one.
 DEPRECATED_CORE_0_8 = {"CheckpointLoader", "ControlNetApply", "ImageBatch", "LatentBatch", "ControlNetApplySD3",
