@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 CATEGORY = "TargetCLIP"
 # W+ ranges the nodes offer (methods.targetclip.essence.parse_layer_range reads them)
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
+# an optional input of the nodes that render or optimise much (devices.PRECISIONS; fp32 unless chosen)
+PRECISION_INPUT = ("precision", (["fp32", "bf16", "fp16", "auto"], {
+    "default": "fp32", "tooltip": "Compute precision: bf16 is about 2x faster on CPUs with bf16 units and recent GPUs "
+                                  "(images within about 1%); fp16 for older GPUs; auto picks for this device."}))
 
 # our folders under ComfyUI/models, with the files each lists
 MODEL_FOLDERS = {

@@ -25,6 +25,7 @@ from targetclip_core.methods.targetclip.optimize import optimize_essence, sample
 from .common import (
     CATEGORY,
     LAYER_CHOICES,
+    PRECISION_INPUT,
     Progress,
     WPlus,
     cached_model,
@@ -119,11 +120,12 @@ class OptimizeEssence:
             "optional": {
                 "sources": ("WPLUS", {"tooltip": "Train on these W+ latents instead of sampled faces."}),
                 "init": ("ESSENCE", {"tooltip": "Start from this essence instead of a random sample."}),
+                PRECISION_INPUT[0]: PRECISION_INPUT[1],
             },
         }
 
     def optimize(self, generator, clip, target, steps, lr, n_sources, lambda_consistency, lambda_l2, seed, preview_every,
-                 sources=None, init=None):
+                 sources=None, init=None, precision="fp32"):
         G, clip = managed(generator, clip)  # one call: loading one must not unload the other
         progress = Progress(steps)
 
@@ -136,7 +138,7 @@ class OptimizeEssence:
         result = optimize_essence(
             G, clip, image_to_core(target, G.device), steps=steps, lr=lr, n_sources=n_sources, sources=src, seed=seed,
             lambda_consistency=lambda_consistency, lambda_l2=lambda_l2, init=init if init is not None else "random",
-            callback=on_step, name="essence",
+            callback=on_step, name="essence", precision=precision,
         )
         essences = result if isinstance(result, list) else [result]
         mm.soft_empty_cache()  # the optimisation's activations are gone: give the memory back

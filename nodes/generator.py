@@ -8,6 +8,7 @@ from targetclip_core.generators.stylegan3 import transform_for
 
 from .common import (
     CATEGORY,
+    PRECISION_INPUT,
     Progress,
     WPlus,
     cached_generator,
@@ -93,14 +94,16 @@ class RenderLatents:
                                       "tooltip": "StyleGAN3 only: move the picture up or down (in half image heights)."}),
             "rotate": ("FLOAT", {"default": 0.0, "min": -360.0, "max": 360.0, "step": 1.0,
                                  "tooltip": "StyleGAN3 only: rotate the picture (degrees), as gen_images.py --rotate."}),
+            PRECISION_INPUT[0]: PRECISION_INPUT[1],
         }}
 
-    def render(self, generator, latents, noise_mode, batch_size, translate_x=0.0, translate_y=0.0, rotate=0.0):
+    def render(self, generator, latents, noise_mode, batch_size, translate_x=0.0, translate_y=0.0, rotate=0.0,
+               precision="fp32"):
         generator = managed(generator)
         wp = latents.check_for(generator)
         transform = transform_for(generator, (translate_x, translate_y), rotate)
         images = render_latents(generator, wp, batch_size=batch_size, noise_mode=noise_mode, transform=transform,
-                                on_batch=Progress(len(wp)).on_batch)
+                                precision=precision, on_batch=Progress(len(wp)).on_batch)
         return (image_from_core(images),)
 
 

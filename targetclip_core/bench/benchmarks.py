@@ -208,7 +208,8 @@ def bench_stylegan3(resolution=256, variant="T", batch=4, device="cpu", repeats=
     return times, summary
 
 
-def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None, log=print):
+def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None,
+                   precisions=("fp32",), log=print):
     """Seconds per optimisation step: ours vs the official loop (with the rosinality-style
     generator it runs on, and with ours to separate loop savings from generator savings)."""
     from targetclip_core.bench.baselines import official_style_state, official_style_step
@@ -221,12 +222,15 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     target = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3)).to(device) * 2 - 1
     sources = sample_sources(G, n_sources, 0.7, seed=0)
 
-    stamps = []
-    start = time.perf_counter()
-    optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True,
-                     callback=lambda info: stamps.append(time.perf_counter()))
-    ours_setup = stamps[0] - start  # includes the first step
-    ours = min(b - a for a, b in zip(stamps, stamps[1:]))
+    ours_by_precision = {}
+    for precision in precisions:  # each in the same run as the official loop below
+        stamps = []
+        start = time.perf_counter()
+        optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True, precision=precision,
+                         callback=lambda info: stamps.append(time.perf_counter()))
+        # the first step includes the setup
+        ours_by_precision[precision] = (min(b - a for a, b in zip(stamps, stamps[1:])), stamps[0] - start)
+    ours, ours_setup = ours_by_precision[precisions[0]]
 
     def official(use_baseline_generator):
         state = official_style_state(G, C, target, sources)
@@ -241,10 +245,14 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     official_ours_gen = official(False)
     log(f"essence optimisation step, StyleGAN2 {resolution}px, N={n_sources}, CLIP {clip_name}, {device.type}: {machine_description(device)}")
     log(f"min over {steps} steps; seconds per step")
-    log(f"{'ours (sources cached, out_resolution auto, one batch)':<60}{ours:>10.3f}   (first step incl. setup {ours_setup:.3f})")
+    for precision, (seconds, setup) in ours_by_precision.items():
+        label = f"ours, {precision} (sources cached, out_resolution auto, one batch)"
+        log(f"{label:<60}{seconds:>10.3f}   (first step incl. setup {setup:.3f})")
     log(f"{'official loop, rosinality-style generator (faithful)':<60}{official_rosinality:>10.3f}")
     log(f"{'official loop, our generator':<60}{official_ours_gen:>10.3f}")
     summary = {"speedup_vs_official": official_rosinality / ours, "speedup_vs_official_loop_same_generator": official_ours_gen / ours}
+    for precision, (seconds, _) in list(ours_by_precision.items())[1:]:
+        summary[f"speedup_vs_official_{precision}"] = official_rosinality / seconds
     for k, v in summary.items():
         log(f"{k}: {v:.3g}")
     return summary

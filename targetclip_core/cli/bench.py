@@ -51,6 +51,8 @@ def add_parsers(subparsers) -> None:
     bo.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
     bo.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file (default: random weights)")
+    bo.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32"],
+                    help="precision(s) of our steps, each timed in the same run (default fp32); the official loop is fp32")
 
 
 def cmd_bench(args) -> int:
@@ -83,7 +85,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,
-                       clip_name=args.clip, clip_pretrained=args.pretrained)
+                       clip_name=args.clip, clip_pretrained=args.pretrained, precisions=tuple(args.precision))
         return 0
     G = None
     if args.checkpoint:

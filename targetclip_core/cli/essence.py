@@ -7,6 +7,7 @@ from pathlib import Path
 from targetclip_core.cli.args import (
     add_clip_args,
     add_device_arg,
+    add_precision_arg,
     check_out_resolution,
     finite_float,
     layers_arg,
@@ -48,6 +49,7 @@ def add_parsers(subparsers) -> None:
     o.add_argument("--lambda-text", type=non_negative_float, default=1.0, help="weight of the --avoid / --keep term (default 1)")
     o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out; one target only)")
     add_device_arg(o)
+    add_precision_arg(o)
 
     a = subparsers.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
     a.add_argument("--essence", "-e", nargs="+", required=True, help="essence .safetensors or official .npy (several: one row each)")
@@ -60,6 +62,7 @@ def add_parsers(subparsers) -> None:
     a.add_argument("--truncation", type=finite_float, default=0.7, help="truncation for --seeds (default 0.7)")
     a.add_argument("--out", "-o", default="edits", help="output folder")
     add_device_arg(a)
+    add_precision_arg(a)
 
 
 def cmd_optimize(args) -> int:
@@ -100,7 +103,7 @@ def cmd_optimize(args) -> int:
             seed=args.seed, lambda_consistency=args.lambda_consistency, lambda_l2=args.lambda_l2, init=init,
             learn_coefficients=args.learn_coefficients, out_resolution=res, callback=progress,
             early_stop_patience=args.early_stop, name=targets[0].stem, avoid=args.avoid, keep=args.keep,
-            lambda_text=args.lambda_text,
+            lambda_text=args.lambda_text, precision=args.precision,
         )
     finally:
         bar.close()
@@ -159,6 +162,7 @@ def cmd_apply(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from targetclip_core.devices import autocast
     from targetclip_core.generators.latents import load_latents, wplus_from_seeds
     from targetclip_core.generators.load import load_generator
     from targetclip_core.io.images import save_png
@@ -177,7 +181,8 @@ def cmd_apply(args) -> int:
         layers = parse_layers(args.layers)
         jobs = [(e, s) for e in essences for s in (args.strength or [e.strength])]
         for essence, strength in tqdm(jobs, desc="apply", unit="edit"):
-            imgs = apply_essence(G, wp, essence.to(G.device), strength=strength, layers=layers)
+            with autocast(args.precision, G.device):
+                imgs = apply_essence(G, wp, essence.to(G.device), strength=strength, layers=layers).float()
             for name, img in zip(names, imgs):
                 save_png(img, out / f"{name}_{safe_file_name(essence.name)}_x{strength:g}.png")
     print(f"wrote {len(jobs) * len(wp)} images to {out}")

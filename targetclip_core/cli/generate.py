@@ -7,6 +7,7 @@ from pathlib import Path
 from targetclip_core.cli.args import (
     DEVICE_HELP,
     add_device_arg,
+    add_precision_arg,
     check_out_resolution,
     finite_float,
     float_in,
@@ -45,6 +46,7 @@ def add_parsers(subparsers) -> None:
                    help="per-layer noise: const (the stored noise buffers, reproducible; default), random (new noise each call) or none")
     r.add_argument("--out-resolution", type=resolution_arg, default=None, help="stop synthesis at this resolution")
     r.add_argument("--batch-size", type=positive_int, default=4, help="latents rendered at once (default 4)")
+    add_precision_arg(r)
     add_device_arg(r, help=DEVICE_HELP)
     t = r.add_argument_group("StyleGAN3 (as NVlabs' gen_images.py)")
     t.add_argument("--translate", type=float_pair, default=None, metavar="TX,TY",
@@ -114,7 +116,7 @@ def cmd_render(args) -> int:
         _render_views(G, wp, names, out, args)
         return 0
     batches = iter_latent_batches(G, wp, batch_size=args.batch_size, noise_mode=args.noise_mode,
-                                  out_resolution=args.out_resolution, transform=transform)
+                                  out_resolution=args.out_resolution, transform=transform, precision=args.precision)
     for done, imgs in tqdm(batches, total=-(-len(wp) // args.batch_size), desc="render", unit="batch"):
         for name, img in zip(names[done - len(imgs) : done], imgs):
             save_png(img, out / f"{name}.png")

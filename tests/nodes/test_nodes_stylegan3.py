@@ -25,7 +25,7 @@ def test_sample_and_render_with_translate_and_rotate(pack, G3):
     assert G3.describe().endswith("StyleGAN3-R")
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G3, seed=1, count=2, truncation=0.7)
     render = node(pack, "TargetCLIP_RenderLatents")
-    assert set(render.INPUT_TYPES()["optional"]) == {"translate_x", "translate_y", "rotate"}
+    assert set(render.INPUT_TYPES()["optional"]) == {"translate_x", "translate_y", "rotate", "precision"}
     (plain,) = render.render(G3, lat, "const", 2)
     (moved,) = render.render(G3, lat, "const", 2, translate_x=0.1, translate_y=-0.2, rotate=30.0)
     with torch.no_grad():
@@ -50,3 +50,12 @@ def test_translate_on_stylegan2_is_refused(pack, G):
     (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=1, truncation=1.0)
     with pytest.raises(Exception, match="StyleGAN3"):
         node(pack, "TargetCLIP_RenderLatents").render(G, lat, "const", 1, translate_x=0.5)
+
+
+def test_render_latents_in_bf16(pack, G):
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=1, count=2, truncation=0.7)
+    render = node(pack, "TargetCLIP_RenderLatents")
+    (fp32,) = render.render(G, lat, "const", 2)
+    (bf16,) = render.render(G, lat, "const", 2, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert 0 < float((bf16 - fp32).abs().max()) < 0.05  # a different precision, the same images within bf16's 8 bits

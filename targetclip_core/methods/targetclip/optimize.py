@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from targetclip_core.devices import autocast
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.latents import wplus_from_z
 from targetclip_core.methods.directions.text_constraints import text_constraint
@@ -163,6 +164,7 @@ def optimize_essence(
     keep=(),
     lambda_text: float = 1.0,
     text_neutral: str | None = None,
+    precision: str = "fp32",
 ):
     """Optimise one essence per target image. Returns an Essence, or a list for several targets.
 
@@ -182,6 +184,8 @@ def optimize_essence(
       default: methods.directions.text_constraints), added as lambda_text * that term ("text" in the
       loss history); text_neutral measures each text from that prompt. With neither, the paper's loss
       is unchanged.
+    precision: the steps' renders and CLIP passes in devices.PRECISIONS ("fp32", the paper's, by default;
+      "bf16" about doubles the speed on CPUs with bf16 units and recent GPUs); losses and the update stay fp32.
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
@@ -224,8 +228,10 @@ def optimize_essence(
         opt.param_groups[0]["lr"] = official_lr(step, steps, lr)
         scale = coefficients[..., None, None] if coefficients is not None else 1.0
         edits = sources[None] + scale * vectors[:, None]  # [T, N, n_latent, w_dim]
-        images = G.synthesis(edits.flatten(0, 1), out_resolution=res)
-        edit_codes = C.encode_image(images, preprocess).view(n_targets, n, -1)
+        with autocast(precision, device):
+            images = G.synthesis(edits.flatten(0, 1), out_resolution=res)
+            edit_codes = C.encode_image(images, preprocess).view(n_targets, n, -1)
+        images, edit_codes = images.float(), edit_codes.float()
         losses = essence_losses(target_codes, source_codes, edit_codes, vectors, lambdas)
         if constraint:
             losses["text"] = constraint(edit_codes, source_codes)

@@ -1,0 +1,95 @@
+"""Reduced precision (devices.PRECISIONS): which dtype `auto` picks, and that bf16 keeps the results: the
+reference images of the rosinality fixture, gradients to W+, and a 200-step essence against fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers.clip import tiny_clip
+from helpers.generators import random_wplus, tiny_generator
+from helpers.paths import ROSINALITY_FIXTURE
+
+from targetclip_core import devices
+from targetclip_core.errors import TargetCLIPError
+from targetclip_core.generators.render import render_latents
+from targetclip_core.methods.targetclip.optimize import optimize_essence
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_on_cpu_follows_the_bf16_units(monkeypatch, has_bf16, expected):
+    monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda: has_bf16)
+    assert devices.resolve_precision("auto", "cpu") == expected
+    assert devices.resolve_precision("fp32", "cpu") == torch.float32
+    assert devices.resolve_precision("bf16", "cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("capability, expected", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float16)])
+def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert devices.resolve_precision("auto", "cuda") == expected
+
+
+def test_bad_precisions_are_refused():
+    with pytest.raises(TargetCLIPError, match="fp16 is not offered on the CPU"):
+        devices.resolve_precision("fp16", "cpu")
+    with pytest.raises(TargetCLIPError, match="precision must be one of"):
+        devices.resolve_precision("int8", "cpu")
+
+
+@pytest.fixture(scope="module")
+def G_ros(rosinality32_ckpt):
+    from targetclip_core.generators.load import load_generator
+
+    return load_generator(rosinality32_ckpt, device="cpu")
+
+
+def test_bf16_renders_the_reference_images_within_a_few_percent(G_ros, fixtures_dir):
+    with np.load(fixtures_dir / f"{ROSINALITY_FIXTURE}.npz") as ref:
+        wp, image = torch.from_numpy(ref["wplus"]), torch.from_numpy(ref["image_from_wplus"])
+    ours = render_latents(G_ros, wp, precision="bf16")
+    assert ours.dtype == torch.float32
+    err = (ours - image).abs()
+    # measured: 1.3% max, 1.0% mean of the image's range in bf16 (8 bits of mantissa); fp32 is below 1e-5
+    assert float(err.max() / image.abs().max()) < 0.03 and float(err.mean() / image.abs().mean()) < 0.02
+    assert float((render_latents(G_ros, wp) - image).abs().max() / image.abs().max()) < 1e-4
+
+
+def test_bf16_gradients_point_where_fp32_ones_do():
+    G = tiny_generator(32)
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        wp = random_wplus(G, 2, seed=3).requires_grad_(True)
+        with devices.autocast(precision, "cpu"):
+            images = G.synthesis(wp)
+        (images.float() - target).square().mean().backward()
+        grads[precision] = wp.grad.flatten()
+    cos = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
+    assert cos > 0.99
+    assert float(grads["bf16"].norm() / grads["fp32"].norm()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_200_step_essence_in_bf16_ends_where_fp32_does():
+    G, C = tiny_generator(32), tiny_clip()
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    finals = {}
+    for precision in ("fp32", "bf16"):
+        losses = []
+        optimize_essence(G, C, target, steps=200, n_sources=2, seed=0, precision=precision,
+                         callback=lambda info: losses.append(float(info.losses["total"].mean())))
+        finals[precision] = min(losses[-20:])
+    assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
+
+
+def test_cli_render_and_apply_take_a_precision(tmp_path, capsys):
+    from targetclip_core.cli.main import main
+    from targetclip_core.generators.load import save_generator
+
+    gen = tmp_path / "g.safetensors"
+    save_generator(tiny_generator(32), gen)
+    assert main(["render", "-g", str(gen), "--seeds", "0-1", "-o", str(tmp_path / "bf16"), "--device", "cpu",
+                 "--precision", "bf16"]) == 0
+    assert len(list((tmp_path / "bf16").glob("*.png"))) == 2
+    rc = main(["render", "-g", str(gen), "--seeds", "0", "-o", str(tmp_path / "h"), "--device", "cpu", "--precision", "fp16"])
+    assert rc == 2 and "fp16 is not offered on the CPU" in capsys.readouterr().err
