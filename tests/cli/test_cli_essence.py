@@ -248,7 +248,7 @@ def test_bench_optimize_prints_table_and_speedups(monkeypatch, capsys):
     assert "essence optimisation step, StyleGAN2 32px, N=2, CLIP TargetCLIP-Tiny, cpu" in out
     assert "seconds per step" in out
     rows = {}
-    for label in ("ours (sources cached, out_resolution auto, one batch)",
+    for label in ("ours, fp32 (sources cached, out_resolution auto, one batch)",
                   "official loop, rosinality-style generator (faithful)", "official loop, our generator"):
         m = re.search(re.escape(label) + r"\s+([0-9.]+)", out)
         assert m, f"missing row {label!r} in:\n{out}"
