@@ -183,39 +183,6 @@ def build_sd15_checkpoint(comfyui: Path, path: Path) -> None:
     save_file(tensors, str(path))
 
 
-def write_clip_of(photo: Path, path: Path, frames: int = 6, fps: int = 12) -> None:
-    """A short H.264 clip of the photo drifting a few pixels a frame, with a 440 Hz AAC tone (the audio the
-    edit must keep), written with PyAV (ComfyUI's own requirement)."""
-    import av
-    import numpy as np
-    from PIL import Image
-
-    img = Image.open(photo).convert("RGB")
-    img.thumbnail((256, 256))
-    w, h = (img.width // 2) * 2, (img.height // 2) * 2
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        audio = out.add_stream("aac", rate=44100)
-        for k in range(frames):
-            canvas = Image.new("RGB", (w, h))
-            canvas.paste(img, (2 * k - frames, 0))
-            for packet in video.encode(av.VideoFrame.from_image(canvas)):
-                out.mux(packet)
-        samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(44100 * frames // fps) / 44100)).astype(np.float32)
-        for start in range(0, len(samples), 1024):
-            chunk = samples[start : start + 1024]
-            if len(chunk) < 1024:
-                chunk = np.pad(chunk, (0, 1024 - len(chunk)))
-            frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
-            frame.sample_rate = 44100
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for stream in (video, audio):
-            for packet in stream.encode(None):
-                out.mux(packet)
-
-
 def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> dict[str, tuple[str, str]]:
     """Fresh WORKDIR with the models, inputs and the pack link. Returns {workflow: (status, why)} of those
     that cannot run."""
@@ -224,6 +191,7 @@ def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> 
 
     sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the engine and the test helpers (helpers.*)
     from helpers.eg3d import tiny_eg3d
+    from helpers.video import write_face_clip
     from helpers.parsing import official_state
 
     from targetclip_core.generators.load import load_generator, save_generator
@@ -262,8 +230,8 @@ def build_workdir(workdir: Path, comfyui: Path, shared: Path, with_sd: bool) -> 
         photo = shared / "data" / "targetclip" / "targets" / source
         if photo.is_file():
             Image.open(photo).convert("RGB").save(workdir / "input" / name)
-            if name == "photo.jpg":
-                write_clip_of(photo, workdir / "input" / "clip.mp4")
+            if name == "photo.jpg":  # 6 frames of it drifting, with a tone (tests/helpers/video.py)
+                write_face_clip(photo, workdir / "input" / "clip.mp4", frames=6, fps=12, fit=256)
         else:  # enough for the workflows that never look for a face
             Image.fromarray((torch.rand(256, 256, 3) * 255).byte().numpy()).save(workdir / "input" / name)
             missing.update({wf: (OFFLINE, f"no face photo ({photo} missing): Align Face (MTCNN) needs a real face")

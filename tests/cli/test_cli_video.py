@@ -24,31 +24,11 @@ av = pytest.importorskip("av", reason="PyAV writes the test clips (pip install a
 @pytest.fixture(scope="module")
 def clip_with_audio(tmp_path_factory):
     """8 frames at 12 fps, 160x160, the photo drifting; frame 5 blank; a 440 Hz AAC tone."""
-    from PIL import Image
+    from helpers.video import write_face_clip
 
-    photo = Image.open(require_shared("data", "targetclip", "targets", "keanu.jpg")).convert("RGB")
-    photo.thumbnail((150, 150))
-    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=12)
-        video.width, video.height, video.pix_fmt = 160, 160, "yuv420p"
-        audio = out.add_stream("aac", rate=44100)
-        for k in range(8):
-            canvas = Image.new("RGB", (160, 160), (30, 30, 30))
-            if k != 5:
-                canvas.paste(photo, (2 * k, k))
-            for packet in video.encode(av.VideoFrame.from_image(canvas)):
-                out.mux(packet)
-        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(44100 * 8 // 12) / 44100)).astype(np.float32)
-        for start in range(0, len(tone) - 1023, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
-            frame.sample_rate = 44100
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for stream in (video, audio):
-            for packet in stream.encode(None):
-                out.mux(packet)
-    return path
+    photo = require_shared("data", "targetclip", "targets", "keanu.jpg")
+    return write_face_clip(photo, tmp_path_factory.mktemp("clip") / "clip.mp4", frames=8, fps=12, size=(160, 160),
+                           blank=(5,))
 
 
 @pytest.fixture(scope="module")
