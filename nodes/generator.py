@@ -1,4 +1,4 @@
-"""Generator nodes: load a StyleGAN2 / StyleGAN3 / EG3D checkpoint, sample W+ latents, render them."""
+"""Generator nodes: load a StyleGAN2 / StyleGAN3 checkpoint, sample W+ latents, render them."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from .common import (
 
 
 class LoadStyleGAN:
-    DESCRIPTION = ("Load a StyleGAN2, StyleGAN3 or EG3D generator (rosinality .pt, NVlabs .pkl of every release "
-                   "including the TensorFlow-era ones, e4e .pt or .safetensors) safely: no code from the file runs.")
+    DESCRIPTION = ("Load a StyleGAN2 or StyleGAN3 generator (rosinality .pt, NVlabs .pkl of every release including the "
+                   "TensorFlow-era ones, e4e .pt or .safetensors) safely: no code from the file runs. EG3D: Load EG3D.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("STYLEGAN",)
     RETURN_NAMES = ("generator",)
