@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import torch
 
+from targetclip_core.io.images import to_uint8
 from targetclip_core.methods.targetclip.essence import parse_layer_range
 from targetclip_core.methods.video import edit_clip, essence_edit, essence_ramp, ramp, turntable
 from targetclip_core.methods.video.edit import LANDMARK_SIGMA, LATENT_SIGMA
 
-from .common import CATEGORY, LAYER_CHOICES, Progress, check_interrupted, image_from_core, managed
+from .common import CATEGORY, LAYER_CHOICES, Progress, check_interrupted, image_from_core, image_to_core, managed
 
 RAMP_SHAPES = ["cosine", "linear"]
 
 
 def _frames_from_images(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [T, H, W, 3] in [0, 1] -> uint8 frames [T, H, W, 3]."""
-    if images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"frames must be an IMAGE batch [T, H, W, 3], got {list(images.shape)}")
-    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def _images_from_frames(frames: torch.Tensor) -> torch.Tensor:
-    return frames.float() / 255
+    """ComfyUI IMAGE [T, H, W, 3] in [0, 1] -> uint8 frames [T, H, W, 3] (checked as every IMAGE input)."""
+    return torch.from_numpy(to_uint8(image_to_core(images, "cpu")))
 
 
 class EditClip:
@@ -64,7 +59,7 @@ class EditClip:
         result = edit_clip(_frames_from_images(frames), inverter, essence_edit(G, essence, strength, parse_layer_range(layers)),
                            resolution=G.resolution, landmark_sigma=landmark_smoothing, latent_sigma=latent_smoothing,
                            device=inverter.device, on_frame=on_frame)
-        return (_images_from_frames(result.frames), result.report())
+        return (image_from_core(result.frames.permute(0, 3, 1, 2).float() / 127.5 - 1), result.report())
 
 
 class EssenceRamp:

@@ -288,6 +288,30 @@ def add_alignment_args(p, with_toggle: bool = True) -> None:
 
 
 @contextlib.contextmanager
+def stage_bars(unit: str):
+    """`update(stage, done, total, **postfix)`: one tqdm bar per stage of a long run (refine, PTI; track, invert,
+    edit), made when the stage starts, all closed at the end."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def update(stage: str, done: int, total: int, **postfix) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=False)
+        bar = bars[stage]
+        bar.n = done
+        if postfix:
+            bar.set_postfix(postfix, refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@contextlib.contextmanager
 def one_line_warnings(stream=None):
     """While active, every warning prints as one `targetclip: warning: <message>` line on stderr (no category,
     no source line); restored after, so only the command line's own run is affected (the engine stays silent

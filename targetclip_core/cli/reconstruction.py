@@ -7,7 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-from targetclip_core.cli.args import finite_float, float_pair, non_negative_int, positive_float
+from targetclip_core.cli.args import finite_float, float_pair, non_negative_int, positive_float, stage_bars
 
 
 def add_reconstruction_args(parser) -> None:
@@ -61,8 +61,6 @@ def load_scorers(args, device):
 
 def run_reconstruction(args, G, image, wp, lpips, arcface, start: str = "e4e"):
     """reconstruct_photo with the command's options and a tqdm bar per stage."""
-    from tqdm import tqdm
-
     from targetclip_core.errors import TargetCLIPError
     from targetclip_core.methods.reconstruction import Locality, ReconstructionTerms, reconstruct_photo
 
@@ -76,23 +74,13 @@ def run_reconstruction(args, G, image, wp, lpips, arcface, start: str = "e4e"):
     lpips_weight = 1.0 if lpips is not None else 0.0
     refine_terms = ReconstructionTerms(l2=1.0, lpips=lpips_weight, identity=identity)
     pti_terms = ReconstructionTerms(l2=1.0, lpips=lpips_weight)
-    bars: dict = {}
-
-    def on_step(stage, info):
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=info.steps, desc=stage, unit="step", leave=False)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(info.loss.mean()):.4f}")
-
-    try:
+    with stage_bars("step") as update:
         return reconstruct_photo(G, image, wp, refine_steps=args.refine, refine_lr=args.refine_lr, refine_terms=refine_terms,
                                  pti_steps=args.pti, pti_lr=args.pti_lr, pti_terms=pti_terms,
                                  locality=Locality(every=args.locality_every), lpips=lpips, arcface=arcface, camera=camera,
-                                 on_step=on_step, start=start)
-    finally:
-        for bar in bars.values():
-            bar.close()
+                                 on_step=lambda stage, info: update(stage, info.step + 1, info.steps,
+                                                                     loss=f"{float(info.loss.mean()):.4f}"),
+                                 start=start)
 
 
 def write_reconstruction(result, stem_path: Path, pti_save: str = "full") -> list[Path]:

@@ -12,6 +12,7 @@ from targetclip_core.cli.args import (
     parse_layers,
     positive_float,
     positive_int,
+    stage_bars,
 )
 from targetclip_core.io.files import check_output_path
 
@@ -65,8 +66,6 @@ def _video_out(path):
 
 
 def cmd_edit_video(args) -> int:
-    from tqdm import tqdm
-
     from targetclip_core.encoders.inversion import load_inverter
     from targetclip_core.generators.load import load_generator
     from targetclip_core.io.video import read_clip, write_clip
@@ -79,22 +78,12 @@ def cmd_edit_video(args) -> int:
     G = load_generator(args.generator, device=inverter.device) if args.generator else inverter.generator
     essence = load_essence(args.essence, G)
     strength = essence.strength if args.strength is None else args.strength
-    bars: dict = {}
-
-    def on_frame(stage, done, total):
-        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, unit="frame"))
-        bar.n = done
-        bar.refresh()
-
     refine = _frame_refinement(G, args.refine) if args.refine else None
-    try:
+    with stage_bars("frame") as update:
         result = edit_clip(clip.frames, inverter, essence_edit(G, essence, strength or 1.0, parse_layers(args.layers)),
                            resolution=G.resolution, landmark_sigma=args.landmark_sigma, latent_sigma=args.latent_sigma,
                            feather=args.feather, refine=refine, detector=args.detector, device=inverter.device,
-                           on_frame=on_frame)
-    finally:
-        for bar in bars.values():
-            bar.close()
+                           on_frame=update)
     write_clip(out, result.frames, clip.fps, audio_from=clip.source if clip.has_audio else None)
     print(f"wrote {out}: {result.report()}")
     return 0
@@ -116,7 +105,6 @@ def _frame_refinement(G, steps: int):
 
 def cmd_animate(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from targetclip_core.errors import TargetCLIPError
     from targetclip_core.generators.latents import load_latents, wplus_from_seeds
@@ -133,14 +121,10 @@ def cmd_animate(args) -> int:
     wp = (G.to_wplus(load_latents(args.latent).to(G.device))[:1] if args.latent
           else wplus_from_seeds(G, [args.seed], args.truncation))
     layers = parse_layers(args.layers)
-    bar = tqdm(desc=args.kind, unit="frame")
+    with stage_bars("frame") as update:
+        def on_frame(done, total, images):
+            update(args.kind, done, total)
 
-    def on_frame(done, total, images):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
         if args.kind == "ramp":
             frames = essence_ramp(G, wp, essences[0], ramp(args.frames, args.strength, args.shape), layers, on_frame=on_frame)
         elif args.kind == "interpolate":
@@ -150,8 +134,6 @@ def cmd_animate(args) -> int:
             frames = turntable(G, wp, args.frames, yaw_range=args.yaw_range, pitch_range=args.pitch_range,
                                essence=essences[0] if essences else None, strengths=strengths, layers=layers,
                                on_frame=on_frame)
-    finally:
-        bar.close()
     with torch.no_grad():
         write_clip(out, frames, args.fps)
     print(f"wrote {out} ({len(frames)} frames at {args.fps:g} fps)")

@@ -43,7 +43,7 @@ from torch import nn
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.cameras import CameraRig, camera_labels, split_label
 from targetclip_core.generators.limits import MAX_RAY_SAMPLES, MAX_RESOLUTION, checked_float, checked_int, checked_mapping
-from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, check_wplus_shape
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, check_wplus_shape, ordered_style_codes
 from targetclip_core.generators.superresolution import SUPERRESOLUTION_MODULES, SuperResolution, SuperResolutionSpec
 from targetclip_core.generators.volume_rendering import (
     N_PLANES,
@@ -402,15 +402,7 @@ class EG3DGenerator(nn.Module):
         return out
 
     def _split_styles(self, styles) -> tuple[list, list]:
-        names = self.layer_names()
-        if isinstance(styles, dict):
-            missing = [n for n in names if n not in styles]
-            if missing:
-                raise LatentError(f"style codes missing for layers {missing[:4]} of {self.describe()}")
-            styles = [styles[n] for n in names]
-        styles = list(styles)
-        if len(styles) != len(names):
-            raise LatentError(f"expected {len(names)} style codes for {self.describe()}, got {len(styles)}")
+        styles = ordered_style_codes(styles, self.layer_names(), self.describe())  # the backbone checks its widths
         n = len(self.backbone.layer_names())
         return styles[:n], styles[n:]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,23 +47,30 @@ def load_generator(path, device=None) -> StyleGAN2Generator:
     with gradients disabled on its parameters (edits optimise latents, not weights).
     """
     file = resolve_checkpoint(path)
-    cfg, state, has_w_avg = read_generator_checkpoint(file)
-    G = build_generator(cfg, state, has_w_avg, source=file)
-    if sniff_format(file) == "safetensors":
-        _read_lineage(G, file)
+    checkpoint = read_generator_checkpoint(file)
+    G = build_generator(checkpoint.config, checkpoint.state, checkpoint.has_w_avg, source=file)
+    if checkpoint.tuned_from is not None:  # a pivotally tuned copy keeps the network it came from
+        G.tuned_from = checkpoint.tuned_from
     return G.to(default_device(device))
 
 
-def read_generator_checkpoint(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
-    """Parse a checkpoint into (config, state dict in our names, has trained w_avg)."""
+class GeneratorCheckpoint(NamedTuple):
+    config: object  # StyleGAN2Config / StyleGAN3Config / EG3DConfig
+    state: dict  # in our parameter names
+    has_w_avg: bool  # the file holds a trained w_avg
+    tuned_from: dict | None = None  # our safetensors of a pivotally tuned copy: the network it was tuned from
+
+
+def read_generator_checkpoint(file: Path) -> GeneratorCheckpoint:
+    """Parse a checkpoint into its config, state dict in our names, whether it has a trained w_avg (and lineage)."""
     kind = sniff_format(file)
     with malformed_file(file, "generator checkpoint"):
         if kind == "safetensors":
             return _read_safetensors(file)
         if kind == "torch-zip" or kind == "torch-legacy":
-            return stylegan2_from_torch_checkpoint(torch_load_safely(file), file)
+            return GeneratorCheckpoint(*stylegan2_from_torch_checkpoint(torch_load_safely(file), file))
         if kind == "pickle":
-            return _read_network_pickle(file)
+            return GeneratorCheckpoint(*_read_network_pickle(file))
     raise CheckpointError(
         f"{file}: unknown checkpoint format (not a PyTorch checkpoint, a network pickle or a "
         "safetensors file). Supported: rosinality .pt/.pth, NVlabs .pkl, e4e .pt, .safetensors."
@@ -94,24 +102,6 @@ def save_generator(G: StyleGAN2Generator, path) -> None:
         meta["tuned_from"] = json.dumps(tuned_from, sort_keys=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
     save_safetensors(tensors, path, metadata=meta)
-
-
-def _read_lineage(G, file: Path) -> None:
-    """`tuned_from` of a generator save_generator wrote from a pivotally tuned copy."""
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt", device="cpu") as f:
-        text = (f.metadata() or {}).get("tuned_from")
-    if text is None:
-        return
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError:
-        info = None
-    if not (isinstance(info, dict) and isinstance(info.get("fingerprint"), str) and len(info["fingerprint"]) == 64):
-        raise CheckpointError(f"{file}: the metadata 'tuned_from' is not what save_generator writes")
-    G.tuned_from = {"fingerprint": info["fingerprint"], "describe": str(info.get("describe", "")),
-                    "identity": info.get("identity") if isinstance(info.get("identity"), dict) else {}}
 
 
 def _network_class(cfg):
@@ -165,7 +155,20 @@ def _read_safetensors(file: Path) -> tuple[StyleGAN2Config, dict, bool]:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None
-    return cfg, state, meta.get("has_w_avg") == "1"
+    return GeneratorCheckpoint(cfg, state, meta.get("has_w_avg") == "1", _lineage(meta, file))
+
+
+def _lineage(meta: dict, file: Path) -> dict | None:
+    """The `tuned_from` save_generator wrote for a pivotally tuned copy, checked; None for any other generator."""
+    from targetclip_core.io.safetensors_files import meta_json
+
+    info = meta_json(meta, "tuned_from", dict, file, "generator", default=None, error=CheckpointError)
+    if info is None:
+        return None
+    if not (isinstance(info.get("fingerprint"), str) and len(info["fingerprint"]) == 64):
+        raise CheckpointError(f"{file}: the metadata 'tuned_from' is not what save_generator writes")
+    return {"fingerprint": info["fingerprint"], "describe": str(info.get("describe", "")),
+            "identity": info.get("identity") if isinstance(info.get("identity"), dict) else {}}
 
 
 def _config_from_metadata(meta: dict, file: Path):

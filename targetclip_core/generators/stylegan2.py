@@ -474,19 +474,24 @@ class MappedGenerator:
     def ordered_style_codes(self, styles, widths: list[int]) -> list[torch.Tensor]:
         """StyleSpace codes (a dict by `layer_names()` or a list in that order) as a list, each checked to be
         [B, width] for its layer."""
-        names = self.layer_names()
-        if isinstance(styles, dict):
-            missing = [n for n in names if n not in styles]
-            if missing:
-                raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''}")
-            styles = [styles[n] for n in names]
-        styles = list(styles)
-        if len(styles) != len(names):
-            raise LatentError(f"expected {len(names)} style codes (one per layer), got {len(styles)}")
-        for name, s, width in zip(names, styles, widths):
-            if s.dim() != 2 or s.shape[1] != width:
-                raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {width}]")
-        return styles
+        return ordered_style_codes(styles, self.layer_names(), self.describe(), widths)
+
+
+def ordered_style_codes(styles, names: list[str], what: str, widths: list[int] | None = None) -> list[torch.Tensor]:
+    """StyleSpace codes of the generator `what` (a dict by layer name or a list in the order of `names`) as a list;
+    with `widths`, each is checked to be [B, width]. Errors name the missing layers and the generator."""
+    if isinstance(styles, dict):
+        missing = [n for n in names if n not in styles]
+        if missing:
+            raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''} of {what}")
+        styles = [styles[n] for n in names]
+    styles = list(styles)
+    if len(styles) != len(names):
+        raise LatentError(f"expected {len(names)} style codes for {what}, got {len(styles)}")
+    for name, s, width in zip(names, styles, widths or ()):
+        if s.dim() != 2 or s.shape[1] != width:
+            raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {width}]")
+    return styles
 
 
 class StyleGAN2Generator(MappedGenerator, nn.Module):

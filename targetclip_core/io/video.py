@@ -38,7 +38,7 @@ import torch
 
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.io.files import atomic_path, check_output_path
-from targetclip_core.io.images import DEFAULT_MAX_PIXELS
+from targetclip_core.io.images import DEFAULT_MAX_PIXELS, to_uint8
 
 # 2 GiB of uint8 RGB frames: about 45 s of 1080p, or 12 min at 512 x 512 and 24 fps
 MAX_CLIP_BYTES = 2 << 30
@@ -343,8 +343,7 @@ def _as_uint8_frames(frames) -> np.ndarray:
         return x.contiguous().numpy()
     if not x.is_floating_point() or x.shape[1] != 3:
         raise TargetCLIPError(f"float frames must be [T, 3, H, W] in [-1, 1], got {list(x.shape)} {x.dtype}")
-    x = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    return np.ascontiguousarray(to_uint8(x))
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

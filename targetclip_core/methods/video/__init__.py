@@ -2,7 +2,7 @@
 essence interpolation, EG3D turntables)."""
 
 from targetclip_core.methods.video.animate import essence_interpolation, essence_ramp, ramp, sat3d_ramp, turntable
-from targetclip_core.methods.video.edit import EditedClip, edit_clip, essence_edit, frames_uint8, sat3d_edit
+from targetclip_core.methods.video.edit import EditedClip, edit_clip, essence_edit, sat3d_edit
 
 __all__ = [
     "EditedClip",
@@ -10,7 +10,6 @@ __all__ = [
     "essence_edit",
     "essence_interpolation",
     "essence_ramp",
-    "frames_uint8",
     "ramp",
     "sat3d_edit",
     "sat3d_ramp",

@@ -28,7 +28,7 @@ def ramp(frames: int, peak: float = 1.0, shape: str = "cosine") -> list[float]:
     raise TargetCLIPError(f"ramp shape must be 'cosine' or 'linear', got {shape!r}")
 
 
-def _render(G, codes: list, render: Callable, batch_size: int, on_frame: OnFrame | None) -> torch.Tensor:
+def _render(codes: list, render: Callable, batch_size: int, on_frame: OnFrame | None) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for start in range(0, len(codes), batch_size):
@@ -70,7 +70,7 @@ def _edited_frames(G, wp, pairs: list, layers, batch_size: int, on_frame) -> tor
     def render(batch):
         return G.synthesis(torch.cat([edit_latents(wp, e.to(G.device), s, layers) for e, s in batch]))
 
-    return _render(G, pairs, render, batch_size, on_frame)
+    return _render(pairs, render, batch_size, on_frame)
 
 
 def sat3d_ramp(G, source: torch.Tensor, reference: torch.Tensor, matrix, attributes, deltas: list[float],
@@ -84,7 +84,7 @@ def sat3d_ramp(G, source: torch.Tensor, reference: torch.Tensor, matrix, attribu
         styles = [transfer_styles(G, src, ref, matrix, attributes, d) for d in ds]
         return G.synthesis_from_styles({k: torch.cat([s[k] for s in styles]) for k in styles[0]})
 
-    return _render(G, list(deltas), render, batch_size, on_frame)
+    return _render(list(deltas), render, batch_size, on_frame)
 
 
 def turntable(G, wp: torch.Tensor, frames: int, *, yaw_range: float = 30.0, pitch_range: float = 10.0,

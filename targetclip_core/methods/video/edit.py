@@ -24,6 +24,7 @@ from targetclip_core.faces.tracking import (
     smooth_series,
     track_landmarks,
 )
+from targetclip_core.io.images import to_uint8
 
 LANDMARK_SIGMA = DEFAULT_SIGMA  # frames; see faces.tracking.smooth_landmarks
 LATENT_SIGMA = 1.0  # frames: e4e's per-frame codes flicker less, motion is kept
@@ -114,7 +115,7 @@ def edit_clip(frames: torch.Tensor, inverter, edit: Edit, *, resolution: int, la
         for frame, face in zip(chunk, edited):
             photo = out[frame].permute(2, 0, 1)[None].float() / 127.5 - 1
             pasted = paste_back(photo, face[None], aligned[frame], feather=feather).image[0]
-            out[frame] = frames_uint8(pasted[None])[0]  # outside the mask: the frame's own values, exactly
+            out[frame] = torch.from_numpy(to_uint8(pasted[None])[0])  # outside the mask: the frame's own values
         if on_frame is not None:
             on_frame("edit", min(start + batch_size, len(idx)), len(idx))
     return EditedClip(out, present, jitter_raw, jitter, latents, {"runs": _runs(present)})
@@ -135,8 +136,3 @@ def sat3d_edit(G, reference: torch.Tensor, matrix, attributes, delta=1.0) -> Edi
 
     ref = reference.to(G.device)
     return lambda wp: G.synthesis_from_styles(transfer_styles(G, wp.to(G.device), ref, matrix, attributes, delta))
-
-
-def frames_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[T, 3, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (rounded, clamped)."""
-    return ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
