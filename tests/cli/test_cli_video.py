@@ -90,3 +90,24 @@ def test_edit_video_with_refinement(tmp_path, clip_with_audio, e4e_file, capsys,
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "LPIPS is off" in captured.err and read_clip(out).frames.shape[0] == 4
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 64])
+def test_edit_video_names_a_broken_clip(tmp_path, e4e_file, capsys, content):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    rc = main(["edit-video", str(bad), "--essence", str(_essence_file(tmp_path)), "--encoder", str(e4e_file),
+               "--out", str(tmp_path / "out.mp4"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "broken.mp4" in err and "Traceback" not in err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_animate_refuses_an_essence_of_another_generator(tmp_path, capsys):
+    from helpers.generators import tiny_generator
+
+    gen = tmp_path / "g.safetensors"
+    save_generator(tiny_generator(32), gen)
+    rc = main(["animate", "ramp", "-g", str(gen), "-e", str(_essence_file(tmp_path)), "--frames", "3",
+               "--out", str(tmp_path / "r.mp4")])
+    assert rc == 2 and "Traceback" not in capsys.readouterr().err

@@ -187,3 +187,14 @@ def test_bench_reconstruction_reports_seconds_per_step_and_memory():
     summary = bench_reconstruction(resolution=32, steps=1, with_arcface=False, log=lines.append)
     assert summary["refine_s_per_step"] > 0 and summary["pti_s_per_step"] > 0 and summary["pti_peak_gb"] > 0
     assert any("refine_inversion" in line for line in lines)
+
+
+def test_a_damaged_tuned_weights_file_is_named(G, case, tmp_path):
+    photo, guess = case
+    tuned = pivotal_tuning(G, photo, guess, steps=1, lr=1e-3, terms=L2, locality=Locality(every=0)).generator
+    path = tmp_path / "me_pti.safetensors"
+    save_tuned_generator(tuned, path)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_tuned_generator(tmp_path / "cut.safetensors", G)
