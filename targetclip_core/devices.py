@@ -66,3 +66,28 @@ def autocast(precision: str, device):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def active_autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The reduced type an enclosing torch.autocast computes in on `device_type`, or None outside one. Code with
+    its own low-precision path (the frozen synthesis layer) reads it and then runs with autocast off."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: no device-type arguments
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+        if not enabled:
+            return None
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+def full_precision(device_type: str):
+    """A context where an enclosing autocast is off: the parts that must stay fp32 (demodulation, the RGB skip
+    sum, statistics) run in their own types there."""
+    return torch.autocast(device_type, enabled=False)
+
+
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """`t` in fp32 when it is in a reduced type (bf16 / fp16), else as it is (fp32 and fp64 stay)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t

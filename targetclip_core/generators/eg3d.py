@@ -43,7 +43,8 @@ from torch import nn
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.cameras import CameraRig, camera_labels, split_label
 from targetclip_core.generators.limits import MAX_RAY_SAMPLES, MAX_RESOLUTION, checked_float, checked_int, checked_mapping
-from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, check_wplus_shape, ordered_style_codes
+from targetclip_core.generators.mapped import check_wplus_shape, ordered_style_codes
+from targetclip_core.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from targetclip_core.generators.superresolution import SUPERRESOLUTION_MODULES, SuperResolution, SuperResolutionSpec
 from targetclip_core.generators.volume_rendering import (
     N_PLANES,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from targetclip_core.devices import active_autocast_dtype, full_precision, widened
 from targetclip_core.errors import LatentError
 from targetclip_core.generators.fir import depthwise_fir, fir_kernel_2d, upsample_fir  # noqa: F401 (re-exported)
 from targetclip_core.generators.limits import (
@@ -39,7 +40,8 @@ from targetclip_core.generators.limits import (
     checked_int,
     checked_mapping,
 )
-from targetclip_core.generators.synthesis_grad import autocast_enabled, synthesis_layer
+from targetclip_core.generators.mapped import MappedGenerator
+from targetclip_core.generators.synthesis_grad import frozen_weight, synthesis_layer
 
 SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -182,9 +184,11 @@ class ModulatedConv(nn.Module):
             extra = taps - 2 - (kernel_size - 1)
             self.blur_pad = ((extra + 1) // 2 + 1, extra // 2 + 1)
 
-    def demod_coefficients(self, weight, style):
+    def demod_coefficients(self, weight, style, weight_squares=None):
         # sum_{i,k} (w_oik s_i)^2 = sum_i s_i^2 * sum_k w_oik^2 : a [B,I]x[I,O] product instead of a [B,O,I,k,k] tensor
-        return torch.rsqrt(style.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8)
+        if weight_squares is None:
+            weight_squares = weight.square().sum(dim=(2, 3))
+        return torch.rsqrt(style.square() @ weight_squares.t() + 1e-8)
 
     def forward(self, x, style, impl="unfused"):
         """x: [B, in_ch, H, W]; style: [B, in_ch] (the StyleSpace code of this layer).
@@ -272,12 +276,17 @@ class SynthesisLayer(nn.Module):
         return torch.addcmul(bias, noise, self.noise_strength * SQRT2, out=offset)
 
     def forward(self, x, style, noise_mode="const", impl="unfused"):
-        if impl == "unfused" and not self.trainable() and not autocast_enabled(x.device.type):
-            # frozen weights (every latent optimisation): one pass with a hand-written backward
-            weight = self.conv.weight * self.conv.weight_gain
-            coef = self.conv.demod_coefficients(weight, style) * SQRT2
-            offset = self._offset(x, noise_mode)
-            return synthesis_layer(x, style, coef, offset, weight, self.conv, self.conv_clamp)
+        if impl == "unfused" and not self.trainable():
+            # frozen weights (every latent optimisation): one pass with a hand-written backward. Under autocast
+            # it runs its own low-precision path: activations and weights in the reduced type, styles and
+            # demodulation in fp32 (the sums of squares and rsqrt are what bf16 gets wrong)
+            dtype = active_autocast_dtype(x.device.type) or x.dtype
+            with full_precision(x.device.type):
+                style = widened(style)  # a style computed under autocast (EG3D's) comes in bf16
+                weight, weight_squares = frozen_weight(self.conv, dtype)
+                coef = self.conv.demod_coefficients(None, style, weight_squares) * SQRT2
+                x = x.to(dtype)
+                return synthesis_layer(x, style, coef, self._offset(x, noise_mode), weight, self.conv, self.conv_clamp)
         y, coef = self.conv(x, style, impl)
         offset = self._offset(y, noise_mode)
         if coef is None:
@@ -305,7 +314,7 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x, style, impl="unfused"):
         y, _ = self.conv(x, style, impl)  # no demodulation: nothing left to apply
-        x = y + self.bias[None, :, None, None]
+        x = widened(y) + self.bias[None, :, None, None]  # the RGB skip sums stay fp32 under autocast
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
@@ -334,8 +343,10 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x, styles.pop(0), noise_mode, impl)
         x = self.conv1(x, styles.pop(0), noise_mode, impl)
         y = self.torgb(x, styles.pop(0), impl)
-        img = y if img is None else upsample_fir(img, self.skip_filter) + y
-        return x, img
+        if img is not None:
+            with full_precision(y.device.type):
+                y = upsample_fir(img, self.skip_filter) + y
+        return x, y
 
 
 class MappingNetwork(nn.Module):
@@ -397,101 +408,11 @@ class MappingNetwork(nn.Module):
         return x
 
 
-def check_wplus_shape(wp, n_latent: int, w_dim: int, generator: str) -> None:
-    """A W+ latent must be a finite [B, n_latent, w_dim] tensor; the error names the generator."""
-    if not torch.is_tensor(wp) or wp.dim() != 3 or wp.shape[1:] != (n_latent, w_dim):
-        shape = list(wp.shape) if torch.is_tensor(wp) else type(wp).__name__
-        raise LatentError(
-            f"W+ latent of shape {shape} does not fit this generator: it expects "
-            f"[B, {n_latent}, {w_dim}] ({generator}). Was it made for another generator?"
-        )
-    if not torch.isfinite(wp).all():
-        raise LatentError("W+ latent contains NaN or infinite values")
-
-
 def _normalize_2nd_moment(x, eps=1e-8):
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
 # --------------------------------------------------------------------------- the generator
-
-
-class MappedGenerator:
-    """The latent-space half of the generator protocol, shared by StyleGAN2 and StyleGAN3: sizes from
-    `self.config`, z -> w through `self.mapping` (a MappingNetwork), W+ as one w per synthesis layer."""
-
-    @property
-    def resolution(self) -> int:
-        return self.config.resolution
-
-    @property
-    def n_latent(self) -> int:
-        return self.config.n_latent
-
-    @property
-    def w_dim(self) -> int:
-        return self.config.w_dim
-
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def c_dim(self) -> int:
-        return self.config.c_dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.mapping.w_avg.device
-
-    @property
-    def mapping_network(self) -> nn.Module:
-        """The z -> w network (`self.mapping`; holds w_avg and whether the checkpoint trained it)."""
-        return self.mapping
-
-    def truncation_latent(self) -> torch.Tensor:
-        """The centre truncation moves toward: the trained w_avg, else a sampled mean [1, w_dim]."""
-        return self.mapping.truncation_latent()
-
-    def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
-        """Mean of `n` mapped samples (deterministic for a seed): [1, w_dim]."""
-        return self.mapping.mean(n, seed)
-
-    def to_wplus(self, w: torch.Tensor) -> torch.Tensor:
-        if w.dim() == 3:
-            self.check_wplus(w)
-            return w
-        if w.dim() != 2 or w.shape[1] != self.w_dim:
-            raise LatentError(f"expected w of shape [B, {self.w_dim}], got {list(w.shape)}")
-        return w[:, None, :].expand(-1, self.n_latent, -1)
-
-    def check_wplus(self, wp: torch.Tensor) -> None:
-        check_wplus_shape(wp, self.n_latent, self.w_dim, self.describe())
-
-    def forward(self, z, c=None, truncation=1.0, noise_mode="const", out_resolution=None):
-        return self.synthesis(self.to_wplus(self.mapping(z, c, truncation=truncation)), noise_mode, out_resolution)
-
-    def ordered_style_codes(self, styles, widths: list[int]) -> list[torch.Tensor]:
-        """StyleSpace codes (a dict by `layer_names()` or a list in that order) as a list, each checked to be
-        [B, width] for its layer."""
-        return ordered_style_codes(styles, self.layer_names(), self.describe(), widths)
-
-
-def ordered_style_codes(styles, names: list[str], what: str, widths: list[int] | None = None) -> list[torch.Tensor]:
-    """StyleSpace codes of the generator `what` (a dict by layer name or a list in the order of `names`) as a list;
-    with `widths`, each is checked to be [B, width]. Errors name the missing layers and the generator."""
-    if isinstance(styles, dict):
-        missing = [n for n in names if n not in styles]
-        if missing:
-            raise LatentError(f"style codes missing for layers {missing[:4]}{'...' if len(missing) > 4 else ''} of {what}")
-        styles = [styles[n] for n in names]
-    styles = list(styles)
-    if len(styles) != len(names):
-        raise LatentError(f"expected {len(names)} style codes for {what}, got {len(styles)}")
-    for name, s, width in zip(names, styles, widths or ()):
-        if s.dim() != 2 or s.shape[1] != width:
-            raise LatentError(f"style code of {name} has shape {list(s.shape)}, expected [B, {width}]")
-    return styles
 
 
 class StyleGAN2Generator(MappedGenerator, nn.Module):
@@ -550,7 +471,8 @@ class StyleGAN2Generator(MappedGenerator, nn.Module):
         the `affine(w)` output of NVlabs' code.
         """
         self.check_wplus(wp)
-        return OrderedDict((name, layer.affine(wp[:, _wplus_index(name)])) for name, layer in self._layers())
+        with full_precision(wp.device.type):  # styles stay fp32 under autocast: they are what gradients reach
+            return OrderedDict((name, layer.affine(wp[:, _wplus_index(name)])) for name, layer in self._layers())
 
     def synthesis(self, wp: torch.Tensor, noise_mode: str = "const", out_resolution: int | None = None) -> torch.Tensor:
         return self.synthesis_from_styles(self.styles(wp), noise_mode=noise_mode, out_resolution=out_resolution)

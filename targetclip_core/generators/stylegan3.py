@@ -48,7 +48,8 @@ from targetclip_core.generators.limits import (
     checked_float,
     checked_int,
 )
-from targetclip_core.generators.stylegan2 import NOISE_MODES, MappedGenerator, MappingNetwork, ScaledLinear
+from targetclip_core.generators.mapped import MappedGenerator
+from targetclip_core.generators.stylegan2 import NOISE_MODES, MappingNetwork, ScaledLinear
 
 SQRT2 = math.sqrt(2.0)
 MAX_SYNTHESIS_LAYERS = 64  # 14 in every published config

@@ -70,16 +70,85 @@ def test_bf16_gradients_point_where_fp32_ones_do():
     assert float(grads["bf16"].norm() / grads["fp32"].norm()) == pytest.approx(1.0, abs=0.05)
 
 
-def test_a_200_step_essence_in_bf16_ends_where_fp32_does():
+def _w_plus_grad(G, wp, target, precision, impl):
+    G.modconv_impl = impl
+    wp = wp.clone().requires_grad_(True)
+    with devices.autocast(precision, "cpu"):
+        images = G.synthesis(wp)
+    (images.float() - target).square().mean().backward()
+    return images.detach().float(), wp.grad.flatten()
+
+
+def test_the_low_precision_backward_is_used_under_autocast(monkeypatch):
+    from targetclip_core.generators import synthesis_grad
+
+    calls = []
+    original = synthesis_grad._FrozenSynthesisLayer.forward
+    monkeypatch.setattr(synthesis_grad._FrozenSynthesisLayer, "forward",
+                        staticmethod(lambda ctx, x, *a: calls.append(x.dtype) or original(ctx, x, *a)))
+    G = tiny_generator(32)
+    _w_plus_grad(G, random_wplus(G, 1), torch.zeros(1, 3, 32, 32), "bf16", "unfused")
+    assert calls and set(calls) == {torch.bfloat16}  # every layer, in bf16: no fallback to autograd
+
+
+def test_low_precision_gradients_match_autograd_under_autocast_and_float64():
+    """The hand-written bf16 backward against autograd under the same autocast, and both against float64: ours
+    must be as close to the exact gradient as autograd's (it keeps styles, demodulation and sums in fp32)."""
+    import copy
+
+    G = tiny_generator(32)
+    wp = random_wplus(G, 2, seed=3)
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    G64 = copy.deepcopy(G).double()
+    img_exact, exact = _w_plus_grad(G64, wp.double(), target.double(), "fp32", "unfused-autograd")
+    img_ours, ours = _w_plus_grad(G, wp, target, "bf16", "unfused")
+    img_auto, auto = _w_plus_grad(G, wp, target, "bf16", "unfused-autograd")
+
+    def cos(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+    # measured: cos(ours, autocast's) 0.99986; 1 - cos to float64 1.5e-4 (ours) and 1.6e-4 (autocast's)
+    assert cos(ours, auto) > 0.999
+    assert 1 - cos(ours, exact) <= 1.5 * (1 - cos(auto, exact)) + 1e-4
+    assert float(ours.norm() / exact.norm()) == pytest.approx(1.0, abs=0.02)
+    def image_error(images):
+        return float((images.double() - img_exact).abs().mean())
+
+    assert image_error(img_ours) <= 1.5 * image_error(img_auto) + 1e-4  # measured 0.0077 vs 0.0083
+
+
+def test_the_cached_low_precision_weights_follow_the_weights():
+    """frozen_weight's bf16 copy is renewed when the weights change in place (a loaded state, an edit)."""
+    from targetclip_core.generators.synthesis_grad import frozen_weight
+
+    G = tiny_generator(32)
+    conv = G.synthesis_blocks["b8"].conv1.conv
+    first, squares = frozen_weight(conv, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and frozen_weight(conv, torch.bfloat16)[0] is first
+    torch.testing.assert_close(squares, (conv.weight * conv.weight_gain).square().sum((2, 3)))
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    renewed, renewed_squares = frozen_weight(conv, torch.bfloat16)
+    torch.testing.assert_close(renewed.float(), (conv.weight * conv.weight_gain).bfloat16().float())
+    torch.testing.assert_close(renewed_squares, 4 * squares)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_200_step_essence_in_bf16_ends_where_fp32_does(seed):
+    """Same seed, same target: the bf16 run's final loss is within 5% of the fp32 run's loss reduction (start
+    minus final; measured at most 2.7% over seeds 0-3, the trajectories part in the last digits). A share of
+    the final loss alone is no measure here: the tiny networks get near zero, where 0.020 vs 0.024 is 20%."""
     G, C = tiny_generator(32), tiny_clip()
-    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    finals = {}
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1)) * 2 - 1
+    runs = {}
     for precision in ("fp32", "bf16"):
         losses = []
-        optimize_essence(G, C, target, steps=200, n_sources=2, seed=0, precision=precision,
+        optimize_essence(G, C, target, steps=200, n_sources=2, seed=seed, precision=precision,
                          callback=lambda info: losses.append(float(info.losses["total"].mean())))
-        finals[precision] = min(losses[-20:])
-    assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
+        runs[precision] = (losses[0], min(losses[-20:]))
+    (start, fp32), (bf16_start, bf16) = runs["fp32"], runs["bf16"]
+    assert bf16_start == pytest.approx(start, rel=0.02)
+    assert abs(bf16 - fp32) <= 0.05 * (start - fp32)
 
 
 def test_cli_render_and_apply_take_a_precision(tmp_path, capsys):
