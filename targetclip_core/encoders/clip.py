@@ -28,6 +28,44 @@ REACH_TIMEOUT_S = 2.0  # one short connect per host and process tells "offline" 
 _reachable: dict = {}  # host -> bool, cached for the process
 
 
+def contiguous_attention(model: nn.Module) -> None:
+    """Hand every batch-first nn.MultiheadAttention of `model` its inputs as contiguous [L, B, D] tensors.
+
+    A batch-first attention transposes its input to [L, B, D] as a strided view, and PyTorch's matmul then
+    runs the in-projection on that view through a batched product with the weight expanded over L: measured
+    12 ms in fp32 and 120 ms in bf16, against 1 ms for a contiguous input (ViT-B/32, batch 4, this CPU). Here
+    each such module runs sequence-first on a contiguous copy made by a forward pre-hook, and a forward hook
+    transposes its output back: the same arithmetic (the module's keys and weights are untouched), CLIP's
+    forward+backward 1.4x faster in fp32 and 7x in bf16."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) and module.batch_first:
+            module.batch_first = False
+            module.register_forward_pre_hook(_sequence_first_inputs, with_kwargs=True)
+            module.register_forward_hook(_batch_first_output, with_kwargs=True)
+
+
+def _sequence_first_inputs(module, args, kwargs):
+    names = ("query", "key", "value")
+    given = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):] if n in kwargs]
+    if len(given) != 3:
+        raise TypeError("MultiheadAttention needs query, key and value")
+    moved = {}  # the self-attention case (one tensor three times) is copied once and stays one tensor
+    for t in given:
+        if id(t) not in moved:
+            moved[id(t)] = t.transpose(0, 1).contiguous()
+    q, k, v = (moved[id(t)] for t in given)
+    n_positional = len(args[:3])
+    new_args = (q, k, v)[:n_positional] + tuple(args[3:])
+    new_kwargs = dict(kwargs)
+    for name, t in zip(names[n_positional:], (q, k, v)[n_positional:]):
+        new_kwargs[name] = t
+    return new_args, new_kwargs
+
+
+def _batch_first_output(module, args, kwargs, output):
+    return (output[0].transpose(0, 1),) + tuple(output[1:])
+
+
 class CLIPEncoder(nn.Module):
     """Frozen CLIP with generator-friendly image input.
 
@@ -43,6 +81,7 @@ class CLIPEncoder(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, name: str, pretrained: str | None, preprocess: str = "default"):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        contiguous_attention(self.model)
         self.tokenizer = tokenizer
         self.name, self.pretrained = name, pretrained
         cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -81,7 +120,9 @@ class CLIPEncoder(nn.Module):
             a = _paper_pool_matrix(img.shape[-1], s, img.device)
             b = a if img.shape[-2] == img.shape[-1] else _paper_pool_matrix(img.shape[-2], s, img.device)
             return torch.einsum("oh,bchw,pw->bcop", b, img.float(), a)
-        x = (img.float() + 1) / 2  # [0, 1], what CLIP's mean/std expect
+        # [-1, 1] -> [0, 1] -> CLIP's mean/std in one pass: x * 0.5/std + (0.5 - mean)/std; the resize below
+        # is linear with weights summing to one, so it commutes with this per-channel affine map
+        x = torch.addcmul((0.5 - self.mean) / self.std, img.float(), 0.5 / self.std)
         h, w = x.shape[-2:]
         if (h, w) != (s, s):
             scale = s / min(h, w)
@@ -90,7 +131,7 @@ class CLIPEncoder(nn.Module):
             x = F.interpolate(x, size=(nh, nw), mode=mode_, align_corners=False, antialias=True)
             top, left = (nh - s) // 2, (nw - s) // 2
             x = x[..., top : top + s, left : left + s]
-        return (x - self.mean) / self.std
+        return x
 
     def encode_image(self, img: torch.Tensor, preprocess: str | None = None) -> torch.Tensor:
         x = self.preprocess_images(img.to(self.device), preprocess)

@@ -218,3 +218,40 @@ def test_load_clip_reads_local_checkpoints(tmp_path, kind):
     for k, v in state.items():  # the file's weights, not a random init, are what encodes
         assert torch.equal(loaded[k].float(), v.float()), k
     assert all(not p.requires_grad for p in C.model.parameters())
+
+
+def test_contiguous_attention_computes_what_open_clip_does():
+    """CLIPEncoder runs open_clip's batch-first attention sequence-first on contiguous inputs (a speed fix, see
+    contiguous_attention): image and text codes, and the gradient to the image, equal the untouched model's."""
+    import copy
+
+    import open_clip
+
+    from targetclip_core.encoders.clip import CLIPEncoder
+
+    register_tiny_clip()
+    torch.manual_seed(4)
+    model = open_clip.create_model(TINY_CLIP, pretrained=None, device="cpu").eval().requires_grad_(False)
+    untouched = copy.deepcopy(model)
+    C = CLIPEncoder(model, open_clip.get_tokenizer(TINY_CLIP), TINY_CLIP, None)
+    hooked = [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert hooked and not any(m.batch_first for m in hooked)
+
+    x = torch.rand(3, 3, TINY_CLIP_INPUT, TINY_CLIP_INPUT, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ours_in, theirs_in = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = C.encode_image(ours_in)
+    theirs = F.normalize(untouched.encode_image(C.preprocess_images(theirs_in)), dim=-1)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    (ours * torch.arange(TINY_CLIP_DIM)).sum().backward()
+    (theirs * torch.arange(TINY_CLIP_DIM)).sum().backward()
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, atol=1e-6, rtol=1e-4)
+
+    texts = ["a photo of a cat", "a face"]
+    tokens = open_clip.get_tokenizer(TINY_CLIP)(texts)
+    torch.testing.assert_close(C.encode_text(texts), F.normalize(untouched.encode_text(tokens), dim=-1), atol=1e-6, rtol=1e-5)
+
+    # keyword query/key/value (another caller's style) reach the module the same way
+    attn, reference = hooked[0], [m for m in untouched.modules() if isinstance(m, torch.nn.MultiheadAttention)][0]
+    seq = torch.randn(2, 5, attn.embed_dim)
+    torch.testing.assert_close(attn(seq, key=seq, value=seq, need_weights=False)[0],
+                               reference(seq, seq, seq, need_weights=False)[0], atol=1e-6, rtol=1e-5)
