@@ -265,11 +265,12 @@ def add_device_arg(p, help: str | None = None) -> None:
     p.add_argument("--device", default=None, help=help or DEVICE_HELP)
 
 
-def add_precision_arg(p) -> None:
-    """Add --precision (devices.PRECISIONS; default fp32, the papers' own)."""
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="compute precision: fp32 (default), bf16 (about 2x faster on CPUs with bf16 units and recent "
-                        "GPUs, images within about 1%%), fp16 (GPUs), auto (the fastest this device runs well)")
+def add_precision_arg(p, default: str = "fp32") -> None:
+    """Add --precision (devices.PRECISIONS; default fp32, the papers' own, where the command's output is pixels)."""
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=default,
+                   help=f"compute precision (default {default}): fp32; bf16 (about 2x faster on CPUs with bf16 units "
+                        "and recent GPUs, images within about 1%%); fp16 (GPUs); auto: bf16 where the device has bf16 "
+                        "units (recent GPUs, CPUs with AMX/AVX512-BF16), fp16 on older GPUs, else fp32")
 
 
 def add_clip_args(p, paper_default: bool = False) -> None:

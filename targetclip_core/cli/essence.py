@@ -49,7 +49,7 @@ def add_parsers(subparsers) -> None:
     o.add_argument("--lambda-text", type=non_negative_float, default=1.0, help="weight of the --avoid / --keep term (default 1)")
     o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out; one target only)")
     add_device_arg(o)
-    add_precision_arg(o)
+    add_precision_arg(o, default="auto")  # the loop's renders: losses stay fp32 (tests/generators/test_precision.py)
 
     a = subparsers.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
     a.add_argument("--essence", "-e", nargs="+", required=True, help="essence .safetensors or official .npy (several: one row each)")
@@ -95,7 +95,9 @@ def cmd_optimize(args) -> int:
 
     def progress(info):
         bar.update(1)
-        bar.set_postfix({k: f"{float(v.mean()):.4f}" for k, v in info.losses.items()})
+        # the losses are read every 10 steps: on a GPU each read waits for the step to finish
+        if info.step % 10 == 0 or info.step + 1 == info.steps:
+            bar.set_postfix({k: f"{float(v.mean()):.4f}" for k, v in info.losses.items()})
 
     try:
         result = optimize_essence(

@@ -7,6 +7,7 @@ from pathlib import Path
 from targetclip_core.cli.args import (
     add_alignment_args,
     add_device_arg,
+    add_precision_arg,
     finite_float,
     float_in,
     layers_arg,
@@ -36,6 +37,7 @@ def add_parsers(subparsers) -> None:
     add_reconstruction_args(i)
     add_alignment_args(i)
     add_device_arg(i)
+    add_precision_arg(i)
     e = subparsers.add_parser("encode", help="target image(s) -> essence in one pass with a TargetCLIP essence encoder")
     e.add_argument("target", nargs="+", help="target image file(s)")
     e.add_argument("--encoder", required=True, help="essence-encoder checkpoint (e4e layout), e.g. best_model.pt from "
@@ -44,6 +46,7 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--align", action="store_true", help="align the target like FFHQ first (photos of faces)")
     add_alignment_args(e, with_toggle=False)
     add_device_arg(e)
+    add_precision_arg(e)
     ed = subparsers.add_parser("edit", help="photo -> align, invert, apply an essence, paste back into the photo")
     ed.add_argument("photo", help="photo file of a face")
     ed.add_argument("--essence", required=True, help="essence .safetensors or official .npy")
@@ -56,6 +59,7 @@ def add_parsers(subparsers) -> None:
     add_reconstruction_args(ed)
     add_alignment_args(ed, with_toggle=False)
     add_device_arg(ed)
+    add_precision_arg(ed)
 
 
 def _read_landmarks(path):
@@ -120,7 +124,7 @@ def cmd_invert(args) -> int:
             with torch.no_grad():
                 wp = G.to_wplus(G.truncation_latent()).expand(image.shape[0], -1, -1).clone()
         else:
-            wp = inverter.invert(image)
+            wp = inverter.invert(image, precision=args.precision)
         G.check_wplus(wp)
         extra = ["_reconstruction.png"]
         if wants_reconstruction(args):
@@ -151,7 +155,7 @@ def cmd_encode(args) -> int:
     bar = tqdm(list(zip(args.target, paths)), desc="encode", unit="target")
     for target, path in bar:
         _, _, image = _aligned(target, args, size=256)
-        essence = encoder.encode(image, name=Path(target).stem)
+        essence = encoder.encode(image, name=Path(target).stem, precision=args.precision)
         save_essence(path, essence)
         bar.write(f"wrote {path} (|b| = {float(essence.vector.norm()):.3f})")
     return 0
@@ -181,7 +185,7 @@ def cmd_edit(args) -> int:
         original, face, image = _aligned(args.photo, args, size=G.resolution)
         bar.update(1)
         stage("invert")
-        wp = inverter.invert(image)
+        wp = inverter.invert(image, precision=args.precision)
         bar.update(1)
         if wants_reconstruction(args):
             stage("refine / PTI")

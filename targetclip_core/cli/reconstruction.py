@@ -80,7 +80,7 @@ def run_reconstruction(args, G, image, wp, lpips, arcface, start: str = "e4e"):
                                  locality=Locality(every=args.locality_every), lpips=lpips, arcface=arcface, camera=camera,
                                  on_step=lambda stage, info: update(stage, info.step + 1, info.steps,
                                                                      loss=f"{float(info.loss.mean()):.4f}"),
-                                 start=start)
+                                 start=start, precision=args.precision)
 
 
 def write_reconstruction(result, stem_path: Path, pti_save: str = "full") -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from targetclip_core.cli.args import (
     ArgumentParser,
+    add_precision_arg,
     check_out_resolution,
     finite_float,
     float_in,
@@ -88,6 +89,7 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--seed", type=seed_arg, default=0, help="seed of the latents and pairs (default 0)")
     t.add_argument("--device", default=None,
                    help="cpu, cuda, mps (default: best available); under torchrun, cuda means cuda:LOCAL_RANK")
+    add_precision_arg(t)
 
     x = subparsers.add_parser(
         "sat3d-transfer", help="move attributes of a reference onto sources with a SAT3D matrix",
@@ -134,6 +136,7 @@ def add_parsers(subparsers) -> None:
                    help="accept a matrix trained on another network of the same layout (a fine-tuned relative)")
     x.add_argument("--out", "-o", default="sat3d", help="output folder (default: sat3d)")
     x.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    add_precision_arg(x)
 
 
 def cmd_sat3d_train(args) -> int:
@@ -230,7 +233,8 @@ def _sat3d_train(args, out: Path, device) -> int:
                          checkpoint_every=args.checkpoint_every, callback=progress, out_resolution=args.out_resolution,
                          preselect_kwargs={"progress": preselect_progress, "n_samples": args.preselect_samples},
                          preselect_statistics=args.preselect_stats, filter_training_set=args.filter_training_set,
-                         training_set_kwargs={"on_batch": filter_progress, "max_candidates": args.filter_candidates})
+                         training_set_kwargs={"on_batch": filter_progress, "max_candidates": args.filter_candidates},
+                         precision=args.precision)
     bar.close()
     if "bar" in filter_bar:
         filter_bar["bar"].close()
@@ -294,7 +298,8 @@ def cmd_sat3d_transfer(args) -> int:
     delta = args.delta[0] if len(args.delta) == 1 else list(args.delta)
     out = Path(args.out)
     with torch.no_grad():
-        edited = transfer(G, source, reference, matrix, args.attributes, delta=delta, combine=args.combine)
+        edited = transfer(G, source, reference, matrix, args.attributes, delta=delta, combine=args.combine,
+                          precision=args.precision)
         save_png(G.synthesis(reference)[0], out / "reference.png")
         for i, (src_img, img) in enumerate(zip(G.synthesis(source), edited)):
             save_png(src_img, out / f"source_{i:04d}.png")
@@ -367,7 +372,8 @@ def _sat3d_transfer_instant(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = {"steps": steps, "lr": args.lr, "delta": args.delta[0], "parser": parser, "out_resolution": args.out_resolution}
+    common = {"steps": steps, "lr": args.lr, "delta": args.delta[0], "parser": parser, "out_resolution": args.out_resolution,
+              "precision": args.precision}
     if args.compare is not None:
         result = compare_instant_with_trained(G, measure, matrix, source, reference, args.attributes,
                                               init_from_trained=args.init_from_matrix, callback=progress, **common)

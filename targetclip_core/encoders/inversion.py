@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from targetclip_core.devices import default_device
+from targetclip_core.devices import autocast, default_device, widened
 from targetclip_core.encoders.e4e import EncoderCheckpoint, build_encoder, read_encoder_checkpoint
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.io.weights import resolve_checkpoint
@@ -67,13 +67,16 @@ class Inverter(nn.Module):
         return images.to(self.device, torch.float32)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.prepare(images)) + self.latent_avg
+        return widened(self.encoder(self.prepare(images))) + self.latent_avg  # the mean added in fp32
 
     @torch.no_grad()
-    def invert(self, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] -> W+ [B, n_latent, w_dim], batch by batch."""
+    def invert(self, images: torch.Tensor, batch_size: int = 8, precision: str = "fp32") -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> W+ [B, n_latent, w_dim] (fp32), batch by batch; `precision` (devices.PRECISIONS)
+        is the encoder pass's."""
         images = check_images(images, "images to invert")
-        return torch.cat([self(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+        with autocast(precision, self.device):
+            parts = [self(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+        return torch.cat(parts).float()
 
     @property
     def generator(self):

@@ -62,10 +62,12 @@ def reconstruct_photo(G, photo: torch.Tensor, wplus: torch.Tensor, *, refine_ste
                       refine_terms: ReconstructionTerms = ReconstructionTerms(), pti_steps: int = 0,
                       pti_lr: float = 3e-4, pti_terms: ReconstructionTerms = ReconstructionTerms(),
                       locality: Locality = Locality(), lpips=None, arcface=None, camera: torch.Tensor | None = None,
-                      on_step: Callable[[str, FitStep], bool | None] | None = None, start: str = "e4e") -> Reconstruction:
+                      on_step: Callable[[str, FitStep], bool | None] | None = None, start: str = "e4e",
+                      precision: str = "fp32") -> Reconstruction:
     """e4e's `wplus` for the aligned `photo`, then `refine_steps` of W+ refinement, then `pti_steps` of PTI around
     the result; on_step(stage name, FitStep) after every step (True stops that stage). `start` names the first
-    stage (e.g. "average" for the mean latent, the NVlabs projector's start)."""
+    stage (e.g. "average" for the mean latent, the NVlabs projector's start). `precision`: the fitting steps'
+    renders (devices.PRECISIONS); each stage is measured from an fp32 render."""
     target = fit_target(G, photo)
     render = renderer(G, camera)
 
@@ -78,13 +80,13 @@ def reconstruct_photo(G, photo: torch.Tensor, wplus: torch.Tensor, *, refine_ste
     stages = [measured(start, wp, G, render)]
     if refine_steps:
         fit = refine_inversion(G, target, wp, steps=refine_steps, lr=refine_lr, terms=refine_terms, lpips=lpips,
-                               arcface=arcface, camera=camera,
+                               arcface=arcface, camera=camera, precision=precision,
                                callback=None if on_step is None else (lambda info: on_step("refine", info)))
         wp = fit.wplus
         stages.append(measured("refined", wp, G, render))
     if pti_steps:
         tuned = pivotal_tuning(G, target, wp, steps=pti_steps, lr=pti_lr, terms=pti_terms, lpips=lpips, arcface=arcface,
-                               locality=locality, camera=camera,
+                               locality=locality, camera=camera, precision=precision,
                                callback=None if on_step is None else (lambda info: on_step("PTI", info))).generator
         stages.append(measured("PTI", wp, tuned, renderer(tuned, camera)))
     return Reconstruction(target, stages)

@@ -70,8 +70,9 @@ def pivotal_tuning(G, target: torch.Tensor, pivot: torch.Tensor, *, steps: int =
                    terms: ReconstructionTerms = ReconstructionTerms(l2=1.0, lpips=1.0), lpips=None, arcface=None,
                    locality: Locality = Locality(), stop_below_lpips: float | None = PTI_LPIPS_STOP,
                    camera: torch.Tensor | None = None, seed: int = 0,
-                   callback: Callable[[FitStep], bool | None] | None = None) -> TunedResult:
-    """Tune a copy of `G` so that it renders the photo `target` from the pivot W+ `pivot` [B, n_latent, w_dim]."""
+                   callback: Callable[[FitStep], bool | None] | None = None, precision: str = "fp32") -> TunedResult:
+    """Tune a copy of `G` so that it renders the photo `target` from the pivot W+ `pivot` [B, n_latent, w_dim].
+    precision: the renders' (devices.PRECISIONS; the weights and their updates stay fp32)."""
     if locality.every < 0 or locality.samples < 1:
         raise TargetCLIPError("locality.every must be >= 0 and locality.samples >= 1")
     target, pivot = prepare_fit(G, target, pivot, lr=lr, steps=steps, models=(lpips, arcface))
@@ -80,7 +81,7 @@ def pivotal_tuning(G, target: torch.Tensor, pivot: torch.Tensor, *, steps: int =
     for _, p in params:
         p.requires_grad_(True)
     loss_fn = ReconstructionLoss(target, terms, lpips=lpips, arcface=arcface)
-    render, render_original = renderer(tuned, camera), renderer(G, camera)
+    render, render_original = renderer(tuned, camera, precision), renderer(G, camera, precision)
     opt = torch.optim.Adam([p for _, p in params], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     history: dict[str, list] = {}
@@ -95,7 +96,7 @@ def pivotal_tuning(G, target: torch.Tensor, pivot: torch.Tensor, *, steps: int =
             parts["locality"] = _locality_term(G, pivot, locality, loss_fn.lpips, gen, render, render_original).expand_as(total)
             loss = loss + parts["locality"][0]
         for k, v in {"total": total, **parts}.items():
-            history.setdefault(k, []).append(v.detach().cpu())
+            history.setdefault(k, []).append(v.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -109,7 +110,7 @@ def pivotal_tuning(G, target: torch.Tensor, pivot: torch.Tensor, *, steps: int =
     tuned.mapping_network.has_w_avg = G.mapping_network.has_w_avg
     tuned.tuned_from = {"fingerprint": cached_fingerprint(G), "describe": G.describe(), "identity": dict(G.identity)}
     tuned.tuned_names = [n for n, _ in params]
-    return TunedResult(tuned, {k: torch.stack(v, dim=1) for k, v in history.items()}, run)
+    return TunedResult(tuned, {k: torch.stack(v, dim=1).cpu() for k, v in history.items()}, run)
 
 
 def _locality_term(G, pivot, locality: Locality, lpips, gen, render_new, render_old) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from targetclip_core.devices import autocast, resolve_precision, widened
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.methods.optimization import check_converged, check_run_settings, make_autograd_ready
 from targetclip_core.methods.reconstruction.losses import ReconstructionLoss, ReconstructionTerms, to_size
@@ -40,13 +41,18 @@ class FitResult:
     steps_run: int = 0
 
 
-def renderer(G, camera: torch.Tensor | None = None):
-    """W+ -> images of `G`: for EG3D from `camera` (labels [B, 25] or [1, 25]; None = G's frontal camera)."""
-    if not G.is_3d:
-        if camera is not None:
-            raise TargetCLIPError(f"a camera is for 3D-aware generators; this is a {G.describe()}")
-        return lambda wp: G.synthesis(wp, noise_mode="const")
-    return lambda wp: G.synthesis(wp, noise_mode="const", c=None if camera is None else camera.to(G.device))
+def renderer(G, camera: torch.Tensor | None = None, precision: str = "fp32"):
+    """W+ -> fp32 images of `G`, rendered in `precision` (devices.PRECISIONS): for EG3D from `camera` (labels
+    [B, 25] or [1, 25]; None = G's frontal camera)."""
+    if not G.is_3d and camera is not None:
+        raise TargetCLIPError(f"a camera is for 3D-aware generators; this is a {G.describe()}")
+    extra = {"c": None if camera is None else camera.to(G.device)} if G.is_3d else {}
+    resolve_precision(precision, G.device)  # refused here, before any step
+
+    def render(wp):
+        with autocast(precision, G.device):
+            return widened(G.synthesis(wp, noise_mode="const", **extra))
+    return render
 
 
 def fit_target(G, target: torch.Tensor) -> torch.Tensor:
@@ -77,16 +83,17 @@ def prepare_fit(G, target: torch.Tensor, wplus: torch.Tensor, *, lr: float, step
 @torch.enable_grad()
 def refine_inversion(G, target: torch.Tensor, wplus: torch.Tensor, *, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
                      terms: ReconstructionTerms = ReconstructionTerms(), lpips=None, arcface=None,
-                     camera: torch.Tensor | None = None, callback: Callable[[FitStep], bool | None] | None = None
-                     ) -> FitResult:
+                     camera: torch.Tensor | None = None, callback: Callable[[FitStep], bool | None] | None = None,
+                     precision: str = "fp32") -> FitResult:
     """Optimise W+ `wplus` [B, n_latent, w_dim] (e.g. e4e's) so that G renders the aligned photo `target`.
 
     terms: the weights of pixel L2, LPIPS (needs `lpips`, encoders.perceptual) and ArcFace identity (needs
     `arcface`). callback(FitStep) runs every step; returning True stops. Returns the best step's W+.
+    precision: the renders' (devices.PRECISIONS); the losses stay fp32.
     """
     target, start = prepare_fit(G, target, wplus, lr=lr, steps=steps, models=(lpips, arcface))
     loss_fn = ReconstructionLoss(target, terms, lpips=lpips, arcface=arcface)
-    render = renderer(G, camera)
+    render = renderer(G, camera, precision)
     wp = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([wp], lr=lr)
     best_loss, best = None, start.clone()
@@ -101,7 +108,7 @@ def refine_inversion(G, target: torch.Tensor, wplus: torch.Tensor, *, steps: int
             best[better] = wp.detach()[better]
             best_loss = cur.clone() if best_loss is None else torch.where(better, cur, best_loss)
             for k, v in {"total": total, **parts}.items():
-                history.setdefault(k, []).append(v.detach().cpu())
+                history.setdefault(k, []).append(v.detach())  # on the device: no wait per step
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
         opt.step()
@@ -111,4 +118,4 @@ def refine_inversion(G, target: torch.Tensor, wplus: torch.Tensor, *, steps: int
             break
     if best_loss is not None:
         check_converged(best_loss, "the inversion refinement")
-    return FitResult(best.detach(), {k: torch.stack(v, dim=1) for k, v in history.items()}, run)
+    return FitResult(best.detach(), {k: torch.stack(v, dim=1).cpu() for k, v in history.items()}, run)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from targetclip_core.devices import autocast, widened
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import as_styles, edit_styles
 from targetclip_core.methods.sat3d.matrix import SAT3DMatrix, attribute_mask, check_delta
@@ -55,10 +56,11 @@ def transfer_styles(G, source, reference, matrix: SAT3DMatrix, attributes, delta
 
 
 def transfer(G, source, reference, matrix: SAT3DMatrix, attributes, delta=1.0, combine: bool = False,
-             noise_mode: str = "const", out_resolution: int | None = None) -> torch.Tensor:
-    """Render the transfer: [B, 3, H, W] in about [-1, 1]."""
+             noise_mode: str = "const", out_resolution: int | None = None, precision: str = "fp32") -> torch.Tensor:
+    """Render the transfer: [B, 3, H, W] in about [-1, 1] (fp32, rendered in `precision`, devices.PRECISIONS)."""
     styles = transfer_styles(G, source, reference, matrix, attributes, delta, combine)
-    return G.synthesis_from_styles(styles, noise_mode=noise_mode, out_resolution=out_resolution)
+    with autocast(precision, G.device):
+        return widened(G.synthesis_from_styles(styles, noise_mode=noise_mode, out_resolution=out_resolution))
 
 
 def images_for_pair(G, source, reference, out_resolution=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,11 +41,12 @@ from targetclip_core.methods.sat3d.regions import RegionParser
 def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 300, lr: float = 0.01, delta: float = 1.0,
                      lambdas: dict | None = None, parser: RegionParser | None = None, descriptors=None,
                      init: SAT3DMatrix | None = None, out_resolution="auto",
-                     callback: Callable[[SAT3DStep], bool | None] | None = None) -> SAT3DMatrix:
+                     callback: Callable[[SAT3DStep], bool | None] | None = None, precision: str = "fp32") -> SAT3DMatrix:
     """Optimise a mask matrix for one source/reference pair with the SAT3D losses (no training set).
 
     source/reference: W, W+ (batch 1) or StyleSpace codes.  Returns the best matrix seen (by
     total loss, before its step); apply it with `transfer(G, source, reference, m, attributes)`.
+    precision: the renders' (devices.PRECISIONS); the measure, the losses and the matrix stay fp32.
     """
     make_ready(G, measure)
     all_attrs = list(measure.attributes)
@@ -56,11 +57,10 @@ def instant_transfer(G, measure, source, reference, attributes, *, steps: int = 
     lambdas = check_lambdas(lambdas)
     layout = StyleLayout.from_generator(G)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
-    objective = PairObjective(G, measure, layout, lambdas, parser, regions, res)
+    objective = PairObjective(G, measure, layout, lambdas, parser, regions, res, precision=precision)
     src_styles, ref_styles = as_styles(G, source), as_styles(G, reference)
     with torch.no_grad():
-        img_src = G.synthesis_from_styles(src_styles, out_resolution=res)
-        img_ref = G.synthesis_from_styles(ref_styles, out_resolution=res)
+        img_src, img_ref = objective.render(src_styles), objective.render(ref_styles)
         c = {"styles_src": src_styles, "flat_src": layout.flatten(src_styles), "flat_ref": layout.flatten(ref_styles),
              "img_src": img_src, "d_src": measure(img_src), "d_ref": measure(img_ref)}
     if init is not None:
@@ -118,7 +118,8 @@ def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, refer
                                  lr: float = 0.01, delta: float = 1.0, parser: RegionParser | None = None,
                                  lambdas: dict | None = None, descriptors=None, out_resolution="auto",
                                  init_from_trained: bool = False,
-                                 callback: Callable[[int, SAT3DStep], bool | None] | None = None) -> InstantComparison:
+                                 callback: Callable[[int, SAT3DStep], bool | None] | None = None,
+                                 precision: str = "fp32") -> InstantComparison:
     """The trained matrix against an instant (per-pair) matrix, on the same pairs and losses.
 
     sources: W [N, w_dim] or W+ [N, n_latent, w_dim]; references: the same with N entries (pair
@@ -128,7 +129,8 @@ def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, refer
     trained matrix with init_from_trained=True: then the instant one is never worse on its
     pair, since instant_transfer keeps the best matrix seen, its start included); both are
     scored by sat3d_losses with the same lambdas, parser and render resolution.
-    callback(pair_index, step) is instant_transfer's callback (True ends that pair's run).
+    callback(pair_index, step) is instant_transfer's callback (True ends that pair's run). precision: the
+    instant optimisation's renders; both matrices are scored in fp32.
     """
     target = [attributes] if isinstance(attributes, str) else list(attributes)
     if list(matrix.attributes) != list(measure.attributes):
@@ -148,7 +150,7 @@ def compare_instant_with_trained(G, measure, matrix: SAT3DMatrix, sources, refer
         hook = None if callback is None else (lambda info, i=i: callback(i, info))
         instant = instant_transfer(G, measure, src, ref, target, steps=steps, lr=lr, delta=delta, lambdas=lambdas,
                                    parser=parser, descriptors=descriptors, init=matrix if init_from_trained else None,
-                                   out_resolution=out_resolution, callback=hook)
+                                   out_resolution=out_resolution, callback=hook, precision=precision)
         trained_terms = sat3d_losses(G, measure, matrix.logits, src, ref, target, **score)
         instant_terms = sat3d_losses(G, measure, instant.logits, src, ref, target, **score)
         a, b = instant_terms["total"], trained_terms["total"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from targetclip_core.devices import autocast, resolve_precision, widened
 from targetclip_core.errors import TargetCLIPError
 from targetclip_core.generators.stylespace import StyleLayout, edit_styles
 from targetclip_core.methods.sat3d.descriptors import descriptor_info
@@ -56,18 +57,24 @@ class PairObjective:
     reduction: "sum" over attributes and groups (the paper) or "mean" (a variant, see losses).
     """
 
-    def __init__(self, G, measure, layout, lambdas, parser, regions, res, world: int = 1, reduction: str = "sum"):
+    def __init__(self, G, measure, layout, lambdas, parser, regions, res, world: int = 1, reduction: str = "sum",
+                 precision: str = "fp32"):
         self.G, self.measure, self.layout = G, measure, layout
         self.lambdas, self.parser, self.regions, self.res = lambdas, parser, regions, res
         self.world = world  # > 1: this batch is one process's shard of a global batch
         self.reduction = reduction
+        self.precision = precision  # the renders' (devices.PRECISIONS); the measure and the losses stay fp32
+        resolve_precision(precision, G.device)
+
+    def render(self, styles) -> torch.Tensor:
+        with autocast(self.precision, self.G.device):
+            return widened(self.G.synthesis_from_styles(styles, out_resolution=self.res))
 
     def constants(self, wp_src, wp_ref):
         """Everything that does not depend on the mask, computed without a graph."""
         with torch.no_grad():
             st_src, st_ref = self.G.styles(wp_src), self.G.styles(wp_ref)
-            img_src = self.G.synthesis_from_styles(st_src, out_resolution=self.res)
-            img_ref = self.G.synthesis_from_styles(st_ref, out_resolution=self.res)
+            img_src, img_ref = self.render(st_src), self.render(st_ref)
             return {"styles_src": st_src, "flat_src": self.layout.flatten(st_src), "flat_ref": self.layout.flatten(st_ref),
                     "img_src": img_src, "d_src": self.measure(img_src), "d_ref": self.measure(img_ref),
                     "regions_src": {}}  # binary regions of the source, parsed when a target first needs them
@@ -78,7 +85,7 @@ class PairObjective:
     def with_mask(self, mask, target, c, delta=1.0, *, logits) -> dict:
         """The loss terms of the edit by `mask` (m_Omega of `logits`, the whole matrix, which L_prob reads)."""
         flat_edit = edit_styles(c["flat_src"], c["flat_ref"], mask, delta)
-        img_edit = self.G.synthesis_from_styles(self.layout.unflatten(flat_edit, c["styles_src"]), out_resolution=self.res)
+        img_edit = self.render(self.layout.unflatten(flat_edit, c["styles_src"]))
         d_edit = self.measure(img_edit)
         terms = {"ref": loss_ref(d_edit, c["d_ref"], target, self.reduction),
                  "src": loss_src(d_edit, c["d_src"], target, self.reduction),

@@ -61,6 +61,7 @@ def train_sat3d(
     out_resolution="auto",
     filter_training_set: bool = True,
     training_set_kwargs: dict | None = None,
+    precision: str = "fp32",
 ) -> SAT3DMatrix:
     """Learn the meta attribute mask matrix (Sec. 3-4).
 
@@ -79,6 +80,8 @@ def train_sat3d(
     checkpoint: a file written every `checkpoint_every` steps and at the end; when it exists
       the run resumes from it (the same arguments give the same result as an uninterrupted run).
     callback: called every step with a SAT3DStep; returning True stops (a checkpoint is written).
+    precision: the renders' (devices.PRECISIONS; fp32, the paper's, by default); the measure, the losses and
+      the matrix stay fp32.
     preselect: channel pre-selection for the complex attributes (needs a parser): a gradient statistics pass over
       images of the bank first (see preselect).  preselect_kwargs: {"n_samples": images of the pass (default 32),
       "progress": callable(done, total) before the first and after every image (it may raise to stop; with a
@@ -119,7 +122,7 @@ def train_sat3d(
     shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's pairs of the global batch
     layout = StyleLayout.from_generator(G)
     res = render_resolution(G, measure) if out_resolution in ("auto", None) else int(out_resolution)
-    objective = PairObjective(G, measure, layout, lambdas, parser, regions, res, world, reduction)
+    objective = PairObjective(G, measure, layout, lambdas, parser, regions, res, world, reduction, precision=precision)
     losses_info = objective_info(lambdas, reduction, background=parser is not None)
     state = load_checkpoint(checkpoint, G, attributes, layout) if checkpoint and Path(checkpoint).is_file() else None
     if state is not None:

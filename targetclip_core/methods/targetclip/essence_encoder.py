@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from targetclip_core.devices import default_device
+from targetclip_core.devices import autocast, default_device
 from targetclip_core.encoders.e4e import EncoderCheckpoint, read_encoder_checkpoint
 from targetclip_core.encoders.inversion import (
     Inverter,
@@ -46,10 +46,13 @@ class EssenceEncoder(nn.Module):
         return self.net(targets)
 
     @torch.no_grad()
-    def encode(self, target: torch.Tensor, name: str = "") -> Essence | list[Essence]:
-        """One target [1,3,H,W] -> an Essence; a batch -> a list of Essences (one per target)."""
+    def encode(self, target: torch.Tensor, name: str = "", precision: str = "fp32") -> Essence | list[Essence]:
+        """One target [1,3,H,W] -> an Essence; a batch -> a list of Essences (one per target). `precision`
+        (devices.PRECISIONS) is the encoder pass's; the essences are fp32."""
         targets = check_images(target, "target images")
-        vectors = self(targets).float().cpu()
+        with autocast(precision, self.net.device):
+            vectors = self(targets)
+        vectors = vectors.float().cpu()
         thumbs = target_thumbnails(targets)
         essences = [
             Essence(
