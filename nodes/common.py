@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 CATEGORY = "TargetCLIP"
 # W+ ranges the nodes offer (methods.targetclip.essence.parse_layer_range reads them)
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
-# an optional input of the nodes that render or optimise much (devices.PRECISIONS; fp32 unless chosen)
-PRECISION_INPUT = ("precision", (["fp32", "bf16", "fp16", "auto"], {
-    "default": "fp32", "tooltip": "Compute precision: bf16 is about 2x faster on CPUs with bf16 units and recent GPUs "
-                                  "(images within about 1%); fp16 for older GPUs; auto picks for this device."}))
+def precision_input(default: str = "fp32") -> dict:
+    """The optional `precision` input of the nodes that render or optimise much (devices.PRECISIONS)."""
+    return {"precision": (["fp32", "bf16", "fp16", "auto"], {
+        "default": default, "tooltip": "Compute precision of the renders and networks: bf16 is about 2x faster on CPUs "
+                                       "with bf16 units and recent GPUs (images within about 1%); fp16 for older GPUs; "
+                                       "auto: bf16 where the device has bf16 units, fp16 on older GPUs, else fp32."})}
 
 # our folders under ComfyUI/models, with the files each lists
 MODEL_FOLDERS = {

@@ -25,7 +25,6 @@ from targetclip_core.methods.targetclip.optimize import optimize_essence, sample
 from .common import (
     CATEGORY,
     LAYER_CHOICES,
-    PRECISION_INPUT,
     Progress,
     WPlus,
     cached_model,
@@ -38,6 +37,7 @@ from .common import (
     list_files,
     managed,
     numbered_path,
+    precision_input,
     validate_model_file,
 )
 
@@ -120,12 +120,12 @@ class OptimizeEssence:
             "optional": {
                 "sources": ("WPLUS", {"tooltip": "Train on these W+ latents instead of sampled faces."}),
                 "init": ("ESSENCE", {"tooltip": "Start from this essence instead of a random sample."}),
-                PRECISION_INPUT[0]: PRECISION_INPUT[1],
+                **precision_input("auto"),
             },
         }
 
     def optimize(self, generator, clip, target, steps, lr, n_sources, lambda_consistency, lambda_l2, seed, preview_every,
-                 sources=None, init=None, precision="fp32"):
+                 sources=None, init=None, precision="auto"):
         G, clip = managed(generator, clip)  # one call: loading one must not unload the other
         progress = Progress(steps)
 

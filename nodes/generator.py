@@ -8,7 +8,6 @@ from targetclip_core.generators.stylegan3 import transform_for
 
 from .common import (
     CATEGORY,
-    PRECISION_INPUT,
     Progress,
     WPlus,
     cached_generator,
@@ -16,6 +15,7 @@ from .common import (
     image_from_core,
     list_files,
     managed,
+    precision_input,
     validate_model_file,
 )
 
@@ -94,7 +94,7 @@ class RenderLatents:
                                       "tooltip": "StyleGAN3 only: move the picture up or down (in half image heights)."}),
             "rotate": ("FLOAT", {"default": 0.0, "min": -360.0, "max": 360.0, "step": 1.0,
                                  "tooltip": "StyleGAN3 only: rotate the picture (degrees), as gen_images.py --rotate."}),
-            PRECISION_INPUT[0]: PRECISION_INPUT[1],
+            **precision_input(),
         }}
 
     def render(self, generator, latents, noise_mode, batch_size, translate_x=0.0, translate_y=0.0, rotate=0.0,

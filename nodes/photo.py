@@ -23,6 +23,7 @@ from .common import (
     make_room,
     managed,
     offload_device,
+    precision_input,
     validate_model_file,
 )
 
@@ -95,9 +96,9 @@ class InvertE4E:
         return {"required": {
             "encoder": ("E4E", {"tooltip": "An e4e / pSp encoder loaded with role 'inverter'."}),
             "images": ("IMAGE", {"tooltip": "FFHQ-aligned faces (use Align Face on photos); any size, resized to 256."}),
-        }}
+        }, "optional": precision_input()}
 
-    def invert(self, encoder, images):
+    def invert(self, encoder, images, precision="fp32"):
         if isinstance(encoder, EssenceEncoder):
             raise ValueError("this encoder was loaded as an essence encoder; load it with role 'inverter' to invert photos")
         encoder = managed(encoder)
@@ -105,7 +106,7 @@ class InvertE4E:
         latents = []
         for i in range(x.shape[0]):  # one image at a time keeps memory flat and Cancel responsive
             check_interrupted()
-            latents.append(encoder.invert(x[i : i + 1]))
+            latents.append(encoder.invert(x[i : i + 1], precision=precision))
         return (WPlus(torch.cat(latents), encoder.generator_identity),)
 
 
@@ -123,13 +124,13 @@ class EncodeEssence:
             "encoder": ("E4E", {"tooltip": "A TargetCLIP essence encoder (Load E4E with role 'essence encoder')."}),
             "target": ("IMAGE", {"tooltip": "The target image (aligned like FFHQ for faces); the first of a batch is used."}),
             "name": ("STRING", {"default": "target", "tooltip": "Name stored with the essence."}),
-        }}
+        }, "optional": precision_input()}
 
-    def encode(self, encoder, target, name):
+    def encode(self, encoder, target, name, precision="fp32"):
         if not isinstance(encoder, EssenceEncoder):
             raise ValueError("this encoder was loaded as an inverter; load the essence encoder with role 'essence encoder'")
         encoder = managed(encoder)
-        return (encoder.encode(image_to_core(target[:1], encoder.net.device), name=name),)
+        return (encoder.encode(image_to_core(target[:1], encoder.net.device), name=name, precision=precision),)
 
 
 class AlignFace:

@@ -14,7 +14,7 @@ from targetclip_core.methods.reconstruction import Locality, ReconstructionTerms
 from targetclip_core.methods.reconstruction.pivotal import PTI_LPIPS_STOP, PTI_LR, PTI_STEPS
 from targetclip_core.methods.reconstruction.refine import REFINE_LR, REFINE_STEPS
 
-from .common import CATEGORY, Progress, WPlus, cached, image_from_core, image_to_core, managed
+from .common import CATEGORY, Progress, WPlus, cached, image_from_core, image_to_core, managed, precision_input
 
 PERCEPTUAL = ["alex", "vgg", "off"]
 PERCEPTUAL_TIP = ("LPIPS network of the perceptual term (alex: PTI's choice). Its torchvision ImageNet weights are "
@@ -74,10 +74,11 @@ class RefineInversion:
             "identity_weight": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.05,
                                           "tooltip": "Weight of the identity term (with an ArcFace input)."}),
             **_CAMERA_INPUTS,
+            **precision_input(),
         }}
 
     def refine(self, generator, latents, images, steps, lr, perceptual, arcface=None, identity_weight=0.1, yaw=0.0,
-               pitch=0.0):
+               pitch=0.0, precision="fp32"):
         lpips = _perceptual(perceptual)
         models = [m for m in (generator, lpips, arcface) if m is not None]
         G = managed(*models)[0] if len(models) > 1 else managed(generator)  # one call: all on the compute device
@@ -86,7 +87,7 @@ class RefineInversion:
                                     identity=identity_weight if arcface is not None else 0.0)
         progress = Progress(max(steps, 1))
         fit = refine_inversion(G, image_to_core(images, G.device), wp, steps=steps, lr=lr, terms=terms, lpips=lpips,
-                               arcface=arcface, camera=_camera(G, yaw, pitch),
+                               arcface=arcface, camera=_camera(G, yaw, pitch), precision=precision,
                                callback=lambda info: progress.update(info.step + 1, info.images))
         with_camera = {"c": _camera(G, yaw, pitch)} if G.is_3d else {}
         images_out = G.synthesis(fit.wplus, **with_camera).detach()
@@ -112,9 +113,10 @@ class PivotalTuning:
                                        "tooltip": "Locality regulariser every N steps (0: off; PTI's released config: 1)."}),
             "stop_below_lpips": ("FLOAT", {"default": PTI_LPIPS_STOP, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Stop once LPIPS to the photo is below this (PTI: 0.07; 0: never)."}),
-        }, "optional": dict(_CAMERA_INPUTS)}
+        }, "optional": {**_CAMERA_INPUTS, **precision_input()}}
 
-    def tune(self, generator, latents, images, steps, lr, perceptual, locality_every, stop_below_lpips, yaw=0.0, pitch=0.0):
+    def tune(self, generator, latents, images, steps, lr, perceptual, locality_every, stop_below_lpips, yaw=0.0, pitch=0.0,
+             precision="fp32"):
         lpips = _perceptual(perceptual)
         G = managed(generator, lpips)[0] if lpips is not None else managed(generator)
         wp = latents.check_for(G)
@@ -123,7 +125,8 @@ class PivotalTuning:
         camera = _camera(G, yaw, pitch)
         result = pivotal_tuning(G, image_to_core(images, G.device), wp, steps=steps, lr=lr, terms=terms, lpips=lpips,
                                 locality=Locality(every=locality_every), stop_below_lpips=stop_below_lpips or None,
-                                camera=camera, callback=lambda info: progress.update(info.step + 1, info.images))
+                                camera=camera, precision=precision,
+                                callback=lambda info: progress.update(info.step + 1, info.images))
         tuned = result.generator
         with_camera = {"c": camera} if G.is_3d else {}
         return (tuned, image_from_core(tuned.synthesis(wp, **with_camera).detach()))

@@ -59,6 +59,7 @@ from .common import (
     list_files,
     managed,
     numbered_path,
+    precision_input,
     validate_model_file,
 )
 
@@ -90,10 +91,11 @@ def chosen_attributes(attribute: str, attributes_text: str) -> list[str]:
 ATTRIBUTE_HINT = "choose one of these, or type several in 'attributes'"  # what an unknown name's error suggests
 
 
-def render_with_progress(G, styles, batch_size: int = 4) -> torch.Tensor:
+def render_with_progress(G, styles, batch_size: int = 4, precision: str = "fp32") -> torch.Tensor:
     """render_styles with ComfyUI's progress bar, a live preview and a cancel point per batch: [B, 3, H, W]."""
     bar = Progress(style_batch_size(styles))
-    return render_styles(G, styles, batch_size, on_batch=lambda done, total, images: bar.update(done, images))
+    return render_styles(G, styles, batch_size, on_batch=lambda done, total, images: bar.update(done, images),
+                         precision=precision)
 
 
 def managed_with_parser(G, clip, face_parser=None):
@@ -211,11 +213,12 @@ class SAT3DTransfer:
                 "allow_other_weights": ("BOOLEAN", {"default": False, "tooltip": "Accept a matrix trained on another network of the same "
                                                                                  "layout (only for a fine-tuned relative of its generator)."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once (lower it if memory runs out)."}),
+                **precision_input(),
             },
         }
 
     def transfer(self, generator, sat3d, reference, attribute, delta, combine, pairing, source=None, source_styles=None,
-                 attributes="", allow_other_weights=False, batch_size=4):
+                 attributes="", allow_other_weights=False, batch_size=4, precision="fp32"):
         G = managed(generator)
         if (source is None) == (source_styles is None):
             raise ValueError("connect either source (W+ latents) or source_styles (a previous transfer's styles), not both")
@@ -229,7 +232,7 @@ class SAT3DTransfer:
             src, ref = select_styles(src, source_index), select_styles(ref, reference_index)
             styles = transfer_styles(G, src, ref, sat3d, names, delta=delta, combine=combine, check=False)
             styles = OrderedDict((k, v.detach()) for k, v in styles.items())
-        images = render_with_progress(G, styles, batch_size)
+        images = render_with_progress(G, styles, batch_size, precision)
         return (image_from_core(images), StyleCodes(styles, dict(G.identity)))
 
 
@@ -282,12 +285,13 @@ class SAT3DInstantTransfer:
                 "allow_other_weights": ("BOOLEAN", {"default": False, "tooltip": "Accept matrices trained on another network of the "
                                                                                  "same layout (only for a fine-tuned relative)."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images rendered at once for the output."}),
+                **precision_input(),
             },
         }
 
     def transfer(self, generator, clip, source, reference, attribute, delta, steps, lr, descriptors, pairing, preview_every,
                  attributes="", init=None, compare_with=None, face_parser=None, lambda_attr=3.5, lambda_prob=0.1, lambda_bg=40.0,
-                 descriptor_file="", allow_other_weights=False, batch_size=4):
+                 descriptor_file="", allow_other_weights=False, batch_size=4, precision="fp32"):
         G, clip = managed_with_parser(generator, clip, face_parser)
         names = chosen_attributes(attribute, attributes)
         descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
@@ -308,7 +312,8 @@ class SAT3DInstantTransfer:
         src, ref = src[source_index], ref[reference_index]  # pair i = (src[i], ref[i])
         on_step = _instant_progress(G, measure, src, ref, delta, steps, preview_every)
         settings = {"steps": steps, "lr": lr, "delta": delta, "parser": face_parser, "descriptors": descriptor_set,
-                    "lambdas": {"attr": lambda_attr, "prob": lambda_prob, "bg": lambda_bg if face_parser is not None else 0.0}}
+                    "lambdas": {"attr": lambda_attr, "prob": lambda_prob, "bg": lambda_bg if face_parser is not None else 0.0},
+                    "precision": precision}
         if compare_with is not None:
             result = compare_instant_with_trained(G, measure, compare_with, src, ref, names, init_from_trained=init is not None,
                                                   callback=on_step, **settings)
@@ -322,7 +327,7 @@ class SAT3DInstantTransfer:
             report = _instant_report(matrices, names)
         mm.soft_empty_cache()
         styles = OrderedDict((k, torch.cat([e[k] for e in edits]).detach()) for k in edits[0])
-        images = render_with_progress(G, styles, batch_size)
+        images = render_with_progress(G, styles, batch_size, precision)
         return (image_from_core(images), StyleCodes(styles, dict(G.identity)), report)
 
 
@@ -418,11 +423,13 @@ class SAT3DTrain:
                 "filter_training_set": ("BOOLEAN", {"default": True, "tooltip": "Filter the sampled latents as the paper, with CLIP "
                                                                                 "zero-shot checks from the descriptor set (faces: no hats, at "
                                                                                 "least 40% with glasses); off: draw them unfiltered."}),
+                **precision_input(),
             },
         }
 
     def train(self, generator, clip, descriptors, steps, batch_size, lr, n_codes, truncation, lambda_attr, lambda_prob, seed,
-              preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name="", filter_training_set=True):
+              preview_every, face_parser=None, lambda_bg=40.0, descriptor_file="", checkpoint_name="", filter_training_set=True,
+              precision="fp32"):
         G, clip = managed_with_parser(generator, clip, face_parser)
         descriptor_set = load_descriptors(_descriptor_path(descriptor_file) or descriptors)
         measure = QMM(clip, descriptor_set)
@@ -473,7 +480,8 @@ class SAT3DTrain:
                              seed=seed, lambdas={"attr": lambda_attr, "prob": lambda_prob, "bg": lambda_bg if face_parser else 0.0},
                              parser=face_parser, descriptors=descriptor_set, checkpoint=_checkpoint_path(checkpoint_name),
                              callback=on_step, preselect_kwargs={"progress": on_preselect},
-                             filter_training_set=filter_training_set, training_set_kwargs={"on_batch": on_filter})
+                             filter_training_set=filter_training_set, training_set_kwargs={"on_batch": on_filter},
+                             precision=precision)
         mm.soft_empty_cache()
         if stopped:
             mm.throw_exception_if_processing_interrupted()  # raises (and clears the flag) unless the hook already did

@@ -61,14 +61,16 @@ def random_generator(resolution: int, channel_multiplier: int = 2, seed: int = 0
     return G
 
 
-def _sync(device):
+def sync_device(device):
+    """Wait for `device` to finish its queued work (timings are the device's, not the host's)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _run_once(G, wp, row: Row) -> float:
     x = wp.detach().clone().requires_grad_(row.backward)
-    _sync(wp.device)
+    sync_device(wp.device)
     start = time.perf_counter()
     with torch.set_grad_enabled(row.backward):
         if row.impl == "baseline":
@@ -78,7 +80,7 @@ def _run_once(G, wp, row: Row) -> float:
             img = G.synthesis(x, out_resolution=row.out_resolution)
         if row.backward:
             img.square().mean().backward()
-    _sync(wp.device)
+    sync_device(wp.device)
     return time.perf_counter() - start
 
 
@@ -175,13 +177,13 @@ def bench_stylegan3(resolution=256, variant="T", batch=4, device="cpu", repeats=
 
     def run_once(synthesis, backward):
         x = wp.detach().clone().requires_grad_(backward)
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         with torch.set_grad_enabled(backward):
             img = synthesis(x)
             if backward:
                 img.square().mean().backward()
-        _sync(device)
+        sync_device(device)
         return time.perf_counter() - start
 
     times = {(name, bwd): float("inf") for name in contenders for bwd in (False, True)}
@@ -208,13 +210,41 @@ def bench_stylegan3(resolution=256, variant="T", batch=4, device="cpu", repeats=
     return times, summary
 
 
+def essence_step_seconds(G, C, target, sources, steps: int, precision: str) -> tuple[float, float]:
+    """(seconds per step, the min over `steps` after the first; seconds of the setup and first step) of
+    optimize_essence with the official optimiser's settings (learnt coefficients), waiting for the device
+    at each step's end so the times are the device's."""
+    from targetclip_core.methods.targetclip.optimize import optimize_essence
+
+    stamps = []
+
+    def stamp(info):
+        sync_device(G.device)
+        stamps.append(time.perf_counter())
+
+    start = time.perf_counter()
+    optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True, precision=precision,
+                     callback=stamp)
+    return min(b - a for a, b in zip(stamps, stamps[1:])), stamps[0] - start
+
+
+def precision_label(precision: str, device) -> str:
+    """`precision` as a table shows it: auto with what it resolves to here ("auto (bf16)")."""
+    from targetclip_core.devices import resolve_precision
+
+    if precision != "auto":
+        return precision
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return f"auto ({names[resolve_precision('auto', device)]})"
+
+
 def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None,
                    precisions=("fp32",), log=print):
     """Seconds per optimisation step: ours vs the official loop (with the rosinality-style
     generator it runs on, and with ours to separate loop savings from generator savings)."""
     from targetclip_core.bench.baselines import official_style_state, official_style_step
     from targetclip_core.encoders.clip import load_clip
-    from targetclip_core.methods.targetclip.optimize import optimize_essence, sample_sources
+    from targetclip_core.methods.targetclip.optimize import sample_sources
 
     device = torch.device(device)
     G = random_generator(resolution).to(device)
@@ -224,12 +254,7 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
 
     ours_by_precision = {}
     for precision in precisions:  # each in the same run as the official loop below
-        stamps = []
-        start = time.perf_counter()
-        optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True, precision=precision,
-                         callback=lambda info: stamps.append(time.perf_counter()))
-        # the first step includes the setup
-        ours_by_precision[precision] = (min(b - a for a, b in zip(stamps, stamps[1:])), stamps[0] - start)
+        ours_by_precision[precision] = essence_step_seconds(G, C, target, sources, steps, precision)
     ours, ours_setup = ours_by_precision[precisions[0]]
 
     def official(use_baseline_generator):
@@ -246,7 +271,7 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     log(f"essence optimisation step, StyleGAN2 {resolution}px, N={n_sources}, CLIP {clip_name}, {device.type}: {machine_description(device)}")
     log(f"min over {steps} steps; seconds per step")
     for precision, (seconds, setup) in ours_by_precision.items():
-        label = f"ours, {precision} (sources cached, out_resolution auto, one batch)"
+        label = f"ours, {precision_label(precision, device)} (sources cached, out_resolution auto, one batch)"
         log(f"{label:<60}{seconds:>10.3f}   (first step incl. setup {setup:.3f})")
     log(f"{'official loop, rosinality-style generator (faithful)':<60}{official_rosinality:>10.3f}")
     log(f"{'official loop, our generator':<60}{official_ours_gen:>10.3f}")
@@ -275,8 +300,8 @@ def bench_inversion(batches=(1, 8), repeats=3, device="cpu", resolution=256, opt
     summary = {}
     for batch in batches:
         photos = torch.rand(batch, 3, 1024, 1024, generator=torch.Generator().manual_seed(batch)).to(device) * 2 - 1
-        invert = _min_time(lambda: inverter.invert(photos, batch_size=batch), repeats, device) / batch
-        encode = _min_time(lambda: encoder.encode(photos), repeats, device) / batch
+        invert = min_time(lambda: inverter.invert(photos, batch_size=batch), repeats, device) / batch
+        encode = min_time(lambda: encoder.encode(photos), repeats, device) / batch
         summary[f"invert_s_per_image_batch{batch}"] = invert
         summary[f"encode_s_per_image_batch{batch}"] = encode
         log(f"batch {batch:<4} invert {invert:8.4f}   encode essence {encode:8.4f}")
@@ -300,14 +325,15 @@ def bench_inversion(batches=(1, 8), repeats=3, device="cpu", resolution=256, opt
     return summary
 
 
-def _min_time(fn, repeats, device) -> float:
+def min_time(fn, repeats, device) -> float:
+    """The fastest of `repeats` timed calls of fn after a warm-up, the device waited for around each."""
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -356,7 +382,7 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
             "full frame": lambda: G.render(ws, cams[:1], neural_resolution),
         }
         for label, fn in parts.items():
-            summary[label] = _min_time(fn, repeats, device)
+            summary[label] = min_time(fn, repeats, device)
             log(f"{label:<28}{summary[label]:10.3f} s")
         if not G.rendering["white_back"] and G.rendering["ray_start"] != "auto" and not G.rendering["disparity_space_sampling"]:
             from targetclip_core.bench.baselines import reference_volume_render
@@ -368,13 +394,13 @@ def bench_eg3d(frames=8, neural_resolution=128, repeats=2, device="cpu", G=None,
             ours = G._volume_render(planes, origins, dirs, True, None)
             ref = reference_volume_render(G, planes, origins, dirs)
             diff = max(float((a - b).abs().max()) for a, b in zip(ours, ref))
-            base = _min_time(lambda: reference_volume_render(G, planes, origins, dirs), repeats, device)
+            base = min_time(lambda: reference_volume_render(G, planes, origins, dirs), repeats, device)
             summary["volume rendering, reference layout"] = base
             summary["volume_rendering_speedup"] = base / summary["volume rendering"]
             log(f"{'reference-layout rendering':<28}{base:10.3f} s   (ours {base / summary['volume rendering']:.2f}x; "
                 f"max |difference| {diff:.1e})")
-        per_frame = _min_time(lambda: [G.render(ws, cams[k : k + 1], neural_resolution) for k in range(frames)], 1, device) / frames
-        cached = _min_time(lambda: list(G.render_views(ws, cams, neural_resolution)), 1, device) / frames
+        per_frame = min_time(lambda: [G.render(ws, cams[k : k + 1], neural_resolution) for k in range(frames)], 1, device) / frames
+        cached = min_time(lambda: list(G.render_views(ws, cams, neural_resolution)), 1, device) / frames
     summary.update(orbit_s_per_frame_naive=per_frame, orbit_s_per_frame_cached=cached, orbit_speedup=per_frame / cached)
     log(f"orbit of {frames}: frame by frame {per_frame:.3f} s/frame, cached tri-planes {cached:.3f} s/frame "
         f"({per_frame / cached:.2f}x)")
@@ -412,7 +438,7 @@ def bench_reconstruction(resolution=1024, steps=3, device="cpu", with_lpips=True
         stamps = []
 
         def stamp(info) -> None:  # returns None: the run goes on
-            _sync(device)
+            sync_device(device)
             stamps.append(time.perf_counter())
 
         run(stamp)

@@ -1,4 +1,4 @@
-"""`targetclip bench generator | invert | eg3d | optimize`: timings of the engine against the baselines it replaces."""
+"""`targetclip bench generator | invert | eg3d | reconstruct | video | optimize | gpu`: timings of the engine against the baselines it replaces, and the GPU readiness check."""
 
 from __future__ import annotations
 
@@ -51,8 +51,21 @@ def add_parsers(subparsers) -> None:
     bo.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
     bo.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file (default: random weights)")
-    bo.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32"],
-                    help="precision(s) of our steps, each timed in the same run (default fp32); the official loop is fp32")
+    bo.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32", "auto"],
+                    help="precision(s) of our steps, each timed in the same run (default fp32 and auto, the optimiser's "
+                         "default); the official loop is fp32")
+    bgpu = bsub.add_parser("gpu", help="GPU readiness: essence steps per precision, a whole essence, encoder, EG3D frame, "
+                           "fixture conformance on the device, peak memory; one table")
+    bgpu.add_argument("--device", default="cuda", help="cuda (default), cuda:N, mps or cpu")
+    bgpu.add_argument("--resolution", type=resolution_arg, nargs="+", default=[256, 1024],
+                      help="generator sizes of the essence steps (default 256 1024)")
+    bgpu.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32", "bf16", "fp16"],
+                      help="precisions of the essence steps (default fp32 bf16 fp16)")
+    bgpu.add_argument("--steps", type=positive_int, default=3, help="timed steps per essence-step row (min is reported)")
+    bgpu.add_argument("--full-steps", type=positive_int, default=1000, help="steps of the whole-essence row (default 1000)")
+    bgpu.add_argument("--fixtures", default=None, help="the shared fixtures folder (default $TARGETCLIP_SHARED/fixtures or "
+                      "../shared/fixtures)")
+    bgpu.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
 
 
 def cmd_bench(args) -> int:
@@ -83,6 +96,8 @@ def cmd_bench(args) -> int:
 
         bench_edit_video(args.clip, resolution=args.resolution, max_frames=args.frames, device=args.device)
         return 0
+    if args.what == "gpu":
+        return _bench_gpu(args)
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,
                        clip_name=args.clip, clip_pretrained=args.pretrained, precisions=tuple(args.precision))
@@ -111,3 +126,17 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"bench": cmd_bench}
+
+
+def _bench_gpu(args) -> int:
+    import json
+
+    from targetclip_core.bench.gpu_check import gpu_readiness, rows_as_dicts
+    from targetclip_core.io.files import check_output_path, write_text_atomic
+
+    out = check_output_path(args.json, "JSON report", suffix=".json") if args.json else None
+    rows = gpu_readiness(device=args.device, resolutions=tuple(args.resolution), precisions=tuple(args.precision),
+                         steps=args.steps, full_steps=args.full_steps, fixtures=args.fixtures)
+    if out is not None:
+        write_text_atomic(out, json.dumps(rows_as_dicts(rows), indent=1) + "\n")
+    return 0

@@ -11,14 +11,18 @@ from targetclip_core.errors import LatentError
 
 
 def check_wplus_shape(wp, n_latent: int, w_dim: int, generator: str) -> None:
-    """A W+ latent must be a finite [B, n_latent, w_dim] tensor; the error names the generator."""
+    """A W+ latent must be a finite [B, n_latent, w_dim] tensor; the error names the generator.
+
+    A latent inside an optimisation (one that is part of a graph: it requires grad) is not checked for NaN:
+    reading the check makes the host wait for the device at every step, and the optimisation loops refuse a
+    non-finite loss themselves (methods.optimization.check_converged)."""
     if not torch.is_tensor(wp) or wp.dim() != 3 or wp.shape[1:] != (n_latent, w_dim):
         shape = list(wp.shape) if torch.is_tensor(wp) else type(wp).__name__
         raise LatentError(
             f"W+ latent of shape {shape} does not fit this generator: it expects "
             f"[B, {n_latent}, {w_dim}] ({generator}). Was it made for another generator?"
         )
-    if not torch.isfinite(wp).all():
+    if not wp.requires_grad and not torch.isfinite(wp).all():
         raise LatentError("W+ latent contains NaN or infinite values")
 
 

@@ -105,8 +105,8 @@ def select_styles(styles, index) -> "OrderedDict[str, torch.Tensor]":
 
 
 def render_styles(G, styles, batch_size: int = 4, out_resolution=None,
-                  on_batch: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Render style codes batch_size at a time: [B, 3, H, W].
+                  on_batch: Callable[[int, int, torch.Tensor], None] | None = None, precision: str = "fp32") -> torch.Tensor:
+    """Render style codes batch_size at a time: [B, 3, H, W] (fp32, rendered in `precision`, devices.PRECISIONS).
 
     on_batch(done, total, images) is called after each batch with its renders (a UI shows
     progress and a preview there, and may raise from it to cancel)."""
@@ -115,7 +115,8 @@ def render_styles(G, styles, batch_size: int = 4, out_resolution=None,
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = select_styles(styles, slice(start, start + batch_size))
-            img = G.synthesis_from_styles(batch, out_resolution=out_resolution)
+            with autocast(precision, G.device):
+                img = widened(G.synthesis_from_styles(batch, out_resolution=out_resolution))
             out.append(img)
             if on_batch is not None:
                 on_batch(min(start + batch_size, n), n, img)
