@@ -91,3 +91,48 @@ def full_precision(device_type: str):
 def widened(t: torch.Tensor) -> torch.Tensor:
     """`t` in fp32 when it is in a reduced type (bf16 / fp16), else as it is (fp32 and fp64 stay)."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+# --------------------------------------------------------------------------- torch.compile, where it can run
+
+
+def compile_supported(device) -> str | None:
+    """Why torch.compile is not tried on `device` here, or None when it is: it needs torch 2.1+, a CUDA or CPU
+    device (MPS support is partial) and, for Inductor's C++/Triton code, not Windows (no compiler by default)."""
+    import sys
+
+    if not hasattr(torch, "compile") or tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) < (2, 1):
+        return f"torch {torch.__version__} has no usable torch.compile (2.1 or later)"
+    if sys.platform == "win32":
+        return "torch.compile needs a compiler toolchain that Windows installs lack"
+    if torch.device(device).type not in ("cuda", "cpu"):
+        return f"torch.compile is not used on {torch.device(device).type}"
+    return None
+
+
+class Compiled:
+    """`fn` through torch.compile, falling back to `fn` itself, with one warning, where compilation is not
+    supported (compile_supported) or fails at the first call (no compiler, an unsupported op): a slower run,
+    never a failed one. Only for pure functions (the fallback calls `fn` again with the same arguments)."""
+
+    def __init__(self, fn, device, what: str):
+        self.fn, self.what = fn, what
+        self.reason = compile_supported(device)
+        self.compiled = None if self.reason else torch.compile(fn, dynamic=False)
+        if self.reason:
+            _warn_uncompiled(what, self.reason)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # any compiler failure: the eager function computes the same
+                self.compiled = None
+                _warn_uncompiled(self.what, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        return self.fn(*args, **kwargs)
+
+
+def _warn_uncompiled(what: str, reason: str) -> None:
+    import warnings
+
+    warnings.warn(f"{what} runs uncompiled: {reason}", RuntimeWarning, stacklevel=3)

@@ -210,7 +210,7 @@ def bench_stylegan3(resolution=256, variant="T", batch=4, device="cpu", repeats=
     return times, summary
 
 
-def essence_step_seconds(G, C, target, sources, steps: int, precision: str) -> tuple[float, float]:
+def essence_step_seconds(G, C, target, sources, steps: int, precision: str, compile: bool = False) -> tuple[float, float]:
     """(seconds per step, the min over `steps` after the first; seconds of the setup and first step) of
     optimize_essence with the official optimiser's settings (learnt coefficients), waiting for the device
     at each step's end so the times are the device's."""
@@ -224,7 +224,7 @@ def essence_step_seconds(G, C, target, sources, steps: int, precision: str) -> t
 
     start = time.perf_counter()
     optimize_essence(G, C, target, steps=steps + 1, sources=sources, learn_coefficients=True, precision=precision,
-                     callback=stamp)
+                     compile=compile, callback=stamp)
     return min(b - a for a, b in zip(stamps, stamps[1:])), stamps[0] - start
 
 
@@ -239,7 +239,7 @@ def precision_label(precision: str, device) -> str:
 
 
 def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None,
-                   precisions=("fp32",), log=print):
+                   precisions=("fp32",), with_compile=False, log=print):
     """Seconds per optimisation step: ours vs the official loop (with the rosinality-style
     generator it runs on, and with ours to separate loop savings from generator savings)."""
     from targetclip_core.bench.baselines import official_style_state, official_style_step
@@ -255,6 +255,7 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     ours_by_precision = {}
     for precision in precisions:  # each in the same run as the official loop below
         ours_by_precision[precision] = essence_step_seconds(G, C, target, sources, steps, precision)
+    compiled = {p: essence_step_seconds(G, C, target, sources, steps, p, compile=True) for p in precisions} if with_compile else {}
     ours, ours_setup = ours_by_precision[precisions[0]]
 
     def official(use_baseline_generator):
@@ -272,9 +273,12 @@ def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name
     log(f"min over {steps} steps; seconds per step")
     for precision, (seconds, setup) in ours_by_precision.items():
         label = f"ours, {precision_label(precision, device)} (sources cached, out_resolution auto, one batch)"
-        log(f"{label:<60}{seconds:>10.3f}   (first step incl. setup {setup:.3f})")
-    log(f"{'official loop, rosinality-style generator (faithful)':<60}{official_rosinality:>10.3f}")
-    log(f"{'official loop, our generator':<60}{official_ours_gen:>10.3f}")
+        log(f"{label:<68}{seconds:>10.3f}   (first step incl. setup {setup:.3f})")
+    for precision, (seconds, setup) in compiled.items():
+        label = f"ours, {precision_label(precision, device)}, CLIP compiled"
+        log(f"{label:<68}{seconds:>10.3f}   (first step incl. setup and compilation {setup:.3f})")
+    log(f"{'official loop, rosinality-style generator (faithful)':<68}{official_rosinality:>10.3f}")
+    log(f"{'official loop, our generator':<68}{official_ours_gen:>10.3f}")
     summary = {"speedup_vs_official": official_rosinality / ours, "speedup_vs_official_loop_same_generator": official_ours_gen / ours}
     for precision, (seconds, _) in list(ours_by_precision.items())[1:]:
         summary[f"speedup_vs_official_{precision}"] = official_rosinality / seconds

@@ -54,6 +54,7 @@ def add_parsers(subparsers) -> None:
     bo.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32", "auto"],
                     help="precision(s) of our steps, each timed in the same run (default fp32 and auto, the optimiser's "
                          "default); the official loop is fp32")
+    bo.add_argument("--compile", action="store_true", help="also time our step with CLIP through torch.compile")
     bgpu = bsub.add_parser("gpu", help="GPU readiness: essence steps per precision, a whole essence, encoder, EG3D frame, "
                            "fixture conformance on the device, peak memory; one table")
     bgpu.add_argument("--device", default="cuda", help="cuda (default), cuda:N, mps or cpu")
@@ -100,7 +101,8 @@ def cmd_bench(args) -> int:
         return _bench_gpu(args)
     if args.what == "optimize":
         bench_optimize(resolution=args.resolution, n_sources=args.n_sources, steps=args.steps, device=args.device,
-                       clip_name=args.clip, clip_pretrained=args.pretrained, precisions=tuple(args.precision))
+                       clip_name=args.clip, clip_pretrained=args.pretrained, precisions=tuple(args.precision),
+                       with_compile=args.compile)
         return 0
     G = None
     if args.checkpoint:

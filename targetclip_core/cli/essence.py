@@ -50,6 +50,8 @@ def add_parsers(subparsers) -> None:
     o.add_argument("--grid", default=None, help="result grid PNG (default: beside --out; one target only)")
     add_device_arg(o)
     add_precision_arg(o, default="auto")  # the loop's renders: losses stay fp32 (tests/generators/test_precision.py)
+    o.add_argument("--compile", action="store_true", help="run CLIP's image encoder through torch.compile (falls back "
+                   "to uncompiled with a warning where it cannot; does not pay on a CPU)")
 
     a = subparsers.add_parser("apply", help="apply an essence to seeds or latents: G(w + strength * b)")
     a.add_argument("--essence", "-e", nargs="+", required=True, help="essence .safetensors or official .npy (several: one row each)")
@@ -105,7 +107,7 @@ def cmd_optimize(args) -> int:
             seed=args.seed, lambda_consistency=args.lambda_consistency, lambda_l2=args.lambda_l2, init=init,
             learn_coefficients=args.learn_coefficients, out_resolution=res, callback=progress,
             early_stop_patience=args.early_stop, name=targets[0].stem, avoid=args.avoid, keep=args.keep,
-            lambda_text=args.lambda_text, precision=args.precision,
+            lambda_text=args.lambda_text, precision=args.precision, compile=args.compile,
         )
     finally:
         bar.close()

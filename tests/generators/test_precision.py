@@ -162,3 +162,65 @@ def test_cli_render_and_apply_take_a_precision(tmp_path, capsys):
     assert len(list((tmp_path / "bf16").glob("*.png"))) == 2
     rc = main(["render", "-g", str(gen), "--seeds", "0", "-o", str(tmp_path / "h"), "--device", "cpu", "--precision", "fp16"])
     assert rc == 2 and "fp16 is not offered on the CPU" in capsys.readouterr().err
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    """A compiler that fails at the first call (no toolchain, an unsupported op) costs speed, not the run."""
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    calls = []
+
+    def double(x):
+        calls.append(1)
+        return 2 * x
+
+    f = devices.Compiled(double, "cpu", "the doubler")
+    with pytest.warns(RuntimeWarning, match="the doubler runs uncompiled: RuntimeError: no C\\+\\+ compiler found"):
+        assert torch.equal(f(torch.ones(2)), torch.full((2,), 2.0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second call goes straight to the eager function
+        assert torch.equal(f(torch.ones(2)), torch.full((2,), 2.0))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("platform, device, reason", [("win32", "cpu", "Windows"), ("linux", "mps", "not used on mps")])
+def test_compile_is_not_tried_where_it_cannot_run(monkeypatch, platform, device, reason):
+    import sys
+
+    monkeypatch.setattr(sys, "platform", platform)
+    assert reason in devices.compile_supported(device)
+    with pytest.warns(RuntimeWarning, match="runs uncompiled"):
+        f = devices.Compiled(torch.neg, device, "neg")
+    assert f.compiled is None and torch.equal(f(torch.ones(1)), -torch.ones(1))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert devices.compile_supported("cpu") is None and devices.compile_supported("cuda") is None
+
+
+def test_optimize_with_compile_gives_the_uncompiled_essence(monkeypatch):
+    """compile=True routes CLIP through devices.Compiled; with torch.compile as the identity (the compiler's
+    contract: the same function) the run is bit for bit the uncompiled one."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    G, C = tiny_generator(32), tiny_clip()
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    kw = dict(steps=3, n_sources=2, seed=0, precision="fp32")
+    assert torch.equal(optimize_essence(G, C, target, compile=True, **kw).vector, optimize_essence(G, C, target, **kw).vector)
+
+
+@pytest.mark.slow
+def test_a_really_compiled_clip_encodes_as_the_eager_one():
+    """torch.compile (Inductor, this machine's C++ compiler) on the tiny CLIP: the same codes as eager; where the
+    compiler is missing the fallback gives them too (with its warning)."""
+    import warnings
+
+    C = tiny_clip()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        compiled = devices.Compiled(C.encode_image, "cpu", "CLIP")(x)
+    torch.testing.assert_close(compiled, C.encode_image(x), atol=1e-5, rtol=1e-4)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from targetclip_core.devices import autocast
+from targetclip_core.devices import Compiled, autocast
 from targetclip_core.errors import LatentError, TargetCLIPError
 from targetclip_core.generators.latents import wplus_from_z
 from targetclip_core.methods.directions.text_constraints import text_constraint
@@ -167,6 +167,7 @@ def optimize_essence(
     lambda_text: float = 1.0,
     text_neutral: str | None = None,
     precision: str = "auto",
+    compile: bool = False,
 ):
     """Optimise one essence per target image. Returns an Essence, or a list for several targets.
 
@@ -193,6 +194,10 @@ def optimize_essence(
       to bf16 move the similarity by about 1e-3, as much as a planted essence moves it on the tiny test
       networks. The sources render in the same precision as the edits, so b = 0 is each source exactly. A
       200-step run in bf16 ends within 5% of fp32's loss reduction (tests/generators/test_precision.py).
+    compile: run CLIP's image encoder through torch.compile (off by default: on a CPU it does not pay, see the
+      README's speed section; not yet measured on a GPU). Where compilation is unsupported (Windows, MPS, torch
+      < 2.1) or fails, the run goes on uncompiled with one warning (devices.Compiled). The generator is not
+      compiled: its frozen layers are one hand-written autograd Function each, already fused by hand.
     """
     if steps < 1:
         raise TargetCLIPError("steps must be >= 1")
@@ -221,6 +226,7 @@ def optimize_essence(
             source_images = G.synthesis(sources, out_resolution=res)
         source_codes = C.encode_image(source_images.float(), preprocess)
 
+    encode_edits = Compiled(C.encode_image, device, "CLIP's image encoder") if compile else C.encode_image
     torch.manual_seed(seed)
     vectors = _initial_vectors(G, init, n_targets, truncation, seed).requires_grad_(True)
     groups = [{"params": [vectors], "lr": lr}]
@@ -242,7 +248,7 @@ def optimize_essence(
         with autocast(precision, device):
             images = G.synthesis(edits.flatten(0, 1), out_resolution=res)
         images = images.float()
-        edit_codes = C.encode_image(images, preprocess).view(n_targets, n, -1)
+        edit_codes = encode_edits(images, preprocess).view(n_targets, n, -1)
         losses = essence_losses(target_codes, source_codes, edit_codes, vectors, lambdas)
         if constraint:
             losses["text"] = constraint(edit_codes, source_codes)
