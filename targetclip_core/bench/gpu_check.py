@@ -212,6 +212,16 @@ def _fixture_state(fixtures: Path, weights, name: str) -> dict:
     return state
 
 
+def _places(device) -> list:
+    """Where the conformance rows compute: this machine's CPU, and the device when it is another."""
+    return ["cpu"] if torch.device(device).type == "cpu" else ["cpu", device]
+
+
+def _reference(fixtures: Path, name: str, *keys: str) -> list:
+    with np.load(fixtures / f"{name}.npz") as ref:
+        return [ref[k] for k in keys]
+
+
 def _rel(ours: torch.Tensor, ref) -> float:
     ref = torch.as_tensor(np.asarray(ref)).float()
     return float((ours.detach().float().cpu() - ref).abs().max() / ref.abs().max())
@@ -222,11 +232,11 @@ def _rosinality_errors(fixtures, weights, tmp: Path, device) -> dict:
 
     path = tmp / "stylegan2-32.pt"
     torch.save({"g_ema": _fixture_state(fixtures, weights, "stylegan2_rosinality_32")}, path)
-    with np.load(fixtures / "stylegan2_rosinality_32.npz") as ref:
-        wp, image = torch.from_numpy(ref["wplus"]), ref["image_from_wplus"]
+    wp, image = _reference(fixtures, "stylegan2_rosinality_32", "wplus", "image_from_wplus")
+    wp = torch.from_numpy(wp)
     errors = {}
     with torch.no_grad():
-        for where in ("cpu", device):
+        for where in _places(device):
             G = load_generator(path, device=where)
             errors[f"image, {torch.device(where).type} fp32"] = _rel(G.synthesis(wp.to(G.device)), image)
             for precision in ("bf16", "fp16"):
@@ -247,10 +257,10 @@ def _e4e_errors(fixtures, weights, tmp: Path, device) -> dict:
     torch.save({"state_dict": state, "latent_avg": torch.zeros(18, 512),
                 "opts": {"encoder_type": "Encoder4Editing", "start_from_latent_avg": True, "stylegan_size": 1024}}, path)
     del state
-    with np.load(fixtures / "e4e_encoder.npz") as ref:
-        x, out = torch.from_numpy(ref["input"]), ref["output"]
+    x, out = _reference(fixtures, "e4e_encoder", "input", "output")
+    x = torch.from_numpy(x)
     errors = {}
-    for where in ("cpu", device):
+    for where in _places(device):
         inverter = load_inverter(path, device=where)
         errors[f"output, {torch.device(where).type} fp32"] = _rel(inverter.invert(x), out)
         del inverter
@@ -263,11 +273,11 @@ def _arcface_errors(fixtures, weights, tmp: Path, device) -> dict:
 
     path = tmp / "model_ir_se50.pth"
     torch.save(_fixture_state(fixtures, weights, "arcface_irse50"), path)
-    with np.load(fixtures / "arcface_irse50.npz") as ref:
-        x, out = torch.from_numpy(ref["input"]), ref["output"]
+    x, out = _reference(fixtures, "arcface_irse50", "input", "output")
+    x = torch.from_numpy(x)
     errors = {}
     with torch.no_grad():
-        for where in ("cpu", device):
+        for where in _places(device):
             model = load_arcface(path, device=where)
             errors[f"embedding, {torch.device(where).type} fp32"] = _rel(model(x.to(where)), out)
     return errors

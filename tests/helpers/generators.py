@@ -160,3 +160,12 @@ def truncated_sources(G, n: int, seed: int, truncation: float = 0.7) -> torch.Te
     with torch.no_grad():
         w = G.mapping(z, truncation=truncation)
     return w[:, None, :].repeat(1, G.n_latent, 1)
+
+
+def fitting_case(G) -> tuple:
+    """(photo, guess) for the W+ fitting tests: a render of a known latent, and that latent plus noise (an encoder's
+    guess to refine)."""
+    true = random_wplus(G, 1, seed=1) * 0.7
+    with torch.no_grad():
+        photo = G.synthesis(true)
+    return photo, true + 0.4 * torch.randn(true.shape, generator=torch.Generator().manual_seed(2))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers.clip import tiny_clip
 from helpers.encoders import tiny_encoder
-from helpers.generators import random_wplus, rel_err, tiny_generator
+from helpers.generators import fitting_case, rel_err, tiny_generator
 
 from targetclip_core.encoders.inversion import Inverter
 from targetclip_core.errors import TargetCLIPError
@@ -83,11 +83,7 @@ def G():
 
 @pytest.fixture(scope="module")
 def case(G):
-    true = random_wplus(G, 1, seed=1) * 0.7
-    with torch.no_grad():
-        photo = G.synthesis(true)
-    guess = true + 0.4 * torch.randn(true.shape, generator=torch.Generator().manual_seed(2))
-    return photo, guess
+    return fitting_case(G)
 
 
 def test_renderer_in_bf16_returns_fp32_images_close_to_fp32(G, case):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.eg3d import tiny_eg3d
-from helpers.generators import random_wplus, tiny_generator
+from helpers.generators import fitting_case, random_wplus, tiny_generator
 
 from targetclip_core.errors import CheckpointError, TargetCLIPError
 from targetclip_core.generators.fingerprint import generator_fingerprint, lineage_fingerprints
@@ -38,11 +38,7 @@ def G():
 
 @pytest.fixture(scope="module")
 def case(G):
-    true = random_wplus(G, 1, seed=1) * 0.7
-    with torch.no_grad():
-        photo = G.synthesis(true)
-    encoder_guess = true + 0.4 * torch.randn(true.shape, generator=torch.Generator().manual_seed(2))
-    return photo, encoder_guess
+    return fitting_case(G)
 
 
 def test_refinement_then_pti_each_get_closer(G, case):
