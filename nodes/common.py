@@ -20,14 +20,18 @@ import comfy.utils
 import folder_paths
 import torch
 
+from targetclip_core.devices import PRECISIONS
+
 PACK_ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 CATEGORY = "TargetCLIP"
 # W+ ranges the nodes offer (methods.targetclip.essence.parse_layer_range reads them)
 LAYER_CHOICES = ["all", "coarse", "middle", "fine", "coarse,middle", "middle,fine"]
+
+
 def precision_input(default: str = "fp32") -> dict:
     """The optional `precision` input of the nodes that render or optimise much (devices.PRECISIONS)."""
-    return {"precision": (["fp32", "bf16", "fp16", "auto"], {
+    return {"precision": (list(PRECISIONS), {
         "default": default, "tooltip": "Compute precision of the renders and networks: bf16 is about 2x faster on CPUs "
                                        "with bf16 units and recent GPUs (images within about 1%); fp16 for older GPUs; "
                                        "auto: bf16 where the device has bf16 units, fp16 on older GPUs, else fp32."})}

@@ -57,6 +57,12 @@ def resolve_precision(precision: str, device) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def resolved_name(precision: str, device) -> str:
+    """What `precision` computes in on `device`, by name ("fp32", "bf16", "fp16"): auto resolved."""
+    dtype = resolve_precision(precision, device)
+    return next(name for name, d in _DTYPES.items() if d == dtype)
+
+
 def autocast(precision: str, device):
     """A context computing in `precision` on `device` (torch.autocast: matmuls and convolutions in the reduced
     type, reductions and losses in fp32); fp32 is a plain no-op context."""

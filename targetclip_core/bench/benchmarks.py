@@ -230,12 +230,9 @@ def essence_step_seconds(G, C, target, sources, steps: int, precision: str, comp
 
 def precision_label(precision: str, device) -> str:
     """`precision` as a table shows it: auto with what it resolves to here ("auto (bf16)")."""
-    from targetclip_core.devices import resolve_precision
+    from targetclip_core.devices import resolved_name
 
-    if precision != "auto":
-        return precision
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return f"auto ({names[resolve_precision('auto', device)]})"
+    return f"auto ({resolved_name('auto', device)})" if precision == "auto" else precision
 
 
 def bench_optimize(resolution=256, n_sources=4, steps=3, device="cpu", clip_name="ViT-B-32", clip_pretrained=None,

@@ -183,7 +183,7 @@ def _conformance_rows(rows, device, fixtures: Path, log) -> None:
                              f"(set {SHARED_ENV} to the folder holding fixtures/)"))
         log(f"conformance   skipped: no fixtures at {fixtures}")
         return
-    weights = _fixture_weights_module(fixtures)
+    weights = load_fixture_weights_module(fixtures)
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in (("stylegan2_rosinality_32", _rosinality_errors), ("e4e_encoder", _e4e_errors),
                             ("arcface_irse50", _arcface_errors)):
@@ -193,22 +193,26 @@ def _conformance_rows(rows, device, fixtures: Path, log) -> None:
                 log(f"conformance   {name + ': ' + what:<44}{value:.2e}")
 
 
-def _fixture_weights_module(fixtures: Path):
+def load_fixture_weights_module(fixtures: Path):
+    """Import the shared fixtures' `fixture_weights.py` by path (it is not a package; the project's own file)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("targetclip_fixture_weights", fixtures / "fixture_weights.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the project's own shared fixtures, not a user's file
+    spec.loader.exec_module(module)
     return module
 
 
-def _fixture_state(fixtures: Path, weights, name: str) -> dict:
+def fixture_state_dict(fixtures: Path, name: str, with_constants: bool = True, weights=None) -> dict:
+    """The reference state dict of fixture `name`: the drawn tensors (+ the exact constants, FIR kernels and the
+    like, a real file holds). `weights`: the module of load_fixture_weights_module, to import it once."""
     import json
 
     manifest = fixtures / f"{name}.json"
-    state = weights.state_dict(str(manifest))
-    for key, value in json.loads(manifest.read_text(encoding="utf-8")).get("constants", {}).items():
-        state[key] = torch.tensor(value, dtype=torch.float32)
+    state = (weights or load_fixture_weights_module(fixtures)).state_dict(str(manifest))
+    if with_constants:
+        for key, value in json.loads(manifest.read_text(encoding="utf-8")).get("constants", {}).items():
+            state[key] = torch.tensor(value, dtype=torch.float32)
     return state
 
 
@@ -231,7 +235,7 @@ def _rosinality_errors(fixtures, weights, tmp: Path, device) -> dict:
     from targetclip_core.generators.load import load_generator
 
     path = tmp / "stylegan2-32.pt"
-    torch.save({"g_ema": _fixture_state(fixtures, weights, "stylegan2_rosinality_32")}, path)
+    torch.save({"g_ema": fixture_state_dict(fixtures, "stylegan2_rosinality_32", weights=weights)}, path)
     wp, image = _reference(fixtures, "stylegan2_rosinality_32", "wplus", "image_from_wplus")
     wp = torch.from_numpy(wp)
     errors = {}
@@ -253,7 +257,7 @@ def _e4e_errors(fixtures, weights, tmp: Path, device) -> dict:
     from targetclip_core.encoders.inversion import load_inverter
 
     path = tmp / "e4e_ffhq_encode.pt"
-    state = {f"encoder.{k}": v for k, v in _fixture_state(fixtures, weights, "e4e_encoder").items()}
+    state = {f"encoder.{k}": v for k, v in fixture_state_dict(fixtures, "e4e_encoder", weights=weights).items()}
     torch.save({"state_dict": state, "latent_avg": torch.zeros(18, 512),
                 "opts": {"encoder_type": "Encoder4Editing", "start_from_latent_avg": True, "stylegan_size": 1024}}, path)
     del state
@@ -272,7 +276,7 @@ def _arcface_errors(fixtures, weights, tmp: Path, device) -> dict:
     from targetclip_core.encoders.arcface import load_arcface
 
     path = tmp / "model_ir_se50.pth"
-    torch.save(_fixture_state(fixtures, weights, "arcface_irse50"), path)
+    torch.save(fixture_state_dict(fixtures, "arcface_irse50", weights=weights), path)
     x, out = _reference(fixtures, "arcface_irse50", "input", "output")
     x = torch.from_numpy(x)
     errors = {}

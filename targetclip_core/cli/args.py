@@ -267,7 +267,9 @@ def add_device_arg(p, help: str | None = None) -> None:
 
 def add_precision_arg(p, default: str = "fp32") -> None:
     """Add --precision (devices.PRECISIONS; default fp32, the papers' own, where the command's output is pixels)."""
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=default,
+    from targetclip_core.devices import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
                    help=f"compute precision (default {default}): fp32; bf16 (about 2x faster on CPUs with bf16 units "
                         "and recent GPUs, images within about 1%%); fp16 (GPUs); auto: bf16 where the device has bf16 "
                         "units (recent GPUs, CPUs with AMX/AVX512-BF16), fp16 on older GPUs, else fp32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from targetclip_core.cli.args import check_out_resolution, positive_int, rays_arg, resolution_arg
+from targetclip_core.devices import PRECISIONS
 from targetclip_core.errors import TargetCLIPError
 
 
@@ -51,7 +52,7 @@ def add_parsers(subparsers) -> None:
     bo.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     bo.add_argument("--clip", default="ViT-B-32", help="CLIP architecture (random weights unless --pretrained)")
     bo.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file (default: random weights)")
-    bo.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32", "auto"],
+    bo.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "auto"],
                     help="precision(s) of our steps, each timed in the same run (default fp32 and auto, the optimiser's "
                          "default); the official loop is fp32")
     bo.add_argument("--compile", action="store_true", help="also time our step with CLIP through torch.compile")
@@ -60,7 +61,7 @@ def add_parsers(subparsers) -> None:
     bgpu.add_argument("--device", default="cuda", help="cuda (default), cuda:N, mps or cpu")
     bgpu.add_argument("--resolution", type=resolution_arg, nargs="+", default=[256, 1024],
                       help="generator sizes of the essence steps (default 256 1024)")
-    bgpu.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16", "auto"], default=["fp32", "bf16", "fp16"],
+    bgpu.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "bf16", "fp16"],
                       help="precisions of the essence steps (default fp32 bf16 fp16)")
     bgpu.add_argument("--steps", type=positive_int, default=3, help="timed steps per essence-step row (min is reported)")
     bgpu.add_argument("--full-steps", type=positive_int, default=1000, help="steps of the whole-essence row (default 1000)")

@@ -6,24 +6,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-import torch
+
+# the shared fixtures' weights are read as `targetclip bench gpu` reads them (one reader, re-exported here)
+from targetclip_core.bench.gpu_check import SHARED_ENV, fixture_state_dict, load_fixture_weights_module  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS_DIR = REPO_ROOT / "tests"
 DATA_DIR = TESTS_DIR / "data"
-SHARED_ENV = "TARGETCLIP_SHARED"
 ROSINALITY_FIXTURE = "stylegan2_rosinality_32"
 
 
 def shared_dir() -> Path:
-    """The shared folder: $TARGETCLIP_SHARED, else `shared` beside the repository root."""
+    """The shared folder: $TARGETCLIP_SHARED, else `shared` beside this checkout (whatever the install kind)."""
     override = os.environ.get(SHARED_ENV, "").strip()
     return Path(override).expanduser() if override else REPO_ROOT.parent / "shared"
 
@@ -38,23 +36,3 @@ def require_shared(*parts: str) -> Path:
             "docs/, fixtures/ and data/)"
         )
     return path
-
-
-def load_fixture_weights_module(fixtures: Path) -> ModuleType:
-    """Import shared/fixtures/fixture_weights.py by path (it is not a package)."""
-    path = fixtures / "fixture_weights.py"
-    spec = importlib.util.spec_from_file_location("targetclip_test_fixture_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def fixture_state_dict(fixtures: Path, name: str, with_constants: bool = True) -> dict[str, torch.Tensor]:
-    """The reference state dict of a fixture: drawn tensors (+ the FIR constants a real file holds)."""
-    manifest = fixtures / f"{name}.json"
-    sd = load_fixture_weights_module(fixtures).state_dict(str(manifest))
-    if with_constants:
-        constants = json.loads(manifest.read_text(encoding="utf-8")).get("constants", {})
-        for key, value in constants.items():
-            sd[key] = torch.tensor(value, dtype=torch.float32)
-    return sd

@@ -385,3 +385,24 @@ def test_invert_e4e_is_the_node_id_and_the_old_id_still_runs_deprecated(pack, mo
     with torch.no_grad():
         expected = enc(photos.permute(0, 3, 1, 2) * 2 - 1) + inverter.latent_avg
     assert torch.allclose(a.latents, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the precision inputs
+
+
+def test_every_precision_input_offers_the_engine_choices_and_fp16_on_cpu_is_refused(pack, G):
+    from targetclip_core.devices import PRECISIONS
+    from targetclip_core.errors import TargetCLIPError
+
+    with_precision = {key for key, cls in pack.NODE_CLASS_MAPPINGS.items()
+                      if "precision" in cls.INPUT_TYPES().get("optional", {})}
+    assert with_precision >= {"TargetCLIP_RenderLatents", "TargetCLIP_OptimizeEssence", "TargetCLIP_InvertE4E",
+                              "TargetCLIP_EncodeEssence", "TargetCLIP_RefineInversion", "TargetCLIP_PivotalTuning",
+                              "TargetCLIP_SAT3DTransfer", "TargetCLIP_SAT3DInstantTransfer", "TargetCLIP_SAT3DTrain"}
+    for key in with_precision:
+        choices, options = pack.NODE_CLASS_MAPPINGS[key].INPUT_TYPES()["optional"]["precision"]
+        assert tuple(choices) == PRECISIONS and options["default"] in PRECISIONS, key
+    assert pack.NODE_CLASS_MAPPINGS["TargetCLIP_OptimizeEssence"].INPUT_TYPES()["optional"]["precision"][1]["default"] == "auto"
+    (lat,) = node(pack, "TargetCLIP_SampleLatents").sample(G, seed=0, count=1, truncation=1.0)
+    with pytest.raises(TargetCLIPError, match="fp16 is not offered on the CPU"):
+        node(pack, "TargetCLIP_RenderLatents").render(G, lat, "const", 1, precision="fp16")

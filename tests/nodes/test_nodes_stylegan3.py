@@ -59,3 +59,4 @@ def test_render_latents_in_bf16(pack, G):
     (bf16,) = render.render(G, lat, "const", 2, precision="bf16")
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     assert 0 < float((bf16 - fp32).abs().max()) < 0.05  # a different precision, the same images within bf16's 8 bits
+
